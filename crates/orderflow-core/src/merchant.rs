@@ -1,0 +1,246 @@
+//! The merchant table and the temporal join.
+//!
+//! A merchant can have several versions, each effective from an event time; an order
+//! is joined with the version in effect at the order's event time, so replaying an old
+//! trace after a merchant moved region gives the same totals as the first run. A
+//! version without an effective time applies from the beginning of time. On the
+//! merchants topic each version is keyed `merchant_id@effective_from_millis`, so
+//! compaction keeps every version and loading a row again replaces that version.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use orderflow_proto::v1::{EnrichedOrderEvent, Merchant, OrderEvent};
+use orderflow_proto::{millis_timestamp, timestamp_millis, Timestamp};
+
+use crate::{Error, Result};
+
+/// Region and tier given to orders whose merchant is not in the table.
+pub const UNKNOWN: &str = "unknown";
+
+/// Effective time of a version loaded without one: the beginning of time.
+pub const BEGINNING_OF_TIME_MS: i64 = i64::MIN;
+
+/// One version of a merchant's attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MerchantVersion {
+    pub effective_from_ms: i64,
+    pub region: Arc<str>,
+    pub tier: Arc<str>,
+}
+
+/// All known merchants, each with its versions sorted by effective time.
+#[derive(Debug, Default, Clone)]
+pub struct MerchantTable {
+    by_id: HashMap<String, Vec<MerchantVersion>>,
+    versions: usize,
+}
+
+/// The Kafka key of a merchant version on the merchants topic.
+pub fn merchant_key(merchant_id: &str, effective_from: Option<&Timestamp>) -> String {
+    match effective_from {
+        Some(t) => format!("{merchant_id}@{}", timestamp_millis(t)),
+        None => format!("{merchant_id}@-"),
+    }
+}
+
+/// Parses a merchants-topic key back into merchant id and effective time
+/// (the merchant id may itself contain `@`: the last one separates).
+pub fn parse_merchant_key(key: &str) -> Option<(&str, i64)> {
+    let (id, from) = key.rsplit_once('@')?;
+    let from = if from == "-" { BEGINNING_OF_TIME_MS } else { from.parse().ok()? };
+    Some((id, from))
+}
+
+impl MerchantTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of merchants.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether the table has no merchants.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Number of merchant versions.
+    pub fn versions(&self) -> usize {
+        self.versions
+    }
+
+    /// Adds a version, or replaces the version with the same effective time.
+    pub fn upsert(&mut self, m: &Merchant) {
+        let from = m.effective_from.as_ref().map_or(BEGINNING_OF_TIME_MS, timestamp_millis);
+        let version = MerchantVersion { effective_from_ms: from, region: m.region.as_str().into(), tier: m.tier.as_str().into() };
+        let versions = self.by_id.entry(m.merchant_id.clone()).or_default();
+        match versions.binary_search_by_key(&from, |v| v.effective_from_ms) {
+            Ok(i) => versions[i] = version,
+            Err(i) => {
+                versions.insert(i, version);
+                self.versions += 1;
+            }
+        }
+    }
+
+    /// Removes one version (a tombstone on the merchants topic).
+    pub fn remove(&mut self, merchant_id: &str, effective_from_ms: i64) {
+        if let Some(versions) = self.by_id.get_mut(merchant_id) {
+            if let Ok(i) = versions.binary_search_by_key(&effective_from_ms, |v| v.effective_from_ms) {
+                versions.remove(i);
+                self.versions -= 1;
+            }
+            if versions.is_empty() {
+                self.by_id.remove(merchant_id);
+            }
+        }
+    }
+
+    /// The version of `merchant_id` in effect at `at_ms`, if any.
+    pub fn lookup(&self, merchant_id: &str, at_ms: i64) -> Option<&MerchantVersion> {
+        let versions = self.by_id.get(merchant_id)?;
+        let i = versions.partition_point(|v| v.effective_from_ms <= at_ms);
+        i.checked_sub(1).map(|i| &versions[i])
+    }
+
+    /// Joins a (validated) event with its merchant. Unknown merchants get region and
+    /// tier [`UNKNOWN`] and `merchant_known = false`: their GMV still counts.
+    pub fn enrich(&self, event: OrderEvent) -> EnrichedOrderEvent {
+        let at = event.event_time.as_ref().map_or(i64::MIN, timestamp_millis);
+        match self.lookup(&event.merchant_id, at) {
+            Some(v) => EnrichedOrderEvent { region: v.region.to_string(), tier: v.tier.to_string(), merchant_known: true, event: Some(event) },
+            None => EnrichedOrderEvent { region: UNKNOWN.into(), tier: UNKNOWN.into(), merchant_known: false, event: Some(event) },
+        }
+    }
+}
+
+/// Reads a merchants CSV: a header with at least `merchant_id,region,tier` (any order,
+/// further columns allowed; an optional `effective_from` column holds RFC 3339 times).
+/// Every bad row is reported with its line number; any bad row fails the whole file so
+/// that a table is never half-loaded.
+pub fn read_merchants_csv<R: std::io::Read>(reader: R) -> Result<Vec<Merchant>> {
+    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(true).from_reader(reader);
+    let headers = rdr.headers().map_err(|e| Error::MerchantCsv(format!("reading header: {e}")))?.clone();
+    let col = |name: &str| headers.iter().position(|h| h == name);
+    let (Some(id_col), Some(region_col), Some(tier_col)) = (col("merchant_id"), col("region"), col("tier")) else {
+        return Err(Error::MerchantCsv(format!(
+            "header must name merchant_id, region and tier; found `{}`",
+            headers.iter().collect::<Vec<_>>().join(",")
+        )));
+    };
+    let from_col = col("effective_from");
+    let mut merchants = Vec::new();
+    let mut problems = Vec::new();
+    for (i, row) in rdr.records().enumerate() {
+        let line = i + 2;
+        let row = match row {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!("line {line}: {e}"));
+                continue;
+            }
+        };
+        let field = |c: usize| row.get(c).unwrap_or("");
+        let (id, region, tier) = (field(id_col), field(region_col), field(tier_col));
+        if id.is_empty() || region.is_empty() || tier.is_empty() {
+            problems.push(format!("line {line}: merchant_id, region and tier must all be non-empty"));
+            continue;
+        }
+        let effective_from = match from_col.map(field).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => match s.parse::<Timestamp>() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    problems.push(format!("line {line}: effective_from `{s}`: {e}"));
+                    continue;
+                }
+            },
+        };
+        merchants.push(Merchant { merchant_id: id.into(), region: region.into(), tier: tier.into(), effective_from });
+    }
+    if problems.is_empty() {
+        Ok(merchants)
+    } else {
+        Err(Error::MerchantCsv(problems.join("; ")))
+    }
+}
+
+/// A version effective from `ms` (test and generator helper).
+pub fn merchant_at(id: &str, region: &str, tier: &str, ms: Option<i64>) -> Merchant {
+    Merchant { merchant_id: id.into(), region: region.into(), tier: tier.into(), effective_from: ms.map(millis_timestamp) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(merchant: &str, at: i64) -> OrderEvent {
+        OrderEvent { merchant_id: merchant.into(), event_time: Some(millis_timestamp(at)), ..Default::default() }
+    }
+
+    #[test]
+    fn joins_the_version_in_effect_at_event_time() {
+        let mut t = MerchantTable::new();
+        t.upsert(&merchant_at("m1", "east", "gold", None));
+        t.upsert(&merchant_at("m1", "west", "silver", Some(1_000)));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.versions(), 2);
+        let e = t.enrich(event("m1", 999));
+        assert_eq!((e.region.as_str(), e.tier.as_str(), e.merchant_known), ("east", "gold", true));
+        let e = t.enrich(event("m1", 1_000));
+        assert_eq!((e.region.as_str(), e.tier.as_str()), ("west", "silver"));
+    }
+
+    #[test]
+    fn unknown_merchant_and_not_yet_effective_merchant_are_unknown() {
+        let mut t = MerchantTable::new();
+        t.upsert(&merchant_at("m2", "north", "bronze", Some(5_000)));
+        let e = t.enrich(event("nobody", 0));
+        assert_eq!((e.region.as_str(), e.tier.as_str(), e.merchant_known), (UNKNOWN, UNKNOWN, false));
+        assert!(!t.enrich(event("m2", 4_999)).merchant_known);
+    }
+
+    #[test]
+    fn reloading_a_version_replaces_it_and_tombstones_remove_it() {
+        let mut t = MerchantTable::new();
+        t.upsert(&merchant_at("m", "a", "x", None));
+        t.upsert(&merchant_at("m", "b", "y", None));
+        assert_eq!(t.versions(), 1);
+        assert_eq!(&*t.lookup("m", 0).unwrap().region, "b");
+        t.remove("m", BEGINNING_OF_TIME_MS);
+        assert!(t.is_empty());
+        assert_eq!(t.versions(), 0);
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        assert_eq!(merchant_key("a@b", None), "a@b@-");
+        assert_eq!(parse_merchant_key("a@b@-"), Some(("a@b", BEGINNING_OF_TIME_MS)));
+        let k = merchant_key("m", Some(&millis_timestamp(-5)));
+        assert_eq!(parse_merchant_key(&k), Some(("m", -5)));
+        assert_eq!(parse_merchant_key("no-separator"), None);
+    }
+
+    #[test]
+    fn reads_csv_with_extra_columns_in_any_order() {
+        let csv = "name,tier,merchant_id,region,effective_from\nShop,gold,m1,east,\nShop2,silver,m2,west,2019-11-11T00:00:00Z\n";
+        let ms = read_merchants_csv(csv.as_bytes()).unwrap();
+        assert_eq!(ms.len(), 2);
+        assert_eq!(ms[0], merchant_at("m1", "east", "gold", None));
+        assert_eq!(ms[1], merchant_at("m2", "west", "silver", Some(1_573_430_400_000)));
+    }
+
+    #[test]
+    fn csv_errors_name_their_lines() {
+        let err = read_merchants_csv("merchant_id,region\nm1,east\n".as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("header must name"), "{err}");
+        let err = read_merchants_csv("merchant_id,region,tier\nm1,east,gold\n,west,x\nm3,w,t,extra\nm4,east,gold\nm5,,\n".as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3:") && err.contains("line 6:") && !err.contains("line 5:"), "{err}");
+    }
+}

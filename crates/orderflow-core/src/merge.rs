@@ -1,0 +1,163 @@
+//! Merges per-partition partial totals into one exact total per key.
+//!
+//! Each input partition's aggregator publishes, for every window it closes, one partial
+//! total per key, followed by its progress: "every window ending at or before T is
+//! closed on partition p". A window is complete once every partition's progress has
+//! passed its end; then the partials are summed and the window is emitted, once.
+//! Partials are identified by (window, key, partition): the same partial arriving again
+//! (an aggregator re-processing after a crash) is harmless, and a different value under
+//! the same identity is reported as a conflict, never silently summed.
+
+use std::collections::{BTreeMap, HashMap};
+
+use orderflow_proto::timestamp_millis;
+use orderflow_proto::v1::{PartialTotal, PartitionProgress};
+
+use crate::window::{ClosedWindow, Tallies, TotalKey};
+use crate::{Error, Result};
+
+/// What became of a partial total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartialOutcome {
+    /// Held until its window completes.
+    Accepted,
+    /// Seen before with the same value, or its window was already emitted.
+    Repeated,
+}
+
+#[derive(Debug, Default)]
+struct PendingWindow {
+    end_ms: i64,
+    parts: HashMap<(TotalKey, i32), Tallies>,
+}
+
+/// The merge state.
+#[derive(Debug, Default)]
+pub struct Merger {
+    partition_count: i32,
+    frontiers: HashMap<i32, i64>,
+    pending: BTreeMap<i64, PendingWindow>,
+    emitted_through_ms: Option<i64>,
+}
+
+impl Merger {
+    /// An empty merger; it learns the partition count from progress records.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every window ending at or before this has been emitted.
+    pub fn emitted_through_ms(&self) -> Option<i64> {
+        self.emitted_through_ms
+    }
+
+    /// Windows waiting for some partition.
+    pub fn pending_windows(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Takes in one partial total.
+    pub fn add_partial(&mut self, p: &PartialTotal) -> Result<PartialOutcome> {
+        let Some(total) = p.total.as_ref() else { return Ok(PartialOutcome::Repeated) };
+        let (Some(start), Some(end)) = (total.window_start.as_ref(), total.window_end.as_ref()) else {
+            return Ok(PartialOutcome::Repeated);
+        };
+        let (start, end) = (timestamp_millis(start), timestamp_millis(end));
+        if self.emitted_through_ms.is_some_and(|e| end <= e) {
+            return Ok(PartialOutcome::Repeated);
+        }
+        let (key, tallies) = Tallies::from_window_total(total);
+        let window = self.pending.entry(start).or_insert_with(|| PendingWindow { end_ms: end, ..Default::default() });
+        match window.parts.get(&(key.clone(), p.partition)) {
+            Some(existing) if *existing == tallies => Ok(PartialOutcome::Repeated),
+            Some(_) => Err(Error::ConflictingPartial { window_start_ms: start, key: key.to_string(), partition: p.partition }),
+            None => {
+                window.parts.insert((key, p.partition), tallies);
+                Ok(PartialOutcome::Accepted)
+            }
+        }
+    }
+
+    /// Takes in one partition's progress; returns the windows it completes, merged,
+    /// oldest first.
+    pub fn progress(&mut self, p: &PartitionProgress) -> Vec<ClosedWindow> {
+        self.partition_count = self.partition_count.max(p.partition_count);
+        if let Some(t) = p.closed_through.as_ref() {
+            let t = timestamp_millis(t);
+            let f = self.frontiers.entry(p.partition).or_insert(i64::MIN);
+            *f = (*f).max(t);
+        }
+        if self.partition_count == 0 {
+            return Vec::new();
+        }
+        let global = (0..self.partition_count).map(|i| self.frontiers.get(&i).copied().unwrap_or(i64::MIN)).min().unwrap_or(i64::MIN);
+        if global == i64::MIN || self.emitted_through_ms.is_some_and(|e| global <= e) {
+            return Vec::new();
+        }
+        self.emitted_through_ms = Some(global);
+        let mut done = Vec::new();
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.get().end_ms > global {
+                break;
+            }
+            let (start, window) = entry.remove_entry();
+            let mut merged: BTreeMap<TotalKey, Tallies> = BTreeMap::new();
+            for ((key, _), t) in window.parts {
+                merged.entry(key).or_default().merge(&t);
+            }
+            done.push(ClosedWindow { start_ms: start, end_ms: window.end_ms, totals: merged.into_iter().collect() });
+        }
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orderflow_proto::millis_timestamp;
+
+    fn partial(start: i64, region: &str, partition: i32, paid: i64) -> PartialTotal {
+        let mut t = Tallies::default();
+        for _ in 0..paid {
+            t.add(1, 10);
+        }
+        let key = TotalKey { region: region.into(), tier: "gold".into(), currency: "CNY".into() };
+        PartialTotal { total: Some(t.to_window_total(start, start + 60, &key)), partition }
+    }
+
+    fn progress(partition: i32, through: i64) -> PartitionProgress {
+        PartitionProgress { partition, closed_through: Some(millis_timestamp(through)), partition_count: 2 }
+    }
+
+    #[test]
+    fn waits_for_every_partition_then_sums_each_key_once() {
+        let mut m = Merger::new();
+        assert_eq!(m.add_partial(&partial(0, "east", 0, 2)).unwrap(), PartialOutcome::Accepted);
+        assert_eq!(m.add_partial(&partial(0, "east", 0, 2)).unwrap(), PartialOutcome::Repeated);
+        assert!(m.progress(&progress(0, 60)).is_empty(), "partition 1 has not closed window 0");
+        m.add_partial(&partial(0, "east", 1, 3)).unwrap();
+        m.add_partial(&partial(0, "west", 1, 1)).unwrap();
+        m.add_partial(&partial(60, "east", 1, 5)).unwrap();
+        let done = m.progress(&progress(1, 120));
+        assert_eq!(done.len(), 1, "window 60 still waits for partition 0");
+        let w = &done[0];
+        assert_eq!(w.start_ms, 0);
+        let paid: Vec<_> = w.totals.iter().map(|(k, t)| (k.region.as_str(), t.0[1].count, t.0[1].amount_minor)).collect();
+        assert_eq!(paid, vec![("east", 5, 50), ("west", 1, 10)]);
+        // A re-emitted partial for an emitted window is ignored.
+        assert_eq!(m.add_partial(&partial(0, "east", 0, 2)).unwrap(), PartialOutcome::Repeated);
+        let done = m.progress(&progress(0, 120));
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].totals[0].1 .0[1].count, 5);
+        assert_eq!(m.pending_windows(), 0);
+        assert_eq!(m.emitted_through_ms(), Some(120));
+    }
+
+    #[test]
+    fn a_conflicting_partial_is_an_error() {
+        let mut m = Merger::new();
+        m.add_partial(&partial(0, "east", 0, 2)).unwrap();
+        let err = m.add_partial(&partial(0, "east", 0, 3)).unwrap_err();
+        assert!(err.to_string().contains("conflicting partial totals"), "{err}");
+    }
+}

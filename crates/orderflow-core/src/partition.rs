@@ -1,0 +1,320 @@
+//! One input partition's aggregation state.
+//!
+//! Everything here is a function of the partition's log: the same records in the same
+//! order give the same outcomes, the same closed windows and the same checkpoints. That
+//! is what lets the aggregator re-process from a checkpoint after a crash and emit
+//! byte-identical partial totals, so exactness needs no broker transactions.
+
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
+
+use orderflow_proto::timestamp_millis;
+use orderflow_proto::v1::{EnrichedOrderEvent, PartitionCheckpoint};
+
+use crate::dedup::{fingerprint, Dedup};
+use crate::window::{type_index, TotalKeyRef, ClosedWindow, Tallies, TotalKey, WindowSpec};
+use crate::{Error, Result};
+
+/// What happened to one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Counted in its window.
+    Counted { window_start_ms: i64 },
+    /// Its event id was already counted (within the dedup horizon).
+    Duplicate,
+    /// Its window had already closed on this partition.
+    Late { window_start_ms: i64, closed_through_ms: i64 },
+    /// Not a countable event (no event, time or type): the caller dead-letters it.
+    Invalid,
+}
+
+/// Aggregation state of one partition.
+#[derive(Debug, Clone)]
+pub struct PartitionState {
+    spec: WindowSpec,
+    watermark_ms: i64,
+    closed_through_ms: i64,
+    open: BTreeMap<i64, HashMap<TotalKey, Tallies>>,
+    dedup: Dedup,
+}
+
+impl PartitionState {
+    /// A fresh partition.
+    pub fn new(spec: WindowSpec, dedup_horizon_ms: i64) -> Self {
+        Self { spec, watermark_ms: i64::MIN, closed_through_ms: i64::MIN, open: BTreeMap::new(), dedup: Dedup::new(dedup_horizon_ms) }
+    }
+
+    /// Highest event time seen (`i64::MIN` before the first event).
+    pub fn watermark_ms(&self) -> i64 {
+        self.watermark_ms
+    }
+
+    /// Every window ending at or before this is closed (`i64::MIN` at first).
+    pub fn closed_through_ms(&self) -> i64 {
+        self.closed_through_ms
+    }
+
+    /// Number of open windows.
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Number of (window, key) totals held open.
+    pub fn open_keys(&self) -> usize {
+        self.open.values().map(HashMap::len).sum()
+    }
+
+    /// Number of event ids remembered for dedup.
+    pub fn dedup_len(&self) -> usize {
+        self.dedup.len()
+    }
+
+    /// End of the last open window, if any.
+    pub fn last_open_end_ms(&self) -> Option<i64> {
+        self.open.keys().next_back().map(|s| s + self.spec.size_ms())
+    }
+
+    /// Applies one enriched event; windows it closes are appended to `closed`.
+    pub fn apply(&mut self, e: &EnrichedOrderEvent, closed: &mut Vec<ClosedWindow>) -> Outcome {
+        let Some(event) = e.event.as_ref() else { return Outcome::Invalid };
+        let (Some(time), Some(ti)) = (event.event_time.as_ref(), type_index(event.r#type)) else {
+            return Outcome::Invalid;
+        };
+        let t = timestamp_millis(time);
+        if !self.dedup.first_sighting(fingerprint(&event.event_id), t, self.watermark_ms) {
+            return Outcome::Duplicate;
+        }
+        let start = self.spec.start_of(t);
+        if t < self.closed_through_ms {
+            return Outcome::Late { window_start_ms: start, closed_through_ms: self.closed_through_ms };
+        }
+        let window = self.open.entry(start).or_default();
+        // Look up by borrowed parts first, to allocate a key only for new keys.
+        match window.get_mut(&TotalKeyRef { region: &e.region, tier: &e.tier, currency: &event.currency }) {
+            Some(tallies) => tallies.add(ti, event.amount_minor),
+            None => {
+                let key = TotalKey { region: e.region.clone(), tier: e.tier.clone(), currency: event.currency.clone() };
+                window.entry(key).or_default().add(ti, event.amount_minor);
+            }
+        }
+        if t > self.watermark_ms {
+            self.watermark_ms = t;
+            self.close_through(self.spec.closed_through(t), closed);
+            self.dedup.reclaim(t);
+        }
+        Outcome::Counted { window_start_ms: start }
+    }
+
+    /// Closes every window ending at or before `close_through_ms` (an idle tick read
+    /// back from the log). Returns whether the frontier moved.
+    pub fn idle_close(&mut self, close_through_ms: i64, closed: &mut Vec<ClosedWindow>) -> bool {
+        let before = self.closed_through_ms;
+        // A tick may name any instant; windows close up to the boundary at or before it.
+        self.close_through(self.spec.start_of(close_through_ms), closed);
+        self.closed_through_ms != before
+    }
+
+    fn close_through(&mut self, frontier: i64, closed: &mut Vec<ClosedWindow>) {
+        if frontier <= self.closed_through_ms {
+            return;
+        }
+        self.closed_through_ms = frontier;
+        let still_open = self.open.split_off(&frontier);
+        let closing = std::mem::replace(&mut self.open, still_open);
+        for (start, totals) in closing {
+            let mut totals: Vec<_> = totals.into_iter().collect();
+            totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            closed.push(ClosedWindow { start_ms: start, end_ms: start + self.spec.size_ms(), totals });
+        }
+    }
+
+    /// The state as a checkpoint that belongs to input offset `next_offset`.
+    pub fn checkpoint(&self, topic: &str, partition: i32, next_offset: i64) -> PartitionCheckpoint {
+        let mut open = Vec::with_capacity(self.open_keys());
+        for (start, totals) in &self.open {
+            let mut totals: Vec<_> = totals.iter().collect();
+            totals.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            open.extend(totals.into_iter().map(|(k, t)| t.to_window_total(*start, start + self.spec.size_ms(), k)));
+        }
+        let entries = self.dedup.entries();
+        let mut fingerprints = Vec::with_capacity(entries.len() * 16);
+        let mut times = Vec::with_capacity(entries.len());
+        for (fp, t) in entries {
+            fingerprints.extend_from_slice(&fp.to_be_bytes());
+            times.push(t);
+        }
+        PartitionCheckpoint {
+            topic: topic.to_owned(),
+            partition,
+            next_offset,
+            watermark_ms: self.watermark_ms,
+            closed_through_ms: self.closed_through_ms,
+            open,
+            dedup_fingerprints: fingerprints,
+            dedup_event_times_ms: times,
+            window_ms: self.spec.size_ms(),
+            lateness_ms: self.spec.lateness_ms(),
+        }
+    }
+
+    /// Rebuilds the state from a checkpoint taken with the same window configuration.
+    pub fn restore(cp: &PartitionCheckpoint, spec: WindowSpec, dedup_horizon_ms: i64) -> Result<Self> {
+        let bad = |reason: String| Error::Checkpoint { topic: cp.topic.clone(), partition: cp.partition, reason };
+        if cp.window_ms != spec.size_ms() || cp.lateness_ms != spec.lateness_ms() {
+            return Err(bad(format!(
+                "taken with window {} ms and lateness {} ms, running with {} ms and {} ms; \
+                 changing them needs a new consumer group (and checkpoint topic)",
+                cp.window_ms,
+                cp.lateness_ms,
+                spec.size_ms(),
+                spec.lateness_ms()
+            )));
+        }
+        if cp.dedup_fingerprints.len() != cp.dedup_event_times_ms.len() * 16 {
+            return Err(bad("dedup fingerprints and times differ in length".into()));
+        }
+        let entries = cp
+            .dedup_fingerprints
+            .chunks_exact(16)
+            .zip(&cp.dedup_event_times_ms)
+            .map(|(fp, t)| (u128::from_be_bytes(fp.try_into().expect("16-byte chunk")), *t));
+        let mut open: BTreeMap<i64, HashMap<TotalKey, Tallies>> = BTreeMap::new();
+        for w in &cp.open {
+            let start = w.window_start.as_ref().map(timestamp_millis).ok_or_else(|| bad("open window without start".into()))?;
+            let (key, tallies) = Tallies::from_window_total(w);
+            open.entry(start).or_default().insert(key, tallies);
+        }
+        Ok(Self {
+            spec,
+            watermark_ms: cp.watermark_ms,
+            closed_through_ms: cp.closed_through_ms,
+            open,
+            dedup: Dedup::from_entries(dedup_horizon_ms, entries),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orderflow_proto::millis_timestamp;
+    use orderflow_proto::v1::{OrderEvent, OrderEventType};
+
+    const MIN: i64 = 60_000;
+
+    fn ev(id: &str, t: i64, ty: OrderEventType, amount: i64, region: &str) -> EnrichedOrderEvent {
+        EnrichedOrderEvent {
+            event: Some(OrderEvent {
+                event_id: id.into(),
+                order_id: format!("o-{id}"),
+                merchant_id: "m".into(),
+                r#type: ty as i32,
+                amount_minor: amount,
+                currency: "CNY".into(),
+                event_time: Some(millis_timestamp(t)),
+                ..Default::default()
+            }),
+            region: region.into(),
+            tier: "gold".into(),
+            merchant_known: true,
+        }
+    }
+
+    fn state() -> PartitionState {
+        PartitionState::new(WindowSpec::new(MIN, 5_000).unwrap(), MIN + 5_000)
+    }
+
+    #[test]
+    fn counts_dedups_closes_and_marks_late() {
+        let mut s = state();
+        let mut closed = Vec::new();
+        use OrderEventType::*;
+        assert_eq!(s.apply(&ev("a", 1_000, Created, 100, "east"), &mut closed), Outcome::Counted { window_start_ms: 0 });
+        assert_eq!(s.apply(&ev("b", 30_000, Paid, 100, "east"), &mut closed), Outcome::Counted { window_start_ms: 0 });
+        assert_eq!(s.apply(&ev("a", 1_000, Created, 100, "east"), &mut closed), Outcome::Duplicate);
+        // Next window; within lateness the first window stays open.
+        s.apply(&ev("c", 64_999, Paid, 7, "west"), &mut closed);
+        assert!(closed.is_empty());
+        // Out of order but within lateness: still counted in window 0.
+        assert_eq!(s.apply(&ev("d", 59_000, Refunded, 40, "east"), &mut closed), Outcome::Counted { window_start_ms: 0 });
+        s.apply(&ev("e", 65_000, Paid, 3, "west"), &mut closed);
+        assert_eq!(closed.len(), 1);
+        let w = &closed[0];
+        assert_eq!((w.start_ms, w.end_ms, w.totals.len()), (0, MIN, 1));
+        let t = &w.totals[0].1 .0;
+        assert_eq!((t[0].count, t[0].amount_minor, t[1].count, t[1].amount_minor, t[3].count, t[3].amount_minor), (1, 100, 1, 100, 1, 40));
+        assert_eq!(s.closed_through_ms(), MIN);
+        assert_eq!(
+            s.apply(&ev("late", 10_000, Paid, 1, "east"), &mut closed),
+            Outcome::Late { window_start_ms: 0, closed_through_ms: MIN }
+        );
+        // A duplicate of a counted event is a duplicate, not late.
+        assert_eq!(s.apply(&ev("b", 30_000, Paid, 100, "east"), &mut closed), Outcome::Duplicate);
+        assert_eq!(s.open_windows(), 1);
+    }
+
+    #[test]
+    fn idle_close_closes_every_open_window_through_the_tick() {
+        let mut s = state();
+        let mut closed = Vec::new();
+        s.apply(&ev("a", 1_000, OrderEventType::Paid, 5, "r"), &mut closed);
+        s.apply(&ev("b", 61_000, OrderEventType::Paid, 5, "r"), &mut closed);
+        assert!(s.idle_close(2 * MIN + 17, &mut closed));
+        assert_eq!(closed.iter().map(|w| w.start_ms).collect::<Vec<_>>(), vec![0, MIN]);
+        assert_eq!(s.closed_through_ms(), 2 * MIN);
+        assert!(!s.idle_close(2 * MIN, &mut closed));
+        assert!(matches!(s.apply(&ev("c", 119_000, OrderEventType::Paid, 5, "r"), &mut closed), Outcome::Late { .. }));
+        assert_eq!(s.apply(&ev("d", 120_000, OrderEventType::Paid, 5, "r"), &mut closed), Outcome::Counted { window_start_ms: 2 * MIN });
+    }
+
+    #[test]
+    fn events_without_time_or_type_are_invalid() {
+        let mut s = state();
+        let mut e = ev("a", 0, OrderEventType::Paid, 1, "r");
+        e.event.as_mut().unwrap().r#type = 0;
+        assert_eq!(s.apply(&e, &mut Vec::new()), Outcome::Invalid);
+    }
+
+    #[test]
+    fn restored_state_continues_exactly_like_the_original() {
+        use OrderEventType::*;
+        let mut events: Vec<_> = (0..400)
+            .map(|i| {
+                let t = (i * 997) % (5 * MIN) + (i / 80) * MIN;
+                ev(&format!("e{i}"), t, [Created, Paid, Cancelled, Refunded][i as usize % 4], i, ["n", "s"][i as usize % 2])
+            })
+            .collect();
+        // A storefront retry every 10 events.
+        for i in (10..400).step_by(10) {
+            events[i] = events[i - 3].clone();
+        }
+        let mut straight = state();
+        let mut out_straight = Vec::new();
+        let outcomes: Vec<_> = events.iter().map(|e| straight.apply(e, &mut out_straight)).collect();
+
+        for cut in [0, 1, 137, 399] {
+            let mut first = state();
+            let mut out = Vec::new();
+            let mut got: Vec<_> = events[..cut].iter().map(|e| first.apply(e, &mut out)).collect();
+            let cp = first.checkpoint("t", 3, cut as i64);
+            let bytes = orderflow_proto::Message::encode_to_vec(&cp);
+            let cp: PartitionCheckpoint = orderflow_proto::Message::decode(bytes.as_slice()).unwrap();
+            assert_eq!(cp.next_offset, cut as i64);
+            let mut second = PartitionState::restore(&cp, WindowSpec::new(MIN, 5_000).unwrap(), MIN + 5_000).unwrap();
+            got.extend(events[cut..].iter().map(|e| second.apply(e, &mut out)));
+            assert_eq!(got, outcomes, "cut at {cut}");
+            assert_eq!(out, out_straight, "cut at {cut}");
+            assert_eq!(second.checkpoint("t", 3, 400), straight.checkpoint("t", 3, 400));
+        }
+        assert!(outcomes.contains(&Outcome::Duplicate));
+        assert!(outcomes.iter().any(|o| matches!(o, Outcome::Late { .. })));
+    }
+
+    #[test]
+    fn restore_refuses_a_different_window_configuration() {
+        let cp = state().checkpoint("t", 0, 0);
+        let err = PartitionState::restore(&cp, WindowSpec::new(2 * MIN, 5_000).unwrap(), MIN).unwrap_err();
+        assert!(err.to_string().contains("new consumer group"), "{err}");
+    }
+}

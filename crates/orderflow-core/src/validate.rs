@@ -1,0 +1,163 @@
+//! Validation of storefront events. An event that fails goes to the dead-letter topic
+//! with the reason; it is never counted in totals.
+
+use orderflow_proto::v1::{OrderEvent, OrderEventType};
+use orderflow_proto::Message;
+
+/// Why an event was rejected. `code()` is a bounded label for metrics and headers;
+/// `Display` is the human explanation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidReason {
+    #[error("payload is not a protobuf OrderEvent: {0}")]
+    Undecodable(String),
+    #[error("event_id is missing")]
+    MissingEventId,
+    #[error("order_id is missing")]
+    MissingOrderId,
+    #[error("merchant_id is missing")]
+    MissingMerchantId,
+    #[error("event_time is missing")]
+    MissingEventTime,
+    #[error("event_time is out of range ({seconds}s, {nanos}ns)")]
+    InvalidEventTime { seconds: i64, nanos: i32 },
+    #[error("type is ORDER_EVENT_TYPE_UNSPECIFIED")]
+    UnspecifiedType,
+    #[error("type {0} is not a known OrderEventType")]
+    UnknownType(i32),
+    #[error("amount_minor is negative ({0})")]
+    NegativeAmount(i64),
+    #[error("currency `{0}` is not a three-letter ISO 4217 code")]
+    BadCurrency(String),
+}
+
+impl InvalidReason {
+    /// Every code, for describing metrics up front.
+    pub const CODES: &'static [&'static str] = &[
+        "undecodable",
+        "missing_event_id",
+        "missing_order_id",
+        "missing_merchant_id",
+        "missing_event_time",
+        "invalid_event_time",
+        "unspecified_type",
+        "unknown_type",
+        "negative_amount",
+        "bad_currency",
+    ];
+
+    /// A short, stable, bounded identifier of the reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Undecodable(_) => "undecodable",
+            Self::MissingEventId => "missing_event_id",
+            Self::MissingOrderId => "missing_order_id",
+            Self::MissingMerchantId => "missing_merchant_id",
+            Self::MissingEventTime => "missing_event_time",
+            Self::InvalidEventTime { .. } => "invalid_event_time",
+            Self::UnspecifiedType => "unspecified_type",
+            Self::UnknownType(_) => "unknown_type",
+            Self::NegativeAmount(_) => "negative_amount",
+            Self::BadCurrency(_) => "bad_currency",
+        }
+    }
+}
+
+/// Checks the rules every counted event must meet.
+pub fn validate(event: &OrderEvent) -> Result<(), InvalidReason> {
+    if event.event_id.is_empty() {
+        return Err(InvalidReason::MissingEventId);
+    }
+    if event.order_id.is_empty() {
+        return Err(InvalidReason::MissingOrderId);
+    }
+    if event.merchant_id.is_empty() {
+        return Err(InvalidReason::MissingMerchantId);
+    }
+    let Some(time) = event.event_time else {
+        return Err(InvalidReason::MissingEventTime);
+    };
+    // The range of google.protobuf.Timestamp: 0001-01-01 to 9999-12-31.
+    if !(0..1_000_000_000).contains(&time.nanos) || !(-62_135_596_800..=253_402_300_799).contains(&time.seconds) {
+        return Err(InvalidReason::InvalidEventTime { seconds: time.seconds, nanos: time.nanos });
+    }
+    match OrderEventType::try_from(event.r#type) {
+        Ok(OrderEventType::Unspecified) => return Err(InvalidReason::UnspecifiedType),
+        Ok(_) => {}
+        Err(_) => return Err(InvalidReason::UnknownType(event.r#type)),
+    }
+    if event.amount_minor < 0 {
+        return Err(InvalidReason::NegativeAmount(event.amount_minor));
+    }
+    let c = event.currency.as_bytes();
+    if c.len() != 3 || !c.iter().all(u8::is_ascii_uppercase) {
+        return Err(InvalidReason::BadCurrency(event.currency.clone()));
+    }
+    Ok(())
+}
+
+/// Decodes a raw orders-topic payload and validates it.
+pub fn decode_and_validate(payload: &[u8]) -> Result<OrderEvent, InvalidReason> {
+    let event = OrderEvent::decode(payload).map_err(|e| InvalidReason::Undecodable(e.to_string()))?;
+    validate(&event)?;
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orderflow_proto::millis_timestamp;
+
+    fn good() -> OrderEvent {
+        OrderEvent {
+            event_id: "e".into(),
+            order_id: "o".into(),
+            merchant_id: "m".into(),
+            r#type: OrderEventType::Created as i32,
+            amount_minor: 0,
+            currency: "CNY".into(),
+            event_time: Some(millis_timestamp(1)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn accepts_a_complete_event() {
+        assert_eq!(validate(&good()), Ok(()));
+    }
+
+    #[test]
+    fn rejects_each_rule_with_its_reason() {
+        let cases: Vec<(fn(&mut OrderEvent), &str)> = vec![
+            (|e| e.event_id.clear(), "missing_event_id"),
+            (|e| e.order_id.clear(), "missing_order_id"),
+            (|e| e.merchant_id.clear(), "missing_merchant_id"),
+            (|e| e.event_time = None, "missing_event_time"),
+            (|e| e.event_time.as_mut().unwrap().nanos = -1, "invalid_event_time"),
+            (|e| e.r#type = 0, "unspecified_type"),
+            (|e| e.r#type = 99, "unknown_type"),
+            (|e| e.amount_minor = -1, "negative_amount"),
+            (|e| e.currency = "cny".into(), "bad_currency"),
+            (|e| e.currency = "YUAN".into(), "bad_currency"),
+            (|e| e.currency.clear(), "bad_currency"),
+        ];
+        for (mutate, code) in cases {
+            let mut e = good();
+            mutate(&mut e);
+            assert_eq!(validate(&e).unwrap_err().code(), code);
+            assert!(InvalidReason::CODES.contains(&code));
+        }
+    }
+
+    #[test]
+    fn garbage_bytes_are_undecodable() {
+        let err = decode_and_validate(b"\xff\xff\xff not protobuf").unwrap_err();
+        assert_eq!(err.code(), "undecodable");
+        assert!(err.to_string().starts_with("payload is not a protobuf OrderEvent"));
+    }
+
+    #[test]
+    fn decodes_valid_bytes() {
+        let bytes = good().encode_to_vec();
+        assert_eq!(decode_and_validate(&bytes).unwrap(), good());
+    }
+}
