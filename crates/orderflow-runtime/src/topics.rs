@@ -1,0 +1,129 @@
+//! Topic names and their creation.
+//!
+//! Every topic name derives from one prefix (`--topic-prefix`, default `orderflow`), so
+//! several pipelines (or tests) can share a cluster without colliding:
+//!
+//! | topic | key | value | cleanup |
+//! |---|---|---|---|
+//! | `P.orders` | order id | `OrderEvent` (protobuf) | delete |
+//! | `P.merchants` | `merchant_id@effective_from` | `Merchant` | compact |
+//! | `P.orders.enriched` | order id | `EnrichedRecord` | delete |
+//! | `P.orders.dead-letter` | source `topic/partition/offset` | original bytes; reason in headers | delete |
+//! | `P.orders.late` | event id | `EnrichedOrderEvent`; window in headers | delete |
+//! | `P.totals.partial` | `window/region/tier/currency/partition` | `PartialRecord` | delete, 1 partition |
+//! | `P.totals` | `window/region/tier/currency` | `WindowTotal` | compact, 1 partition |
+//! | `P.aggregator.checkpoints` | input partition | `PartitionCheckpoint` | compact, one partition per input partition |
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::kafka::KafkaArgs;
+use crate::{Error, Result};
+
+/// Topic naming and sizing flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopicArgs {
+    /// Prefix of every topic and consumer-group name.
+    #[arg(long, env = "ORDERFLOW_TOPIC_PREFIX", default_value = "orderflow", global = true)]
+    pub topic_prefix: String,
+    /// Partitions of the orders, enriched, dead-letter, late and checkpoint topics when
+    /// orderflow creates them (existing topics are left as they are).
+    #[arg(long, env = "ORDERFLOW_PARTITIONS", default_value_t = 6, global = true)]
+    pub partitions: i32,
+    /// Replication factor of topics orderflow creates (use 3 in production).
+    #[arg(long, env = "ORDERFLOW_REPLICATION_FACTOR", default_value_t = 1, global = true)]
+    pub replication_factor: i32,
+}
+
+impl TopicArgs {
+    /// Names under `prefix` with the given sizing.
+    pub fn new(prefix: impl Into<String>, partitions: i32) -> Self {
+        Self { topic_prefix: prefix.into(), partitions, replication_factor: 1 }
+    }
+
+    fn name(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.topic_prefix)
+    }
+    /// Raw storefront events.
+    pub fn orders(&self) -> String {
+        self.name("orders")
+    }
+    /// Merchant versions (compacted).
+    pub fn merchants(&self) -> String {
+        self.name("merchants")
+    }
+    /// Enriched events and idle ticks.
+    pub fn enriched(&self) -> String {
+        self.name("orders.enriched")
+    }
+    /// Rejected events with their reasons.
+    pub fn dead_letter(&self) -> String {
+        self.name("orders.dead-letter")
+    }
+    /// Events whose window had closed.
+    pub fn late(&self) -> String {
+        self.name("orders.late")
+    }
+    /// Per-partition partial totals and progress.
+    pub fn partials(&self) -> String {
+        self.name("totals.partial")
+    }
+    /// Merged window totals (compacted).
+    pub fn totals(&self) -> String {
+        self.name("totals")
+    }
+    /// Aggregator checkpoints (compacted).
+    pub fn checkpoints(&self) -> String {
+        self.name("aggregator.checkpoints")
+    }
+    /// Consumer group of a service.
+    pub fn group(&self, service: &str) -> String {
+        format!("{}-{service}", self.topic_prefix)
+    }
+
+    /// A topic sized by `--partitions`.
+    pub fn wide(&self, name: String) -> TopicSpec {
+        TopicSpec { name, partitions: self.partitions, replication: self.replication_factor, compact: false }
+    }
+    /// A single-partition topic.
+    pub fn narrow(&self, name: String, compact: bool) -> TopicSpec {
+        TopicSpec { name, partitions: 1, replication: self.replication_factor, compact }
+    }
+}
+
+/// A topic to create when missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication: i32,
+    pub compact: bool,
+}
+
+/// Creates the topics that do not exist yet; existing ones are left untouched.
+pub async fn ensure(kafka: &KafkaArgs, specs: &[TopicSpec]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = kafka.config(&[])?.create()?;
+    let new: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|s| {
+            let t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(s.replication));
+            if s.compact {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&new, &opts).await? {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "Created topic."),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(Error::CreateTopic { topic: name, reason: code.to_string() }),
+        }
+    }
+    Ok(())
+}
