@@ -5,6 +5,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
+use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result};
 
@@ -97,4 +98,140 @@ pub fn partition_count<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(co
         Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
         _ => Err(Error::MissingTopic(topic.to_owned())),
     }
+}
+
+/// Reads every partition of a topic from the beginning, outside any consumer group:
+/// for reference tables (merchants), checkpoints and inspection commands.
+pub struct TopicReader {
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: i32,
+}
+
+impl std::fmt::Debug for TopicReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicReader").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+impl TopicReader {
+    /// Assigns every partition of `topic` from its beginning.
+    pub fn open(kafka: &KafkaArgs, topic: &str) -> Result<Self> {
+        let consumer = kafka.reader()?;
+        let partitions = partition_count(&consumer, topic)?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(Self { consumer, topic: topic.to_owned(), partitions })
+    }
+
+    /// The topic read.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Calls `f` on every record up to the end each partition had when called.
+    pub fn read_to_end(&self, mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>)) -> Result<u64> {
+        use rdkafka::Message as _;
+        let mut remaining = std::collections::HashMap::new();
+        for p in 0..self.partitions {
+            let (low, high) = self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(10))?;
+            if high > low {
+                remaining.insert(p, high);
+            }
+        }
+        let mut n = 0;
+        while !remaining.is_empty() {
+            match self.consumer.poll(Duration::from_millis(200)) {
+                None | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(m)) => {
+                    n += 1;
+                    f(&m);
+                    if remaining.get(&m.partition()).is_some_and(|high| m.offset() + 1 >= *high) {
+                        remaining.remove(&m.partition());
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// The next record, if one arrives within `timeout` (for following a topic).
+    pub fn poll(&self, timeout: Duration) -> Result<Option<rdkafka::message::BorrowedMessage<'_>>> {
+        match self.consumer.poll(timeout) {
+            None | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => Ok(None),
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(m)) => Ok(Some(m)),
+        }
+    }
+}
+
+/// A header value of a record, as text.
+pub fn header<'a>(m: &'a impl rdkafka::Message, name: &str) -> Option<&'a str> {
+    use rdkafka::message::Headers as _;
+    m.headers()?.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok())
+}
+
+/// Records the ids of partitions a rebalance takes away, for loops that keep
+/// per-partition state; rebalancing itself is librdkafka's default (cooperative when
+/// the assignor is).
+#[derive(Debug, Default, Clone)]
+pub struct RevocationLog {
+    revoked: std::sync::Arc<std::sync::Mutex<Vec<i32>>>,
+}
+
+impl RevocationLog {
+    /// Partitions revoked since the last call.
+    pub fn take(&self) -> Vec<i32> {
+        std::mem::take(&mut *self.revoked.lock().expect("revocation log poisoned"))
+    }
+}
+
+impl rdkafka::client::ClientContext for RevocationLog {}
+
+impl rdkafka::consumer::ConsumerContext for RevocationLog {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            let mut r = self.revoked.lock().expect("revocation log poisoned");
+            r.extend(tpl.elements().iter().map(|e| e.partition()));
+            tracing::info!(partitions = ?r, "Partitions revoked.");
+        }
+    }
+}
+
+/// Waits for the first record (or cancellation), then takes whatever else is already
+/// fetched, up to `max` records. Receive errors are logged and skipped: the consumer
+/// recovers from broker errors by itself.
+pub async fn recv_batch<'a, C: rdkafka::consumer::ConsumerContext + 'static>(
+    consumer: &'a rdkafka::consumer::StreamConsumer<C>,
+    max: usize,
+    cancel: &CancellationToken,
+    idle: Duration,
+) -> Vec<rdkafka::message::BorrowedMessage<'a>> {
+    use futures::FutureExt as _;
+    let mut batch = Vec::new();
+    let first = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return batch,
+        _ = tokio::time::sleep(idle) => return batch,
+        m = consumer.recv() => m,
+    };
+    match first {
+        Ok(m) => batch.push(m),
+        Err(e) => {
+            tracing::warn!(error = %e, "Receive failed.");
+            return batch;
+        }
+    }
+    while batch.len() < max {
+        match consumer.recv().now_or_never() {
+            Some(Ok(m)) => batch.push(m),
+            Some(Err(e)) => tracing::warn!(error = %e, "Receive failed."),
+            None => break,
+        }
+    }
+    batch
 }

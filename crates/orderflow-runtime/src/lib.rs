@@ -1,12 +1,14 @@
 //! Shared plumbing of orderflow's services, kept thin and free of business logic.
 //!
 //! # Layout
+//! - [`dead_letter`]: the dead-letter record format (original bytes, reason headers).
 //! - [`kafka`]: the `--brokers` flag, librdkafka option passthrough and client builders.
 //! - [`topics`]: topic names (one prefix for all), sizing flags, and creation of missing
 //!   topics through the admin API so a fresh cluster needs no manual step.
 //! - [`telemetry`]: every metric name, described once; the Prometheus exporter; tracing.
 //! - [`shutdown`]: SIGTERM/Ctrl-C to a cancellation token.
 
+pub mod dead_letter;
 pub mod kafka;
 pub mod shutdown;
 pub mod telemetry;
