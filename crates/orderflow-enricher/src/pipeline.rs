@@ -6,12 +6,12 @@ use futures::future::join_all;
 use orderflow_core::validate::decode_and_validate;
 use orderflow_proto::v1::{enriched_record, EnrichedRecord};
 use orderflow_proto::Message as _;
-use orderflow_runtime::kafka::{recv_batch, KafkaArgs, RevocationLog};
+use orderflow_runtime::kafka::{recv_batch, send, KafkaArgs, RevocationLog};
 use orderflow_runtime::topics::{self, TopicArgs};
 use orderflow_runtime::{dead_letter, telemetry};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -134,18 +134,4 @@ struct Output {
     dead_letter: Option<rdkafka::message::OwnedHeaders>,
     key: String,
     value: Vec<u8>,
-}
-
-/// Enqueues a record, waiting while the producer queue is full.
-pub(crate) async fn send(producer: &FutureProducer, mut record: FutureRecord<'_, str, [u8]>) -> Result<DeliveryFuture> {
-    loop {
-        match producer.send_result(record) {
-            Ok(f) => return Ok(f),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
-    }
 }

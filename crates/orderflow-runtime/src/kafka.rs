@@ -235,3 +235,21 @@ pub async fn recv_batch<'a, C: rdkafka::consumer::ConsumerContext + 'static>(
     }
     batch
 }
+
+/// Enqueues a record, waiting while the producer's queue is full (back-pressure);
+/// the returned future resolves on delivery.
+pub async fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
+    producer: &FutureProducer,
+    mut record: rdkafka::producer::FutureRecord<'_, K, P>,
+) -> Result<rdkafka::producer::DeliveryFuture> {
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
+            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The checkpoint topic: partition p's checkpoints are written to partition p, so the
+//! newest checkpoint of a partition is among the last records of one partition and
+//! restoring reads a handful of records, whatever the length of the input log.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use orderflow_proto::v1::PartitionCheckpoint;
+use orderflow_proto::Message as _;
+use orderflow_runtime::kafka::KafkaArgs;
+use rdkafka::consumer::Consumer;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::Result;
+
+/// How many of the last records of a checkpoint partition are read on restore. A
+/// stale owner may still have written a checkpoint after a rebalance; of the last few,
+/// the one with the highest offset is the newest state, because processing is
+/// deterministic.
+const TAIL: i64 = 8;
+
+/// Reads the newest checkpoint of each of `partitions` (absent: start from scratch).
+pub fn restore(kafka: &KafkaArgs, topic: &str, partitions: &[i32]) -> Result<HashMap<i32, PartitionCheckpoint>> {
+    let consumer = kafka.reader()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = HashMap::new();
+    for &p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Offset((high - TAIL).max(low)))?;
+            remaining.insert(p, high);
+        }
+    }
+    let mut found: HashMap<i32, PartitionCheckpoint> = HashMap::new();
+    if remaining.is_empty() {
+        return Ok(found);
+    }
+    consumer.assign(&tpl)?;
+    while !remaining.is_empty() {
+        match consumer.poll(Duration::from_millis(200)) {
+            None | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(m)) => {
+                let p = m.partition();
+                match m.payload().map(PartitionCheckpoint::decode) {
+                    Some(Ok(cp)) if cp.partition == p => {
+                        if found.get(&p).is_none_or(|old| cp.next_offset >= old.next_offset) {
+                            found.insert(p, cp);
+                        }
+                    }
+                    _ => tracing::warn!(partition = p, offset = m.offset(), "Unreadable checkpoint record; skipped."),
+                }
+                if remaining.get(&p).is_some_and(|h| m.offset() + 1 >= *h) {
+                    remaining.remove(&p);
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Encodes a checkpoint for partition `partition` of the checkpoint topic.
+pub fn encode(cp: &PartitionCheckpoint) -> Vec<u8> {
+    cp.encode_to_vec()
+}

@@ -1,0 +1,374 @@
+//! Stage 1: per-partition aggregation with checkpoints.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use orderflow_core::partition::{Outcome, PartitionState};
+use orderflow_core::validate::InvalidReason;
+use orderflow_core::window::{ClosedWindow, WindowSpec};
+use orderflow_proto::v1::{enriched_record, partial_record, EnrichedRecord, IdleTick, PartialRecord, PartialTotal, PartitionProgress};
+use orderflow_proto::{millis_timestamp, timestamp_millis, Message as _};
+use orderflow_runtime::kafka::{partition_count, recv_batch, send, KafkaArgs, RevocationLog};
+use orderflow_runtime::topics::{self, TopicArgs, TopicSpec};
+use orderflow_runtime::{dead_letter, telemetry};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{checkpoint, merger, AggregatorArgs, Error, Result};
+
+/// Header of a late record: start of the window it missed (RFC 3339).
+pub const LATE_WINDOW_START: &str = "orderflow-window-start";
+/// Header of a late record: the partition's closed-through frontier when it arrived.
+pub const LATE_CLOSED_THROUGH: &str = "orderflow-closed-through";
+
+/// One owned input partition.
+#[derive(Debug)]
+struct Owned {
+    state: PartitionState,
+    /// First input offset not yet reflected in `state`.
+    next_offset: i64,
+    /// `next_offset` of the last checkpoint written.
+    checkpointed: i64,
+    /// When the partition last delivered a record (or was taken over).
+    last_input: Instant,
+    /// When an idle tick was last sent.
+    tick_sent: Option<Instant>,
+}
+
+/// Creates missing topics and runs both stages (partitions and merger) until `cancel`.
+pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, args: &AggregatorArgs, cancel: CancellationToken) -> Result<()> {
+    let (spec, horizon) = args.spec()?;
+    topics::ensure(
+        kafka,
+        &[
+            topics.wide(topics.enriched()),
+            topics.wide(topics.dead_letter()),
+            topics.wide(topics.late()),
+            topics.narrow(topics.partials(), false),
+            topics.narrow(topics.totals(), true),
+        ],
+    )
+    .await?;
+    let probe = kafka.reader()?;
+    let input_partitions = partition_count(&probe, &topics.enriched())?;
+    let cp_spec = TopicSpec { name: topics.checkpoints(), partitions: input_partitions, replication: topics.replication_factor, compact: true };
+    topics::ensure(kafka, &[cp_spec]).await?;
+    let cp_partitions = partition_count(&probe, &topics.checkpoints())?;
+    if cp_partitions < input_partitions {
+        return Err(Error::Config(format!(
+            "checkpoint topic `{}` has {cp_partitions} partitions but `{}` has {input_partitions}; it needs at least as many",
+            topics.checkpoints(),
+            topics.enriched()
+        )));
+    }
+    drop(probe);
+    let merge = merger::run(kafka, topics, cancel.clone());
+    let aggregate = Aggregator::new(kafka, topics, args, spec, horizon, input_partitions)?.run(cancel.clone());
+    let (a, m) = tokio::join!(aggregate, merge);
+    a.and(m)
+}
+
+struct Aggregator {
+    kafka: KafkaArgs,
+    args: AggregatorArgs,
+    spec: WindowSpec,
+    horizon: i64,
+    input: String,
+    partitions: i32,
+    partials_topic: String,
+    late_topic: String,
+    dlq_topic: String,
+    cp_topic: String,
+    producer: FutureProducer,
+    consumer: std::sync::Arc<StreamConsumer<RevocationLog>>,
+    owned: HashMap<i32, Owned>,
+    pending: Vec<(String, DeliveryFuture)>,
+    last_checkpoint: Instant,
+}
+
+impl Aggregator {
+    fn new(kafka: &KafkaArgs, topics: &TopicArgs, args: &AggregatorArgs, spec: WindowSpec, horizon: i64, partitions: i32) -> Result<Self> {
+        let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("aggregator"), RevocationLog::default())?;
+        consumer.subscribe(&[&topics.enriched()])?;
+        Ok(Self {
+            kafka: kafka.clone(),
+            args: args.clone(),
+            spec,
+            horizon,
+            input: topics.enriched(),
+            partitions,
+            partials_topic: topics.partials(),
+            late_topic: topics.late(),
+            dlq_topic: topics.dead_letter(),
+            cp_topic: topics.checkpoints(),
+            producer: kafka.producer()?,
+            consumer: std::sync::Arc::new(consumer),
+            owned: HashMap::new(),
+            pending: Vec::new(),
+            last_checkpoint: Instant::now(),
+        })
+    }
+
+    async fn run(mut self, cancel: CancellationToken) -> Result<()> {
+        tracing::info!(input = %self.input, window_ms = self.spec.size_ms(), lateness_ms = self.spec.lateness_ms(), "Aggregator running.");
+        let mut housekeeping = Instant::now();
+        let consumer = self.consumer.clone();
+        while !cancel.is_cancelled() {
+            let batch = recv_batch(&consumer, self.args.batch, &cancel, Duration::from_millis(200)).await;
+            self.forget_revoked();
+            if !batch.is_empty() {
+                let partitions: Vec<i32> = batch.iter().map(|m| m.partition()).filter(|p| !self.owned.contains_key(p)).collect();
+                self.take_over(partitions).await?;
+                for m in &batch {
+                    self.process(m).await?;
+                }
+                drop(batch);
+                self.settle().await?;
+            }
+            if housekeeping.elapsed() >= Duration::from_millis(500) {
+                housekeeping = Instant::now();
+                let assigned: Vec<i32> = match self.consumer.assignment() {
+                    Ok(tpl) => tpl.elements().iter().map(|e| e.partition()).filter(|p| !self.owned.contains_key(p)).collect(),
+                    Err(_) => Vec::new(),
+                };
+                self.take_over(assigned).await?;
+                self.idle_ticks().await?;
+            }
+            if self.last_checkpoint.elapsed() >= self.args.checkpoint_interval {
+                self.checkpoint().await?;
+            }
+        }
+        self.settle().await?;
+        self.checkpoint().await?;
+        self.producer.flush(Duration::from_secs(10))?;
+        tracing::info!("Aggregator stopped.");
+        Ok(())
+    }
+
+    /// Drops the state of partitions taken away: their next owner restores the last
+    /// checkpoint and re-processes from its offset.
+    fn forget_revoked(&mut self) {
+        for p in self.consumer.context().take() {
+            self.owned.remove(&p);
+            metrics::gauge!(telemetry::AGGREGATOR_WATERMARK, "partition" => p.to_string()).set(f64::NAN);
+        }
+    }
+
+    /// Restores newly owned partitions from their checkpoints.
+    async fn take_over(&mut self, mut partitions: Vec<i32>) -> Result<()> {
+        partitions.sort_unstable();
+        partitions.dedup();
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let (kafka, topic, ps) = (self.kafka.clone(), self.cp_topic.clone(), partitions.clone());
+        let started = Instant::now();
+        let mut found = tokio::task::spawn_blocking(move || checkpoint::restore(&kafka, &topic, &ps)).await.expect("restore task panicked")?;
+        for p in partitions {
+            let owned = match found.remove(&p) {
+                Some(cp) => {
+                    metrics::counter!(telemetry::AGGREGATOR_RESTORES, "from" => "checkpoint").increment(1);
+                    let state = PartitionState::restore(&cp, self.spec, self.horizon)?;
+                    tracing::info!(partition = p, next_offset = cp.next_offset, open_windows = state.open_windows(), "Partition restored from checkpoint.");
+                    Owned { state, next_offset: cp.next_offset, checkpointed: cp.next_offset, last_input: Instant::now(), tick_sent: None }
+                }
+                None => {
+                    metrics::counter!(telemetry::AGGREGATOR_RESTORES, "from" => "scratch").increment(1);
+                    tracing::info!(partition = p, "Partition starts from scratch.");
+                    Owned { state: PartitionState::new(self.spec, self.horizon), next_offset: 0, checkpointed: -1, last_input: Instant::now(), tick_sent: None }
+                }
+            };
+            self.owned.insert(p, owned);
+        }
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "Take-over done.");
+        Ok(())
+    }
+
+    async fn process(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) -> Result<()> {
+        let (p, offset) = (m.partition(), m.offset());
+        let Some(owned) = self.owned.get_mut(&p) else { return Ok(()) };
+        owned.last_input = Instant::now();
+        if offset < owned.next_offset {
+            return Ok(()); // already in the restored state
+        }
+        if offset > owned.next_offset && owned.checkpointed >= 0 {
+            tracing::warn!(partition = p, expected = owned.next_offset, got = offset, "Input offsets skipped ahead of the checkpoint.");
+        }
+        owned.next_offset = offset + 1;
+        let before = owned.state.closed_through_ms();
+        let mut closed = Vec::new();
+        let payload = m.payload().unwrap_or_default();
+        let record = EnrichedRecord::decode(payload).map_err(|e| InvalidReason::Undecodable(e.to_string()));
+        let late = match record.map(|r| r.kind) {
+            Ok(Some(enriched_record::Kind::IdleTick(IdleTick { close_through: Some(t) }))) => {
+                owned.state.idle_close(timestamp_millis(&t), &mut closed);
+                None
+            }
+            Ok(Some(enriched_record::Kind::Event(e))) => match owned.state.apply(&e, &mut closed) {
+                Outcome::Counted { .. } => {
+                    metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "counted").increment(1);
+                    None
+                }
+                Outcome::Duplicate => {
+                    metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "duplicate").increment(1);
+                    None
+                }
+                Outcome::Late { window_start_ms, closed_through_ms } => {
+                    metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "late").increment(1);
+                    Some((e, window_start_ms, closed_through_ms))
+                }
+                Outcome::Invalid => {
+                    self.dead_letter(m, &InvalidReason::MissingEventTime).await?;
+                    None
+                }
+            },
+            Ok(_) => {
+                self.dead_letter(m, &InvalidReason::Undecodable("empty EnrichedRecord".into())).await?;
+                None
+            }
+            Err(reason) => {
+                self.dead_letter(m, &reason).await?;
+                None
+            }
+        };
+        if let Some((e, start, through)) = late {
+            let key = e.event.as_ref().map(|e| e.event_id.clone()).unwrap_or_default();
+            let (start, through) = (millis_timestamp(start).to_string(), millis_timestamp(through).to_string());
+            let (ps, os) = (p.to_string(), offset.to_string());
+            let headers = OwnedHeaders::new_with_capacity(4)
+                .insert(Header { key: LATE_WINDOW_START, value: Some(start.as_bytes()) })
+                .insert(Header { key: LATE_CLOSED_THROUGH, value: Some(through.as_bytes()) })
+                .insert(Header { key: dead_letter::SOURCE_PARTITION, value: Some(ps.as_bytes()) })
+                .insert(Header { key: dead_letter::SOURCE_OFFSET, value: Some(os.as_bytes()) });
+            let value = e.encode_to_vec();
+            let f = send(&self.producer, FutureRecord::to(&self.late_topic).key(&key).payload(&value).headers(headers)).await?;
+            self.pending.push((self.late_topic.clone(), f));
+        }
+        let owned = self.owned.get(&p).expect("owned above");
+        let (through, watermark) = (owned.state.closed_through_ms(), owned.state.watermark_ms());
+        if watermark != i64::MIN {
+            metrics::gauge!(telemetry::AGGREGATOR_WATERMARK, "partition" => p.to_string()).set(watermark as f64 / 1000.0);
+        }
+        if through != before {
+            self.emit(p, &closed, through).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the partials of windows closed on `p`, then `p`'s progress.
+    async fn emit(&mut self, p: i32, closed: &[ClosedWindow], through: i64) -> Result<()> {
+        for w in closed {
+            metrics::counter!(telemetry::AGGREGATOR_PARTITION_WINDOWS_CLOSED).increment(1);
+            for total in w.to_window_totals() {
+                let key = format!("{}/{}/{}/{}/{p}", w.start_ms, total.region, total.tier, total.currency);
+                let value = PartialRecord { kind: Some(partial_record::Kind::Partial(PartialTotal { total: Some(total), partition: p })) }.encode_to_vec();
+                let f = send(&self.producer, FutureRecord::to(&self.partials_topic).key(&key).payload(&value)).await?;
+                self.pending.push((self.partials_topic.clone(), f));
+            }
+        }
+        let progress = PartitionProgress { partition: p, closed_through: Some(millis_timestamp(through)), partition_count: self.partitions };
+        let value = PartialRecord { kind: Some(partial_record::Kind::Progress(progress)) }.encode_to_vec();
+        let key = format!("progress/{p}");
+        let f = send(&self.producer, FutureRecord::to(&self.partials_topic).key(&key).payload(&value)).await?;
+        self.pending.push((self.partials_topic.clone(), f));
+        metrics::gauge!(telemetry::AGGREGATOR_OPEN_WINDOWS).set(self.owned.values().map(|o| o.state.open_windows()).sum::<usize>() as f64);
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, m: &rdkafka::message::BorrowedMessage<'_>, reason: &InvalidReason) -> Result<()> {
+        metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "invalid").increment(1);
+        metrics::counter!(telemetry::DEAD_LETTER_EVENTS, "stage" => "aggregator", "reason" => reason.code()).increment(1);
+        let key = dead_letter::key(m.topic(), m.partition(), m.offset());
+        let record = FutureRecord::to(&self.dlq_topic)
+            .key(&key)
+            .payload(m.payload().unwrap_or_default())
+            .headers(dead_letter::headers("aggregator", reason, m.topic(), m.partition(), m.offset()));
+        let f = send(&self.producer, record).await?;
+        self.pending.push((self.dlq_topic.clone(), f));
+        Ok(())
+    }
+
+    /// Waits until every output sent so far is on the broker.
+    async fn settle(&mut self) -> Result<()> {
+        for (topic, r) in join_all(self.pending.drain(..).map(|(t, f)| async move { (t, f.await) })).await {
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(Error::Delivery { topic, source: e }),
+                Err(_) => return Err(Error::Delivery { topic, source: rdkafka::error::KafkaError::Canceled }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint of every partition that progressed, then commits the
+    /// offsets they belong to. Outputs are settled first, so a checkpoint never
+    /// claims input whose results might be lost.
+    async fn checkpoint(&mut self) -> Result<()> {
+        self.last_checkpoint = Instant::now();
+        self.settle().await?;
+        let mut tpl = TopicPartitionList::new();
+        for (&p, owned) in &self.owned {
+            if owned.next_offset <= owned.checkpointed {
+                continue;
+            }
+            let bytes = checkpoint::encode(&owned.state.checkpoint(&self.input, p, owned.next_offset));
+            metrics::histogram!(telemetry::AGGREGATOR_CHECKPOINT_BYTES).record(bytes.len() as f64);
+            let key = p.to_string();
+            let f = send(&self.producer, FutureRecord::to(&self.cp_topic).partition(p).key(&key).payload(&bytes)).await?;
+            self.pending.push((self.cp_topic.clone(), f));
+            tpl.add_partition_offset(&self.input, p, Offset::Offset(owned.next_offset))?;
+        }
+        self.settle().await?;
+        for e in tpl.elements() {
+            if let (Some(o), Offset::Offset(next)) = (self.owned.get_mut(&e.partition()), e.offset()) {
+                o.checkpointed = next;
+                metrics::counter!(telemetry::AGGREGATOR_CHECKPOINTS).increment(1);
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!(error = %e, "Offset commit failed; the checkpoint is what counts.");
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes idle ticks into quiet partitions (see the crate docs). A partition quiet
+    /// on its own catches up with the frontier the instance's other partitions have
+    /// closed; when every owned partition is quiet, every open window closes.
+    async fn idle_ticks(&mut self) -> Result<()> {
+        let idle = self.args.idle_close;
+        let quiet = |o: &Owned| o.last_input.elapsed() >= idle && o.tick_sent.is_none_or(|t| t.elapsed() >= idle);
+        if self.owned.is_empty() {
+            return Ok(());
+        }
+        let all_quiet = self.owned.values().all(|o| o.last_input.elapsed() >= idle);
+        let mut target = self.owned.values().map(|o| o.state.closed_through_ms()).max().unwrap_or(i64::MIN);
+        if all_quiet {
+            target = target.max(self.owned.values().filter_map(|o| o.state.last_open_end_ms()).max().unwrap_or(i64::MIN));
+        }
+        if target == i64::MIN {
+            return Ok(());
+        }
+        let mut ticks = Vec::new();
+        for (&p, o) in &mut self.owned {
+            if quiet(o) && o.state.closed_through_ms() < target {
+                o.tick_sent = Some(Instant::now());
+                ticks.push(p);
+            }
+        }
+        for p in ticks {
+            metrics::counter!(telemetry::AGGREGATOR_IDLE_TICKS).increment(1);
+            tracing::debug!(partition = p, close_through_ms = target, "Writing idle tick.");
+            let value = EnrichedRecord { kind: Some(enriched_record::Kind::IdleTick(IdleTick { close_through: Some(millis_timestamp(target)) })) }.encode_to_vec();
+            let f = send(&self.producer, FutureRecord::<str, [u8]>::to(&self.input).partition(p).payload(&value)).await?;
+            self.pending.push((self.input.clone(), f));
+        }
+        Ok(())
+    }
+}
