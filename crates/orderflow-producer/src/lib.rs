@@ -5,6 +5,7 @@
 //! - [`replay`]: publishes a trace file (one canonical-JSON `OrderEvent` a line) at a
 //!   fixed rate or flat out, reporting unreadable lines by number and going on.
 //! - [`load_merchants`]: publishes merchant versions to the compacted merchants topic.
+//! - [`sample`]: a small generated peak minute, for the demo.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), orderflow_producer::Error> {
@@ -17,6 +18,7 @@
 //! ```
 
 mod replay;
+pub mod sample;
 
 use std::time::Duration;
 

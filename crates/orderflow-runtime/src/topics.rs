@@ -105,8 +105,17 @@ pub struct TopicSpec {
 
 /// Creates the topics that do not exist yet; existing ones are left untouched.
 pub async fn ensure(kafka: &KafkaArgs, specs: &[TopicSpec]) -> Result<()> {
+    let existing: std::collections::HashSet<String> = {
+        use rdkafka::consumer::Consumer as _;
+        let md = kafka.reader()?.fetch_metadata(None, Duration::from_secs(10))?;
+        md.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name().to_owned()).collect()
+    };
+    let missing: Vec<&TopicSpec> = specs.iter().filter(|s| !existing.contains(&s.name)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> = kafka.config(&[])?.create()?;
-    let new: Vec<NewTopic<'_>> = specs
+    let new: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|s| {
             let t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(s.replication));

@@ -1,0 +1,161 @@
+//! orderflow's command line. One binary; each subcommand runs one part of the pipeline
+//! (one subcommand per process in a deployment), inspects a topic, or runs the demo.
+//!
+//! # Layout
+//! - [`Cli`]: flags and subcommands (every flag also reads an environment variable).
+//! - `inspect`: printing totals, dead letters and late events.
+//! - `demo`: the whole pipeline in one process on librdkafka's embedded mock cluster.
+
+mod demo;
+mod inspect;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use orderflow_aggregator::AggregatorArgs;
+use orderflow_enricher::EnricherArgs;
+use orderflow_producer::{Publisher, ReplayOptions};
+use orderflow_runtime::kafka::KafkaArgs;
+use orderflow_runtime::topics::{self, TopicArgs};
+use orderflow_runtime::{shutdown, telemetry};
+
+/// Event-sourced order pipeline: storefront events in, exact windowed GMV totals out.
+#[derive(Debug, Parser)]
+#[command(name = "orderflow", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    topics: TopicArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Merchant reference data.
+    Merchants {
+        #[command(subcommand)]
+        command: MerchantsCommand,
+    },
+    /// Publish a trace (one canonical-JSON OrderEvent a line) to the orders topic.
+    Replay {
+        /// The trace file.
+        file: PathBuf,
+        /// Events per second (default: as fast as the broker takes them).
+        #[arg(long, env = "ORDERFLOW_REPLAY_RATE")]
+        rate: Option<f64>,
+        /// Never draw the progress bar (it is drawn only on a terminal anyway).
+        #[arg(long, env = "ORDERFLOW_NO_PROGRESS")]
+        no_progress: bool,
+    },
+    /// Run the enricher: validate, join with merchants, dead-letter bad events.
+    Enrich {
+        #[command(flatten)]
+        args: EnricherArgs,
+        /// Where to serve Prometheus metrics (`/metrics`).
+        #[arg(long, env = "ORDERFLOW_METRICS_ADDR", default_value = "127.0.0.1:9101")]
+        metrics_addr: SocketAddr,
+    },
+    /// Run the aggregator: windowed totals per partition, checkpoints, exact merge.
+    Aggregate {
+        #[command(flatten)]
+        args: AggregatorArgs,
+        /// Where to serve Prometheus metrics (`/metrics`).
+        #[arg(long, env = "ORDERFLOW_METRICS_ADDR", default_value = "127.0.0.1:9102")]
+        metrics_addr: SocketAddr,
+    },
+    /// Print the merged window totals.
+    Totals {
+        /// One total a line in canonical protobuf JSON.
+        #[arg(long)]
+        json: bool,
+        /// Keep printing new totals as windows close (Ctrl-C to stop).
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Print the dead-letter topic: reason and source of each rejected record.
+    DeadLetters {
+        /// One record a line in JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the late topic: events whose window had already closed.
+    Late {
+        /// One record a line in JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the whole pipeline in one process on an embedded mock broker (librdkafka's
+    /// mock cluster) with a generated peak minute, and show the totals as windows close.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum MerchantsCommand {
+    /// Publish a CSV (header `merchant_id,region,tier`, optional `effective_from`,
+    /// further columns ignored) to the compacted merchants topic.
+    Load {
+        /// The CSV file.
+        file: PathBuf,
+    },
+}
+
+/// Parses the command line and runs it; errors are printed with their causes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("building the Tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let Cli { kafka, topics, command } = cli;
+    match command {
+        Command::Merchants { command: MerchantsCommand::Load { file } } => {
+            let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let merchants = orderflow_core::merchant::read_merchants_csv(f).with_context(|| format!("reading {}", file.display()))?;
+            topics::ensure(&kafka, &[topics.narrow(topics.merchants(), true)]).await?;
+            let n = orderflow_producer::load_merchants(&kafka, &topics.merchants(), &merchants).await?;
+            println!("Published {n} merchant records to {}.", topics.merchants());
+        }
+        Command::Replay { file, rate, no_progress } => {
+            topics::ensure(&kafka, &[topics.wide(topics.orders())]).await?;
+            let publisher = Publisher::new(&kafka, topics.orders())?;
+            let cancel = shutdown::on_signal();
+            let opts = ReplayOptions { rate, progress: !no_progress && is_terminal::is_terminal(std::io::stderr()) };
+            let report = orderflow_producer::replay(&file, &publisher, &opts, &cancel).await?;
+            println!(
+                "Published {} events from {} lines of {}; {} invalid lines skipped{}.",
+                report.published,
+                report.lines,
+                file.display(),
+                report.invalid_lines.len(),
+                if report.interrupted { "; interrupted" } else { "" }
+            );
+        }
+        Command::Enrich { args, metrics_addr } => {
+            telemetry::install_prometheus(metrics_addr)?;
+            orderflow_enricher::run(&kafka, &topics, &args, shutdown::on_signal()).await?;
+        }
+        Command::Aggregate { args, metrics_addr } => {
+            args.spec()?;
+            telemetry::install_prometheus(metrics_addr)?;
+            orderflow_aggregator::run(&kafka, &topics, &args, shutdown::on_signal()).await?;
+        }
+        Command::Totals { json, follow } => inspect::totals(&kafka, &topics, json, follow).await?,
+        Command::DeadLetters { json } => inspect::dead_letters(&kafka, &topics, json).await?,
+        Command::Late { json } => inspect::late(&kafka, &topics, json).await?,
+        Command::Demo(args) => return demo::run(args).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}

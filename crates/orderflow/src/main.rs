@@ -1,0 +1,5 @@
+//! `orderflow`: see `orderflow --help`.
+
+fn main() -> std::process::ExitCode {
+    orderflow::main()
+}
