@@ -1,0 +1,215 @@
+//! Test harness: a real Kafka-protocol broker (Nisshi) in its own process, and the
+//! `orderflow` binary's subcommands as child processes.
+//!
+//! The broker is `$ORDERFLOW_TEST_BROKERS` when set (any Kafka-compatible cluster);
+//! otherwise the harness starts `nisshi` (from `$NISSHI_BIN`, `PATH` or
+//! `~/.cargo/bin`) on a free loopback port with in-memory storage, and stops it when
+//! the test ends. Without either the tests fail and say how to install Nisshi.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A broker for one test.
+pub struct Broker {
+    pub bootstrap: String,
+    child: Option<Child>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn nisshi_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("NISSHI_BIN") {
+        return p.into();
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("nisshi")).find(|p| p.is_file()))
+        .unwrap_or_default();
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/nisshi"));
+    on_path.or(home.filter(|p| p.is_file())).unwrap_or_else(|| {
+        panic!(
+            "no Kafka broker for the end-to-end tests: set ORDERFLOW_TEST_BROKERS, or install Nisshi with \
+             `cargo +nightly install nisshi --version 0.8.1 --locked` (scripts/test.sh does both)"
+        )
+    })
+}
+
+impl Broker {
+    /// `$ORDERFLOW_TEST_BROKERS`, or a fresh in-memory Nisshi.
+    pub fn start() -> Broker {
+        if let Ok(b) = std::env::var("ORDERFLOW_TEST_BROKERS") {
+            return Broker { bootstrap: b, child: None };
+        }
+        Self::nisshi("memory://nisshi/")
+    }
+
+    /// A Nisshi broker with the given storage URL, in its own process.
+    pub fn nisshi(storage: &str) -> Broker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(nisshi_binary())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", storage, "--group-initial-rebalance-delay", "100ms", "--silent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nisshi");
+        let broker = Broker { bootstrap: format!("127.0.0.1:{port}"), child: Some(child) };
+        wait_for("the broker to accept connections", Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        broker
+    }
+}
+
+/// Polls `f` until it holds, failing after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing after `limit`.
+pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The `orderflow` binary pointed at a broker and a topic prefix of its own.
+#[derive(Clone)]
+pub struct Orderflow {
+    pub brokers: String,
+    pub prefix: String,
+    pub partitions: i32,
+}
+
+impl Orderflow {
+    pub fn new(broker: &Broker, partitions: i32) -> Self {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        Self { brokers: broker.bootstrap.clone(), prefix: format!("e2e-{}-{nanos}", std::process::id()), partitions }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_orderflow"));
+        c.env("ORDERFLOW_BROKERS", &self.brokers)
+            .env("ORDERFLOW_TOPIC_PREFIX", &self.prefix)
+            .env("ORDERFLOW_PARTITIONS", self.partitions.to_string())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        c
+    }
+
+    /// Runs a subcommand to completion; panics with its output if it fails.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.command().args(args).stdin(Stdio::null()).output().expect("running orderflow");
+        assert!(
+            out.status.success(),
+            "orderflow {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Runs a subcommand and parses each stdout line as JSON.
+    pub fn json_lines(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let out = self.run(args);
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+    }
+
+    /// Starts a long-running subcommand (a service) in the background.
+    pub fn spawn(&self, args: &[&str]) -> Service {
+        let child = self.command().args(args).stdin(Stdio::null()).stdout(Stdio::null()).spawn().expect("starting orderflow");
+        Service { child: Some(child), name: args.join(" ") }
+    }
+}
+
+/// A running service; killed if the test ends without stopping it.
+pub struct Service {
+    child: Option<Child>,
+    pub name: String,
+}
+
+impl Service {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends a signal (`TERM`, `KILL`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap().success();
+        assert!(ok, "kill -{sig} {}", self.pid());
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not stop within 60s of SIGTERM", self.name);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Fetches `http://addr/metrics`.
+pub fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// The value of the sample of metric `name` with exactly the labels `labels` (in any
+/// order) in a Prometheus text page, 0 when absent.
+pub fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    want.sort();
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, mut got) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}').split(',').map(str::to_owned).collect::<Vec<_>>()),
+                None => (series, Vec::new()),
+            };
+            got.sort();
+            (n == name && got == want).then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
