@@ -4,11 +4,7 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &[
-    "orderflow/v1/order_event.proto",
-    "orderflow/v1/merchant.proto",
-    "orderflow/v1/pipeline.proto",
-];
+const PROTOS: &[&str] = &["orderflow/v1/order_event.proto", "orderflow/v1/merchant.proto", "orderflow/v1/pipeline.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
@@ -27,9 +23,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_well_known_types()
         .extern_path(".google.protobuf.Timestamp", "crate::Timestamp")
         .compile_protos(PROTOS, &[root])?;
-    pbjson_build::Builder::new()
-        .register_descriptors(&bytes)?
-        .ignore_unknown_fields()
-        .build(&[".orderflow"])?;
+    pbjson_build::Builder::new().register_descriptors(&bytes)?.ignore_unknown_fields().build(&[".orderflow"])?;
     Ok(())
 }

@@ -98,7 +98,12 @@ fn record_metrics(w: &ClosedWindow) {
             }
             let labels = [("region", key.region.clone()), ("tier", key.tier.clone()), ("type", (*name).to_owned())];
             metrics::counter!(telemetry::WINDOW_EVENTS, &labels).increment(t.count as u64);
-            let labels = [("region", key.region.clone()), ("tier", key.tier.clone()), ("currency", key.currency.clone()), ("type", (*name).to_owned())];
+            let labels = [
+                ("region", key.region.clone()),
+                ("tier", key.tier.clone()),
+                ("currency", key.currency.clone()),
+                ("type", (*name).to_owned()),
+            ];
             metrics::counter!(telemetry::WINDOW_AMOUNT, &labels).increment(t.amount_minor.max(0) as u64);
         }
     }

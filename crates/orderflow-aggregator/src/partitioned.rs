@@ -56,7 +56,8 @@ pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, args: &AggregatorArgs, c
     .await?;
     let probe = kafka.reader()?;
     let input_partitions = partition_count(&probe, &topics.enriched())?;
-    let cp_spec = TopicSpec { name: topics.checkpoints(), partitions: input_partitions, replication: topics.replication_factor, compact: true };
+    let cp_spec =
+        TopicSpec { name: topics.checkpoints(), partitions: input_partitions, replication: topics.replication_factor, compact: true };
     topics::ensure(kafka, &[cp_spec]).await?;
     let cp_partitions = partition_count(&probe, &topics.checkpoints())?;
     if cp_partitions < input_partitions {
@@ -168,19 +169,31 @@ impl Aggregator {
         }
         let (kafka, topic, ps) = (self.kafka.clone(), self.cp_topic.clone(), partitions.clone());
         let started = Instant::now();
-        let mut found = tokio::task::spawn_blocking(move || checkpoint::restore(&kafka, &topic, &ps)).await.expect("restore task panicked")?;
+        let mut found =
+            tokio::task::spawn_blocking(move || checkpoint::restore(&kafka, &topic, &ps)).await.expect("restore task panicked")?;
         for p in partitions {
             let owned = match found.remove(&p) {
                 Some(cp) => {
                     metrics::counter!(telemetry::AGGREGATOR_RESTORES, "from" => "checkpoint").increment(1);
                     let state = PartitionState::restore(&cp, self.spec, self.horizon)?;
-                    tracing::info!(partition = p, next_offset = cp.next_offset, open_windows = state.open_windows(), "Partition restored from checkpoint.");
+                    tracing::info!(
+                        partition = p,
+                        next_offset = cp.next_offset,
+                        open_windows = state.open_windows(),
+                        "Partition restored from checkpoint."
+                    );
                     Owned { state, next_offset: cp.next_offset, checkpointed: cp.next_offset, last_input: Instant::now(), tick_sent: None }
                 }
                 None => {
                     metrics::counter!(telemetry::AGGREGATOR_RESTORES, "from" => "scratch").increment(1);
                     tracing::info!(partition = p, "Partition starts from scratch.");
-                    Owned { state: PartitionState::new(self.spec, self.horizon), next_offset: 0, checkpointed: -1, last_input: Instant::now(), tick_sent: None }
+                    Owned {
+                        state: PartitionState::new(self.spec, self.horizon),
+                        next_offset: 0,
+                        checkpointed: -1,
+                        last_input: Instant::now(),
+                        tick_sent: None,
+                    }
                 }
             };
             self.owned.insert(p, owned);
@@ -266,12 +279,14 @@ impl Aggregator {
             metrics::counter!(telemetry::AGGREGATOR_PARTITION_WINDOWS_CLOSED).increment(1);
             for total in w.to_window_totals() {
                 let key = format!("{}/{}/{}/{}/{p}", w.start_ms, total.region, total.tier, total.currency);
-                let value = PartialRecord { kind: Some(partial_record::Kind::Partial(PartialTotal { total: Some(total), partition: p })) }.encode_to_vec();
+                let value = PartialRecord { kind: Some(partial_record::Kind::Partial(PartialTotal { total: Some(total), partition: p })) }
+                    .encode_to_vec();
                 let f = send(&self.producer, FutureRecord::to(&self.partials_topic).key(&key).payload(&value)).await?;
                 self.pending.push((self.partials_topic.clone(), f));
             }
         }
-        let progress = PartitionProgress { partition: p, closed_through: Some(millis_timestamp(through)), partition_count: self.partitions };
+        let progress =
+            PartitionProgress { partition: p, closed_through: Some(millis_timestamp(through)), partition_count: self.partitions };
         let value = PartialRecord { kind: Some(partial_record::Kind::Progress(progress)) }.encode_to_vec();
         let key = format!("progress/{p}");
         let f = send(&self.producer, FutureRecord::to(&self.partials_topic).key(&key).payload(&value)).await?;
@@ -284,10 +299,13 @@ impl Aggregator {
         metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "invalid").increment(1);
         metrics::counter!(telemetry::DEAD_LETTER_EVENTS, "stage" => "aggregator", "reason" => reason.code()).increment(1);
         let key = dead_letter::key(m.topic(), m.partition(), m.offset());
-        let record = FutureRecord::to(&self.dlq_topic)
-            .key(&key)
-            .payload(m.payload().unwrap_or_default())
-            .headers(dead_letter::headers("aggregator", reason, m.topic(), m.partition(), m.offset()));
+        let record = FutureRecord::to(&self.dlq_topic).key(&key).payload(m.payload().unwrap_or_default()).headers(dead_letter::headers(
+            "aggregator",
+            reason,
+            m.topic(),
+            m.partition(),
+            m.offset(),
+        ));
         let f = send(&self.producer, record).await?;
         self.pending.push((self.dlq_topic.clone(), f));
         Ok(())
@@ -365,7 +383,9 @@ impl Aggregator {
         for p in ticks {
             metrics::counter!(telemetry::AGGREGATOR_IDLE_TICKS).increment(1);
             tracing::debug!(partition = p, close_through_ms = target, "Writing idle tick.");
-            let value = EnrichedRecord { kind: Some(enriched_record::Kind::IdleTick(IdleTick { close_through: Some(millis_timestamp(target)) })) }.encode_to_vec();
+            let value =
+                EnrichedRecord { kind: Some(enriched_record::Kind::IdleTick(IdleTick { close_through: Some(millis_timestamp(target)) })) }
+                    .encode_to_vec();
             let f = send(&self.producer, FutureRecord::<str, [u8]>::to(&self.input).partition(p).payload(&value)).await?;
             self.pending.push((self.input.clone(), f));
         }

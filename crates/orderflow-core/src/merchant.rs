@@ -112,7 +112,9 @@ impl MerchantTable {
     pub fn enrich(&self, event: OrderEvent) -> EnrichedOrderEvent {
         let at = event.event_time.as_ref().map_or(i64::MIN, timestamp_millis);
         match self.lookup(&event.merchant_id, at) {
-            Some(v) => EnrichedOrderEvent { region: v.region.to_string(), tier: v.tier.to_string(), merchant_known: true, event: Some(event) },
+            Some(v) => {
+                EnrichedOrderEvent { region: v.region.to_string(), tier: v.tier.to_string(), merchant_known: true, event: Some(event) }
+            }
             None => EnrichedOrderEvent { region: UNKNOWN.into(), tier: UNKNOWN.into(), merchant_known: false, event: Some(event) },
         }
     }

@@ -13,7 +13,7 @@ use orderflow_proto::timestamp_millis;
 use orderflow_proto::v1::{EnrichedOrderEvent, PartitionCheckpoint};
 
 use crate::dedup::{fingerprint, Dedup};
-use crate::window::{type_index, TotalKeyRef, ClosedWindow, Tallies, TotalKey, WindowSpec};
+use crate::window::{type_index, ClosedWindow, Tallies, TotalKey, TotalKeyRef, WindowSpec};
 use crate::{Error, Result};
 
 /// What happened to one event.

@@ -127,7 +127,8 @@ mod tests {
 
     #[test]
     fn rejects_each_rule_with_its_reason() {
-        let cases: Vec<(fn(&mut OrderEvent), &str)> = vec![
+        type Case = (fn(&mut OrderEvent), &'static str);
+        let cases: Vec<Case> = vec![
             (|e| e.event_id.clear(), "missing_event_id"),
             (|e| e.order_id.clear(), "missing_order_id"),
             (|e| e.merchant_id.clear(), "missing_merchant_id"),

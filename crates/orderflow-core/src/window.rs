@@ -1,8 +1,8 @@
 //! Tumbling event-time windows aligned to the epoch, the key a total is kept under,
 //! and the per-type tallies.
 
-use orderflow_proto::v1::{OrderEventType, TypeTotal, WindowTotal};
 use orderflow_proto::millis_timestamp;
+use orderflow_proto::v1::{OrderEventType, TypeTotal, WindowTotal};
 
 use crate::{Error, Result};
 

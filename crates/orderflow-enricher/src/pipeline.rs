@@ -80,7 +80,11 @@ pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, args: &EnricherArgs, can
                             tracing::debug!(partition = m.partition(), offset = m.offset(), %reason, "Dead-lettering event.");
                             metrics::counter!(telemetry::DEAD_LETTER_EVENTS, "stage" => "enricher", "reason" => reason.code()).increment(1);
                             let headers = dead_letter::headers("enricher", &reason, m.topic(), m.partition(), m.offset());
-                            Output { dead_letter: Some(headers), key: dead_letter::key(m.topic(), m.partition(), m.offset()), value: payload.to_vec() }
+                            Output {
+                                dead_letter: Some(headers),
+                                key: dead_letter::key(m.topic(), m.partition(), m.offset()),
+                                value: payload.to_vec(),
+                            }
                         }
                     }
                 })

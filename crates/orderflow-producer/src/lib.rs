@@ -150,7 +150,9 @@ pub async fn load_merchants(kafka: &KafkaArgs, topic: &str, merchants: &[Merchan
                         futs.push(f);
                         break;
                     }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => tokio::time::sleep(Duration::from_millis(2)).await,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        tokio::time::sleep(Duration::from_millis(2)).await
+                    }
                     Err((e, _)) => return Err(e.into()),
                 }
             }

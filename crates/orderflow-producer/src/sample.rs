@@ -4,8 +4,8 @@
 //! little out of order, unknown merchants and some invalid events. Seeded, so the same
 //! seed gives the same sample.
 
-use orderflow_proto::v1::{Merchant, OrderEvent, OrderEventType};
 use orderflow_proto::millis_timestamp;
+use orderflow_proto::v1::{Merchant, OrderEvent, OrderEventType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -32,7 +32,14 @@ pub fn generate(seed: u64, merchants: usize, orders: usize, start_ms: i64, span_
             merchant_id: format!("m{i:05}"),
             // Skewed: low indices (the popular head) fall mostly in the first regions.
             region: REGIONS[((i * 7) % 13).min(REGIONS.len() - 1) % REGIONS.len()].into(),
-            tier: TIERS[if i % 10 == 0 { 0 } else if i % 3 == 0 { 1 } else { 2 }].into(),
+            tier: TIERS[if i % 10 == 0 {
+                0
+            } else if i % 3 == 0 {
+                1
+            } else {
+                2
+            }]
+            .into(),
             effective_from: None,
         })
         .collect();

@@ -22,17 +22,12 @@ pub use timestamp::Timestamp;
 
 /// Milliseconds since the epoch of a protobuf timestamp (floored to the millisecond).
 pub fn timestamp_millis(ts: &Timestamp) -> i64 {
-    ts.seconds
-        .saturating_mul(1000)
-        .saturating_add(i64::from(ts.nanos).div_euclid(1_000_000))
+    ts.seconds.saturating_mul(1000).saturating_add(i64::from(ts.nanos).div_euclid(1_000_000))
 }
 
 /// The protobuf timestamp of milliseconds since the epoch.
 pub fn millis_timestamp(ms: i64) -> Timestamp {
-    Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 #[cfg(test)]

@@ -60,11 +60,19 @@ pub fn describe() {
     describe_counter!(PRODUCER_EVENTS, Unit::Count, "Events published by replay or the producer API, by outcome.");
     describe_counter!(PRODUCER_INVALID_LINES, Unit::Count, "Trace lines skipped because they are not an OrderEvent in canonical JSON.");
     describe_counter!(ENRICHER_EVENTS, Unit::Count, "Raw order events read by the enricher.");
-    describe_counter!(ENRICHER_UNKNOWN_MERCHANT, Unit::Count, "Events whose merchant is not in the table (enriched as region and tier unknown).");
+    describe_counter!(
+        ENRICHER_UNKNOWN_MERCHANT,
+        Unit::Count,
+        "Events whose merchant is not in the table (enriched as region and tier unknown)."
+    );
     describe_gauge!(ENRICHER_MERCHANTS, Unit::Count, "Merchants in the enricher's table.");
     describe_counter!(ENRICHER_MERCHANT_UPDATES, Unit::Count, "Merchant records applied from the merchants topic.");
     describe_counter!(DEAD_LETTER_EVENTS, Unit::Count, "Events sent to the dead-letter topic, by stage and reason.");
-    describe_counter!(AGGREGATOR_EVENTS, Unit::Count, "Enriched events read by the aggregator, by outcome (counted, duplicate, late, invalid).");
+    describe_counter!(
+        AGGREGATOR_EVENTS,
+        Unit::Count,
+        "Enriched events read by the aggregator, by outcome (counted, duplicate, late, invalid)."
+    );
     describe_counter!(AGGREGATOR_PARTITION_WINDOWS_CLOSED, Unit::Count, "Windows closed on input partitions.");
     describe_gauge!(AGGREGATOR_OPEN_WINDOWS, Unit::Count, "Open windows held over owned partitions.");
     describe_gauge!(AGGREGATOR_WATERMARK, Unit::Seconds, "Highest event time seen per partition.");
@@ -75,23 +83,25 @@ pub fn describe() {
     describe_counter!(MERGER_PARTIALS, Unit::Count, "Partial totals read by the merger, by outcome.");
     describe_counter!(WINDOWS_CLOSED, Unit::Count, "Windows merged over all partitions and published.");
     describe_counter!(WINDOW_EVENTS, Unit::Count, "Events in closed windows, by region, tier and type.");
-    describe_counter!(WINDOW_AMOUNT, Unit::Count, "Amount in closed windows in the currency's minor unit, by region, tier, currency and type.");
+    describe_counter!(
+        WINDOW_AMOUNT,
+        Unit::Count,
+        "Amount in closed windows in the currency's minor unit, by region, tier, currency and type."
+    );
     describe_gauge!(WINDOW_LAST_CLOSED_END, Unit::Seconds, "End of the newest window merged.");
 }
 
 /// Serves Prometheus text at `http://addr/metrics` and describes every metric.
 /// Must be called within a Tokio runtime.
 pub fn install_prometheus(addr: SocketAddr) -> Result<()> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .map_err(|e| Error::Metrics { addr, reason: e.to_string() })?;
+    PrometheusBuilder::new().with_http_listener(addr).install().map_err(|e| Error::Metrics { addr, reason: e.to_string() })?;
     describe();
     Ok(())
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

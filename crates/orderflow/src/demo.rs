@@ -140,7 +140,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let matches = got.len() == expected.len()
-        && expected.iter().all(|((start, key), tallies)| got.get(&(*start, key.clone())).is_some_and(|t| Tallies::from_window_total(t).1 == *tallies));
+        && expected
+            .iter()
+            .all(|((start, key), tallies)| got.get(&(*start, key.clone())).is_some_and(|t| Tallies::from_window_total(t).1 == *tallies));
     let gmv: i64 = got.values().filter(|t| t.currency == "CNY").map(|t| t.paid.map_or(0, |p| p.amount_minor)).sum();
     println!(
         "\n{} totals over {} windows; paid GMV in CNY: {}.{:02} yuan.",

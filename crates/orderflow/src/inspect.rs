@@ -40,7 +40,8 @@ pub async fn totals(kafka: &KafkaArgs, topics: &TopicArgs, json: bool, follow: b
     let (kafka, topic) = (kafka.clone(), topics.totals());
     if follow {
         let cancel = shutdown::on_signal();
-        tokio::task::spawn_blocking(move || orderflow_aggregator::totals::follow(&kafka, &topic, &cancel, |t| print_total(t, json))).await??;
+        tokio::task::spawn_blocking(move || orderflow_aggregator::totals::follow(&kafka, &topic, &cancel, |t| print_total(t, json)))
+            .await??;
     } else {
         let all = tokio::task::spawn_blocking(move || orderflow_aggregator::totals::read(&kafka, &topic)).await??;
         for t in &all {

@@ -54,7 +54,8 @@ const PHASE_2: &str = r#"{"eventId":"o8-p","orderId":"o8","merchantId":"m2","typ
 
 fn total(window: &str, region: &str, tier: &str, currency: &str, counts: [(i64, i64); 4]) -> Value {
     let t = |(c, a): (i64, i64)| json!({"count": c.to_string(), "amountMinor": a.to_string()});
-    let end = if window.ends_with("00:00:00Z") { window.replace("00:00:00Z", "00:01:00Z") } else { window.replace("00:01:00Z", "00:02:00Z") };
+    let end =
+        if window.ends_with("00:00:00Z") { window.replace("00:00:00Z", "00:01:00Z") } else { window.replace("00:01:00Z", "00:02:00Z") };
     json!({
         "windowStart": window, "windowEnd": end, "region": region, "tier": tier, "currency": currency,
         "created": t(counts[0]), "paid": t(counts[1]), "cancelled": t(counts[2]), "refunded": t(counts[3]),
@@ -87,7 +88,8 @@ fn exact_totals_dead_letters_and_late_events_over_a_real_broker() {
     let out = of.run(&["merchants", "load", merchants.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Published 4 merchant records"));
 
-    let (enricher_metrics, aggregator_metrics) = (format!("127.0.0.1:{}", common::free_port()), format!("127.0.0.1:{}", common::free_port()));
+    let (enricher_metrics, aggregator_metrics) =
+        (format!("127.0.0.1:{}", common::free_port()), format!("127.0.0.1:{}", common::free_port()));
     let enricher = of.spawn(&["enrich", "--metrics-addr", &enricher_metrics]);
     let aggregator = of.spawn(&["aggregate", "--metrics-addr", &aggregator_metrics, "--idle-close", "2s", "--checkpoint-interval", "1s"]);
 
@@ -148,7 +150,10 @@ fn exact_totals_dead_letters_and_late_events_over_a_real_broker() {
         assert_eq!(d["sourceTopic"], format!("{}.orders", of.prefix));
     }
     let want: BTreeMap<String, usize> =
-        ["bad_currency", "missing_event_id", "missing_event_time", "negative_amount", "undecodable", "unspecified_type"].iter().map(|r| (r.to_string(), 1)).collect();
+        ["bad_currency", "missing_event_id", "missing_event_time", "negative_amount", "undecodable", "unspecified_type"]
+            .iter()
+            .map(|r| (r.to_string(), 1))
+            .collect();
     assert_eq!(reasons, want, "{dead:#?}");
     assert!(dead.iter().any(|d| d["reason"] == "currency `yuan` is not a three-letter ISO 4217 code"));
 
@@ -159,7 +164,10 @@ fn exact_totals_dead_letters_and_late_events_over_a_real_broker() {
     let agg = scrape(&aggregator_metrics).unwrap();
     assert_eq!(sample(&agg, "orderflow_aggregator_events_total", &[("outcome", "counted")]), 14.0);
     assert_eq!(sample(&agg, "orderflow_aggregator_events_total", &[("outcome", "late")]), 1.0);
-    assert_eq!(sample(&agg, "orderflow_window_amount_minor_total", &[("currency", "CNY"), ("region", "east"), ("tier", "gold"), ("type", "paid")]), 12500.0);
+    assert_eq!(
+        sample(&agg, "orderflow_window_amount_minor_total", &[("currency", "CNY"), ("region", "east"), ("tier", "gold"), ("type", "paid")]),
+        12500.0
+    );
     assert_eq!(sample(&agg, "orderflow_windows_closed_total", &[]), 2.0);
     let enr = scrape(&enricher_metrics).unwrap();
     assert_eq!(sample(&enr, "orderflow_enricher_unknown_merchant_events_total", &[]), 2.0);

@@ -36,9 +36,8 @@ fn nisshi_binary() -> PathBuf {
     if let Ok(p) = std::env::var("NISSHI_BIN") {
         return p.into();
     }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("nisshi")).find(|p| p.is_file()))
-        .unwrap_or_default();
+    let on_path =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join("nisshi")).find(|p| p.is_file())).unwrap_or_default();
     let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/nisshi"));
     on_path.or(home.filter(|p| p.is_file())).unwrap_or_else(|| {
         panic!(
@@ -62,7 +61,18 @@ impl Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(nisshi_binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", storage, "--group-initial-rebalance-delay", "100ms", "--silent"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                storage,
+                "--group-initial-rebalance-delay",
+                "100ms",
+                "--silent",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

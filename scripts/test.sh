@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# orderflow's test command (README "Tests"; CI runs exactly this through .ci/run).
+#
+# Installs what the tests need when it is missing, then runs every test in the
+# workspace: unit tests of the pure core, and end-to-end tests that start a real
+# Kafka-protocol broker (Nisshi) in its own process for each test.
+#   - Nisshi 0.8.1 is built with the nightly toolchain (it needs a newer rustc than
+#     stable): about 20 minutes on 2 cores, once per machine.
+#   - Set ORDERFLOW_TEST_BROKERS=host:port to run against another cluster instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+need_apt=()
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v make >/dev/null || need_apt+=(make)
+command -v perl >/dev/null || need_apt+=(perl)
+command -v kill >/dev/null || need_apt+=(procps)
+if ((${#need_apt[@]})); then
+  log "Installing Debian packages: ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [[ -z "${ORDERFLOW_TEST_BROKERS:-}" ]] && ! command -v nisshi >/dev/null && [[ ! -x "$HOME/.cargo/bin/nisshi" ]]; then
+  log "Installing the Nisshi broker (cargo +nightly install nisshi --version 0.8.1 --locked)"
+  if ! rustup toolchain list | grep -q '^nightly'; then
+    rustup toolchain install nightly --profile minimal
+  fi
+  cargo +nightly install nisshi --version 0.8.1 --locked
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+log "cargo test"
+cargo test --workspace --all-targets "$@"
