@@ -21,12 +21,12 @@ pub struct MerchantStore {
 
 impl MerchantStore {
     /// Reads the whole merchants topic, then follows it on a background thread until
-    /// `cancel`. Returns once the initial load is complete.
-    pub async fn load(kafka: &KafkaArgs, topic: &str, cancel: CancellationToken) -> Result<Self> {
+    /// `cancel`. Returns once the initial load is complete, with the follower's handle.
+    pub async fn load(kafka: &KafkaArgs, topic: &str, cancel: CancellationToken) -> Result<(Self, std::thread::JoinHandle<()>)> {
         let store = Self::default();
         let (kafka, topic, s) = (kafka.clone(), topic.to_owned(), store.clone());
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
+        let follower = std::thread::Builder::new()
             .name("merchants".into())
             .spawn(move || {
                 let reader = match TopicReader::open(&kafka, &topic) {
@@ -53,7 +53,7 @@ impl MerchantStore {
             })
             .expect("spawning the merchants thread");
         ready_rx.await.expect("merchants thread ended before loading")?;
-        Ok(store)
+        Ok((store, follower))
     }
 
     /// A store over a given table (tests, demo).

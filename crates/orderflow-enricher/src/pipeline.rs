@@ -44,7 +44,8 @@ pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, args: &EnricherArgs, can
         ],
     )
     .await?;
-    let merchants = MerchantStore::load(kafka, &topics.merchants(), cancel.child_token()).await?;
+    let follow = cancel.child_token();
+    let (merchants, follower) = MerchantStore::load(kafka, &topics.merchants(), follow.clone()).await?;
     let producer = kafka.producer()?;
     let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("enricher"), RevocationLog::default())?;
     consumer.subscribe(&[&topics.orders()])?;
@@ -129,6 +130,8 @@ pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, args: &EnricherArgs, can
         tracing::debug!(error = %e, "Final commit failed.");
     }
     producer.flush(Duration::from_secs(10))?;
+    follow.cancel();
+    let _ = tokio::task::spawn_blocking(move || follower.join()).await;
     tracing::info!("Enricher stopped.");
     result
 }

@@ -163,6 +163,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let _ = follower.await;
     enricher.await??;
     aggregator.await??;
+    drop(publisher);
     drop(cluster);
     Ok(if matches { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

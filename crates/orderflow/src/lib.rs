@@ -107,7 +107,8 @@ enum MerchantsCommand {
 /// Parses the command line and runs it; errors are printed with their causes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_tracing();
+    // The demo's screen is the totals table: only warnings unless RUST_LOG says otherwise.
+    telemetry::init_tracing(if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info,librdkafka=warn" });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("building the Tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,

@@ -178,3 +178,70 @@ fn exact_totals_dead_letters_and_late_events_over_a_real_broker() {
     assert!(enricher.terminate().success());
     assert!(aggregator.terminate().success());
 }
+
+/// Loading merchants again updates the running enricher; the join uses the version in
+/// effect at each order's event time, so an order from before a dated change keeps the
+/// old region.
+#[test]
+fn merchant_updates_apply_while_running() {
+    let broker = Broker::start();
+    let of = Orderflow::new(&broker, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    of.run(&["merchants", "load", &write("m1.csv", "merchant_id,region,tier\nm1,east,gold\nm2,south,silver\n")]);
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let _enricher = of.spawn(&["enrich", "--metrics-addr", &metrics]);
+    let _aggregator = of.spawn(&["aggregate", "--metrics-addr", &format!("127.0.0.1:{}", common::free_port()), "--idle-close", "2s"]);
+    let event = |id: &str, merchant: &str, time: &str| {
+        format!(
+            r#"{{"eventId":"{id}","orderId":"{id}","merchantId":"{merchant}","type":"ORDER_EVENT_TYPE_PAID","amountMinor":"100","currency":"CNY","eventTime":"{time}"}}"#
+        )
+    };
+    of.run(&["replay", &write("a.jsonl", &event("a", "m1", "2019-11-11T00:00:01Z"))]);
+    let first = wait_until("the first window", Duration::from_secs(60), || {
+        let t = of.json_lines(&["totals", "--json"]);
+        (!t.is_empty()).then_some(t)
+    });
+    assert_eq!((first.len(), first[0]["region"].as_str(), first[0]["tier"].as_str()), (1, Some("east"), Some("gold")));
+
+    // m1 moves west for good (no effective time: replaces the old version); m2 becomes
+    // platinum from 00:05 on, so an order at 00:04:59 still joins the old version.
+    of.run(&[
+        "merchants",
+        "load",
+        &write("m2.csv", "merchant_id,region,tier,effective_from\nm1,west,gold,\nm2,south,platinum,2019-11-11T00:05:00Z\n"),
+    ]);
+    wait_for("the enricher to apply the update", Duration::from_secs(60), || {
+        scrape(&metrics).is_some_and(|p| sample(&p, "orderflow_enricher_merchant_updates_total", &[]) == 4.0)
+    });
+    let trace =
+        [event("b", "m1", "2019-11-11T00:05:00Z"), event("c", "m2", "2019-11-11T00:04:59Z"), event("d", "m2", "2019-11-11T00:05:01Z")]
+            .join("\n");
+    of.run(&["replay", &write("b.jsonl", &trace)]);
+    let all = wait_until("the later windows", Duration::from_secs(60), || {
+        let t = of.json_lines(&["totals", "--json"]);
+        (t.len() >= 4).then_some(t)
+    });
+    let keys: Vec<(String, String, String)> = all
+        .iter()
+        .map(|t| {
+            (
+                t["windowStart"].as_str().unwrap().to_owned(),
+                t["region"].as_str().unwrap().to_owned(),
+                t["tier"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want = [
+        ("2019-11-11T00:00:00Z", "east", "gold"),
+        ("2019-11-11T00:04:00Z", "south", "silver"),
+        ("2019-11-11T00:05:00Z", "south", "platinum"),
+        ("2019-11-11T00:05:00Z", "west", "gold"),
+    ]
+    .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
+    assert_eq!(keys, want);
+}
