@@ -24,7 +24,7 @@ use orderflow_runtime::{shutdown, telemetry};
 
 /// Event-sourced order pipeline: storefront events in, exact windowed GMV totals out.
 #[derive(Debug, Parser)]
-#[command(name = "orderflow", version, about)]
+#[command(name = "orderflow", version)]
 pub struct Cli {
     #[command(flatten)]
     kafka: KafkaArgs,
