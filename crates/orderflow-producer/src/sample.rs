@@ -128,6 +128,7 @@ mod tests {
         ids.dedup();
         assert!(ids.len() < before, "retries repeat event ids");
         assert!(s.events.iter().any(|e| orderflow_core::validate::validate(e).is_err()));
-        assert!(s.events.iter().all(|e| e.event_time.unwrap().seconds * 1000 < 60_000));
+        // Refunds come a second after payment, so they may spill just past the span.
+        assert!(s.events.iter().all(|e| e.event_time.unwrap().seconds * 1000 < 61_000));
     }
 }

@@ -82,7 +82,7 @@ impl KafkaArgs {
             .config(&[
                 ("group.id", "orderflow-reader"),
                 ("enable.auto.commit", "false"),
-                ("enable.partition.eof", "true"),
+                ("enable.partition.eof", "false"),
                 ("fetch.max.bytes", "67108864"),
                 ("max.partition.fetch.bytes", "67108864"),
                 ("receive.message.max.bytes", "134217728"),
