@@ -11,7 +11,8 @@
 //!    partition p) and only then is that offset committed. A restarted or new owner
 //!    restores the checkpoint and re-processes from its offset, re-emitting identical
 //!    partials. Idle partitions are closed by ticks written into the input partition
-//!    itself and acted on when read back, so the outcome stays a function of the log.
+//!    itself and acted on when read back, so the outcome stays a function of the log;
+//!    ticks are held back while the enricher owes records ([`upstream`]).
 //! 2. [`merger`]: one consumer of the single-partition partial-totals topic sums the
 //!    partials of a window once every input partition's progress has passed it, and
 //!    publishes one total per (window, region, tier, currency) to the totals topic and
@@ -23,6 +24,7 @@ pub mod checkpoint;
 pub mod merger;
 pub mod partitioned;
 pub mod totals;
+pub mod upstream;
 
 use std::time::Duration;
 

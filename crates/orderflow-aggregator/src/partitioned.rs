@@ -19,6 +19,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::upstream::Watch;
 use crate::{checkpoint, merger, AggregatorArgs, Error, Result};
 
 /// Header of a late record: start of the window it missed (RFC 3339).
@@ -46,6 +47,7 @@ pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, args: &AggregatorArgs, c
     topics::ensure(
         kafka,
         &[
+            topics.wide(topics.orders()),
             topics.wide(topics.enriched()),
             topics.wide(topics.dead_letter()),
             topics.wide(topics.late()),
@@ -68,9 +70,13 @@ pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, args: &AggregatorArgs, c
         )));
     }
     drop(probe);
+    let watch_cancel = cancel.child_token();
+    let (watch, watcher) = Watch::spawn(kafka, topics, watch_cancel.clone());
     let merge = merger::run(kafka, topics, cancel.clone());
-    let aggregate = Aggregator::new(kafka, topics, args, spec, horizon, input_partitions)?.run(cancel.clone());
+    let aggregate = Aggregator::new(kafka, topics, args, spec, horizon, input_partitions, watch)?.run(cancel.clone());
     let (a, m) = tokio::join!(aggregate, merge);
+    watch_cancel.cancel();
+    let _ = tokio::task::spawn_blocking(move || watcher.join()).await;
     a.and(m)
 }
 
@@ -90,10 +96,19 @@ struct Aggregator {
     owned: HashMap<i32, Owned>,
     pending: Vec<(String, DeliveryFuture)>,
     last_checkpoint: Instant,
+    watch: Watch,
 }
 
 impl Aggregator {
-    fn new(kafka: &KafkaArgs, topics: &TopicArgs, args: &AggregatorArgs, spec: WindowSpec, horizon: i64, partitions: i32) -> Result<Self> {
+    fn new(
+        kafka: &KafkaArgs,
+        topics: &TopicArgs,
+        args: &AggregatorArgs,
+        spec: WindowSpec,
+        horizon: i64,
+        partitions: i32,
+        watch: Watch,
+    ) -> Result<Self> {
         let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("aggregator"), RevocationLog::default())?;
         consumer.subscribe(&[&topics.enriched()])?;
         Ok(Self {
@@ -112,6 +127,7 @@ impl Aggregator {
             owned: HashMap::new(),
             pending: Vec::new(),
             last_checkpoint: Instant::now(),
+            watch,
         })
     }
 
@@ -356,18 +372,19 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Writes idle ticks into quiet partitions (see the crate docs). A partition quiet
-    /// on its own catches up with the frontier the instance's other partitions have
-    /// closed; when every owned partition is quiet, every open window closes.
+    /// Writes idle ticks into partitions quiet for `--idle-close`, unless the enricher
+    /// owes records (see [`crate::upstream`]). A quiet partition catches up with the
+    /// frontier other partitions (of this or any instance) have closed; once the whole
+    /// input has been settled for `--idle-close`, every open window closes.
     async fn idle_ticks(&mut self) -> Result<()> {
         let idle = self.args.idle_close;
-        let quiet = |o: &Owned| o.last_input.elapsed() >= idle && o.tick_sent.is_none_or(|t| t.elapsed() >= idle);
-        if self.owned.is_empty() {
+        let upstream = self.watch.get();
+        if upstream.stalled || self.owned.is_empty() {
             return Ok(());
         }
-        let all_quiet = self.owned.values().all(|o| o.last_input.elapsed() >= idle);
-        let mut target = self.owned.values().map(|o| o.state.closed_through_ms()).max().unwrap_or(i64::MIN);
-        if all_quiet {
+        let quiet = |o: &Owned| o.last_input.elapsed() >= idle && o.tick_sent.is_none_or(|t| t.elapsed() >= idle);
+        let mut target = self.owned.values().map(|o| o.state.closed_through_ms()).max().unwrap_or(i64::MIN).max(upstream.global_frontier_ms);
+        if upstream.settled_since.is_some_and(|t| t.elapsed() >= idle) {
             target = target.max(self.owned.values().filter_map(|o| o.state.last_open_end_ms()).max().unwrap_or(i64::MIN));
         }
         if target == i64::MIN {

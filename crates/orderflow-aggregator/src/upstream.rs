@@ -1,0 +1,179 @@
+//! What the aggregator watches beyond its own partitions to decide idle ticks safely.
+//!
+//! - **The pipeline's input.** The orders topic's high watermarks and the enricher
+//!   group's committed offsets. Input is *settled* when no new order has arrived and the
+//!   enricher has no backlog; it is *stalled* when the enricher has a backlog on some
+//!   partition and has not moved for a while (crashed, rebalancing, broker away), or
+//!   when the state cannot be read. A stalled pipeline holds back every idle tick: the
+//!   records it owes would otherwise arrive after their windows were closed.
+//! - **The global frontier.** The highest closed-through any partition has published
+//!   on the partial-totals topic, so instances whose partitions are quiet catch up with
+//!   the rest of the group.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orderflow_proto::v1::{partial_record, PartialRecord};
+use orderflow_proto::{timestamp_millis, Message as _};
+use orderflow_runtime::kafka::{partition_count, KafkaArgs, TopicReader};
+use orderflow_runtime::topics::TopicArgs;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long the enricher may sit on a backlog without committing before the input
+/// counts as stalled.
+const STALL_AFTER: Duration = Duration::from_secs(2);
+/// How often the input is looked at.
+const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// A snapshot of what is known.
+#[derive(Debug, Clone, Copy)]
+pub struct Upstream {
+    /// The enricher owes records and is not moving, or the input cannot be read.
+    pub stalled: bool,
+    /// Since when no order has arrived and the enricher has had no backlog.
+    pub settled_since: Option<Instant>,
+    /// Highest closed-through published by any partition, ms (`i64::MIN`: none).
+    pub global_frontier_ms: i64,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self { stalled: true, settled_since: None, global_frontier_ms: i64::MIN }
+    }
+}
+
+/// The shared, continuously updated view.
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    state: Arc<Mutex<Upstream>>,
+}
+
+impl Watch {
+    /// The current view.
+    pub fn get(&self) -> Upstream {
+        *self.state.lock().expect("upstream watch poisoned")
+    }
+
+    /// Starts watching on a background thread until `cancel`.
+    pub fn spawn(kafka: &KafkaArgs, topics: &TopicArgs, cancel: CancellationToken) -> (Self, std::thread::JoinHandle<()>) {
+        let watch = Self::default();
+        let (w, kafka, topics) = (watch.clone(), kafka.clone(), topics.clone());
+        let handle = std::thread::Builder::new()
+            .name("upstream-watch".into())
+            .spawn(move || {
+                let mut input = InputWatch::default();
+                let mut partials: Option<TopicReader> = None;
+                let mut next_check = Instant::now();
+                while !cancel.is_cancelled() {
+                    if partials.is_none() {
+                        partials = TopicReader::open(&kafka, &topics.partials()).ok();
+                    }
+                    match &partials {
+                        Some(reader) => match reader.poll(Duration::from_millis(100)) {
+                            Ok(Some(m)) => {
+                                if let Some(Ok(PartialRecord { kind: Some(partial_record::Kind::Progress(p)) })) =
+                                    m.payload().map(PartialRecord::decode)
+                                {
+                                    if let Some(t) = p.closed_through {
+                                        let mut s = w.state.lock().expect("upstream watch poisoned");
+                                        s.global_frontier_ms = s.global_frontier_ms.max(timestamp_millis(&t));
+                                    }
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::debug!(error = %e, "Reading partial totals failed."),
+                        },
+                        None => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                    if Instant::now() >= next_check {
+                        next_check = Instant::now() + CHECK_EVERY;
+                        let (stalled, settled_since) = input.check(&kafka, &topics);
+                        let mut s = w.state.lock().expect("upstream watch poisoned");
+                        s.stalled = stalled;
+                        s.settled_since = settled_since;
+                    }
+                }
+            })
+            .expect("spawning the upstream watch");
+        (watch, handle)
+    }
+}
+
+#[derive(Default)]
+struct InputWatch {
+    clients: Option<(BaseConsumer, BaseConsumer)>,
+    highs: HashMap<i32, i64>,
+    committed: HashMap<i32, (i64, Instant)>,
+    settled_since: Option<Instant>,
+}
+
+impl InputWatch {
+    /// Returns (stalled, settled_since).
+    fn check(&mut self, kafka: &KafkaArgs, topics: &TopicArgs) -> (bool, Option<Instant>) {
+        match self.read(kafka, topics) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "Input state unreadable; holding idle ticks back.");
+                self.clients = None;
+                self.settled_since = None;
+                (true, None)
+            }
+        }
+    }
+
+    fn read(&mut self, kafka: &KafkaArgs, topics: &TopicArgs) -> crate::Result<(bool, Option<Instant>)> {
+        if self.clients.is_none() {
+            let reader = kafka.reader()?;
+            let group: BaseConsumer = kafka.config(&[("group.id", &topics.group("enricher")), ("enable.auto.commit", "false")])?.create()?;
+            self.clients = Some((reader, group));
+        }
+        let (reader, group) = self.clients.as_ref().expect("set above");
+        let orders = topics.orders();
+        let now = Instant::now();
+        let partitions = match partition_count(reader, &orders) {
+            Ok(n) => n,
+            Err(orderflow_runtime::Error::MissingTopic(_)) => {
+                // No input topic yet: nothing is owed.
+                let since = *self.settled_since.get_or_insert(now);
+                return Ok((false, Some(since)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(&orders, p);
+        }
+        let committed = group.committed_offsets(tpl, Duration::from_secs(5))?;
+        let (mut moved, mut backlog, mut stalled) = (false, false, false);
+        for p in 0..partitions {
+            let (low, high) = reader.fetch_watermarks(&orders, p, Duration::from_secs(5))?;
+            let done = match committed.find_partition(&orders, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => low,
+            };
+            if self.highs.insert(p, high) != Some(high) {
+                moved = true;
+            }
+            let entry = self.committed.entry(p).or_insert((done, now));
+            if entry.0 != done {
+                *entry = (done, now);
+            }
+            if high > done {
+                backlog = true;
+                if now.duration_since(entry.1) >= STALL_AFTER {
+                    stalled = true;
+                }
+            }
+        }
+        if moved || backlog {
+            self.settled_since = None;
+        } else {
+            self.settled_since.get_or_insert(now);
+        }
+        Ok((stalled, self.settled_since))
+    }
+}
