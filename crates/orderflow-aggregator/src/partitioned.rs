@@ -383,7 +383,8 @@ impl Aggregator {
             return Ok(());
         }
         let quiet = |o: &Owned| o.last_input.elapsed() >= idle && o.tick_sent.is_none_or(|t| t.elapsed() >= idle);
-        let mut target = self.owned.values().map(|o| o.state.closed_through_ms()).max().unwrap_or(i64::MIN).max(upstream.global_frontier_ms);
+        let mut target =
+            self.owned.values().map(|o| o.state.closed_through_ms()).max().unwrap_or(i64::MIN).max(upstream.global_frontier_ms);
         if upstream.settled_since.is_some_and(|t| t.elapsed() >= idle) {
             target = target.max(self.owned.values().filter_map(|o| o.state.last_open_end_ms()).max().unwrap_or(i64::MIN));
         }

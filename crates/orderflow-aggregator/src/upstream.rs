@@ -128,7 +128,8 @@ impl InputWatch {
     fn read(&mut self, kafka: &KafkaArgs, topics: &TopicArgs) -> crate::Result<(bool, Option<Instant>)> {
         if self.clients.is_none() {
             let reader = kafka.reader()?;
-            let group: BaseConsumer = kafka.config(&[("group.id", &topics.group("enricher")), ("enable.auto.commit", "false")])?.create()?;
+            let group: BaseConsumer =
+                kafka.config(&[("group.id", &topics.group("enricher")), ("enable.auto.commit", "false")])?.create()?;
             self.clients = Some((reader, group));
         }
         let (reader, group) = self.clients.as_ref().expect("set above");
