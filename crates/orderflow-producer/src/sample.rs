@@ -106,6 +106,24 @@ pub fn generate(seed: u64, merchants: usize, orders: usize, start_ms: i64, span_
     Sample { merchants: merchant_list, events }
 }
 
+/// Adds a very late copy of every `every`-th valid event (new event id, event time
+/// three minutes earlier): late wherever its partition has moved on, counted where it
+/// has not, decided by the partition's own log either way.
+pub fn add_late_events(sample: &mut Sample, every: usize) {
+    let mut i = every;
+    let mut n = 0;
+    while i < sample.events.len() {
+        let mut late = sample.events[i].clone();
+        if orderflow_core::validate::validate(&late).is_ok() {
+            late.event_id = format!("late-{n}");
+            late.event_time = late.event_time.map(|t| millis_timestamp(orderflow_proto::timestamp_millis(&t) - 180_000));
+            sample.events.insert(i + 1, late);
+            n += 1;
+        }
+        i += every;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 pub struct Broker {
     pub bootstrap: String,
     child: Option<Child>,
+    /// How to start it again: working directory, port, storage URL.
+    spawn: Option<(PathBuf, u16, String)>,
 }
 
 impl Drop for Broker {
@@ -51,35 +53,42 @@ impl Broker {
     /// `$ORDERFLOW_TEST_BROKERS`, or a fresh in-memory Nisshi.
     pub fn start() -> Broker {
         if let Ok(b) = std::env::var("ORDERFLOW_TEST_BROKERS") {
-            return Broker { bootstrap: b, child: None };
+            return Broker { bootstrap: b, child: None, spawn: None };
         }
-        Self::nisshi("memory://nisshi/")
+        Self::nisshi_in(&std::env::temp_dir(), "memory://nisshi/")
     }
 
-    /// A Nisshi broker with the given storage URL, in its own process.
-    pub fn nisshi(storage: &str) -> Broker {
+    /// A Nisshi broker with the given storage URL (relative paths are relative to
+    /// `dir`), in its own process.
+    pub fn nisshi_in(dir: &std::path::Path, storage: &str) -> Broker {
         let port = free_port();
+        let mut broker =
+            Broker { bootstrap: format!("127.0.0.1:{port}"), child: None, spawn: Some((dir.to_owned(), port, storage.to_owned())) };
+        broker.launch();
+        broker
+    }
+
+    fn launch(&mut self) {
+        let (dir, port, storage) = self.spawn.clone().expect("a broker this harness started");
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(nisshi_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                storage,
-                "--group-initial-rebalance-delay",
-                "100ms",
-                "--silent",
-            ])
+            .current_dir(dir)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &storage])
+            .args(["--group-initial-rebalance-delay", "100ms", "--silent"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting nisshi");
-        let broker = Broker { bootstrap: format!("127.0.0.1:{port}"), child: Some(child) };
+        self.child = Some(child);
         wait_for("the broker to accept connections", Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-        broker
+    }
+
+    /// Kills the broker process (SIGKILL) and starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        let mut c = self.child.take().expect("a running broker");
+        c.kill().unwrap();
+        c.wait().unwrap();
+        self.launch();
     }
 }
 
@@ -160,6 +169,22 @@ pub struct Service {
 }
 
 impl Service {
+    /// Whether the process has exited; panics if it exited with a failure.
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut().unwrap().try_wait().unwrap() {
+            None => false,
+            Some(status) => {
+                assert!(status.success(), "{} failed: {status}", self.name);
+                true
+            }
+        }
+    }
+
+    /// Whether the process is still running (a killed one is not).
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
