@@ -67,6 +67,11 @@ pub struct AggregatorArgs {
     /// How often partition state is checkpointed (and input offsets committed).
     #[arg(long, env = "ORDERFLOW_CHECKPOINT_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
     pub checkpoint_interval: Duration,
+    /// Never checkpoint nor commit: a restarted or moved partition re-processes its
+    /// whole log. Still exact, but restarts get slower as the log grows; meant for
+    /// measuring what checkpoints cost.
+    #[arg(long, env = "ORDERFLOW_NO_CHECKPOINTS")]
+    pub no_checkpoints: bool,
     /// Most records processed per batch.
     #[arg(long, env = "ORDERFLOW_AGGREGATOR_BATCH", default_value_t = 5_000)]
     pub batch: usize,
@@ -80,6 +85,7 @@ impl Default for AggregatorArgs {
             idle_close: Duration::from_secs(10),
             dedup_horizon: None,
             checkpoint_interval: Duration::from_secs(5),
+            no_checkpoints: false,
             batch: 5_000,
         }
     }

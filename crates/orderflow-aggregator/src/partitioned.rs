@@ -214,7 +214,8 @@ impl Aggregator {
             };
             self.owned.insert(p, owned);
         }
-        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "Take-over done.");
+        metrics::histogram!(telemetry::AGGREGATOR_RESTORE_SECONDS).record(started.elapsed().as_secs_f64());
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "Take-over done.");
         Ok(())
     }
 
@@ -345,6 +346,9 @@ impl Aggregator {
     async fn checkpoint(&mut self) -> Result<()> {
         self.last_checkpoint = Instant::now();
         self.settle().await?;
+        if self.args.no_checkpoints {
+            return Ok(());
+        }
         let mut tpl = TopicPartitionList::new();
         for (&p, owned) in &self.owned {
             if owned.next_offset <= owned.checkpointed {
