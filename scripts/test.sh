@@ -6,7 +6,9 @@
 # Kafka-protocol broker (Nisshi) in its own process for each test.
 #   - Nisshi 0.8.1 is built with the nightly toolchain (it needs a newer rustc than
 #     stable): about 20 minutes on 2 cores, once per machine.
-#   - Set ORDERFLOW_TEST_BROKERS=host:port to run against another cluster instead.
+#   - Set ORDERFLOW_TEST_BROKERS=host:port to run against another cluster instead
+#     (the fault test's broker-restart scenario always starts its own Nisshi).
+#   - The fault test runs last, on its own, printing one line per scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,5 +38,7 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-log "cargo test"
-cargo test --workspace "$@"
+log "cargo test (everything but the fault test)"
+cargo test --workspace "$@" -- --skip fault_
+log "fault test: crashes, restarts, scale-out and a broker restart against the undisturbed run"
+cargo test -p orderflow --test faults "$@" -- --nocapture

@@ -1,0 +1,354 @@
+//! The fault test: a 200,000-event trace through the pipeline on a real broker, once
+//! undisturbed and then under faults (SIGKILL of the enricher, of the aggregator, scale
+//! out then kill one of each, a broker restart on SQLite storage). Every run's totals
+//! must equal the undisturbed run's field for field, with the same dead-letter and late
+//! records. Prints per scenario: events in, totals checked, differences.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{free_port, wait_until, Broker, Orderflow, Service};
+use orderflow_producer::sample;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use serde_json::Value;
+
+/// 2019-11-11T00:00:00Z minus five minutes: the trace spans the midnight peak.
+const START_MS: i64 = 1_573_430_400_000 - 5 * 60_000;
+const PARTITIONS: i32 = 4;
+
+struct Trace {
+    dir: tempfile::TempDir,
+    events: usize,
+    valid_unique: usize,
+    invalid: usize,
+    last_window: String,
+}
+
+impl Trace {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn make_trace() -> Trace {
+    let mut s = sample::generate(2019, 2_000, 100_000, START_MS, 10 * 60_000);
+    sample::add_late_events(&mut s, 997);
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("merchant_id,region,tier\n");
+    for m in &s.merchants {
+        csv.push_str(&format!("{},{},{}\n", m.merchant_id, m.region, m.tier));
+    }
+    std::fs::write(dir.path().join("merchants.csv"), csv).unwrap();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(dir.path().join("trace.jsonl")).unwrap());
+    let mut ids = BTreeSet::new();
+    let (mut invalid, mut last) = (0, i64::MIN);
+    for e in &s.events {
+        writeln!(f, "{}", serde_json::to_string(e).unwrap()).unwrap();
+        if orderflow_core::validate::validate(e).is_ok() {
+            ids.insert(e.event_id.clone());
+            last = last.max(orderflow_proto::timestamp_millis(&e.event_time.unwrap()));
+        } else {
+            invalid += 1;
+        }
+    }
+    f.flush().unwrap();
+    let last_window = orderflow_proto::millis_timestamp(last - last.rem_euclid(60_000)).to_string();
+    Trace { dir, events: s.events.len(), valid_unique: ids.len(), invalid, last_window }
+}
+
+/// What a run produced.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    totals: Vec<Value>,
+    dead_letters: BTreeSet<String>,
+    late: BTreeSet<String>,
+}
+
+fn outcome(of: &Orderflow) -> Outcome {
+    let totals = of.json_lines(&["totals", "--json"]);
+    // The source partition and offset identify a dead letter across runs (the topic
+    // prefix differs); a dead letter written twice after a crash is still one.
+    let dead_letters = of
+        .json_lines(&["dead-letters", "--json"])
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{} {}",
+                d["sourcePartition"].as_str().unwrap(),
+                d["sourceOffset"].as_str().unwrap(),
+                d["reasonCode"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let late = of.json_lines(&["late", "--json"]).iter().map(|l| l["event"]["event"]["eventId"].as_str().unwrap().to_owned()).collect();
+    Outcome { totals, dead_letters, late }
+}
+
+/// Records on `prefix.topic` so far (the sum of its partitions' high watermarks).
+fn records_so_far(of: &Orderflow, topic: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &of.brokers).create().unwrap();
+    let topic = format!("{}.{topic}", of.prefix);
+    (0..PARTITIONS).map(|p| c.fetch_watermarks(&topic, p, Duration::from_secs(5)).map(|(_, h)| h).unwrap_or(0)).sum()
+}
+
+fn enriched_so_far(of: &Orderflow) -> i64 {
+    records_so_far(of, "orders.enriched")
+}
+
+struct Run<'a> {
+    of: Orderflow,
+    trace: &'a Trace,
+    services: Vec<Service>,
+    /// Metrics addresses of the aggregators, by service index.
+    aggregators: Vec<(usize, String)>,
+    replay: Option<Service>,
+}
+
+/// What the surviving aggregators' metrics say happened (killed ones take theirs along).
+#[derive(Debug, Default)]
+struct Evidence {
+    /// Records on the enriched topic (events, repeats after crashes, idle ticks).
+    enriched_records: i64,
+    duplicates: f64,
+    restored_from_checkpoint: f64,
+    restore_max_seconds: f64,
+    checkpoints: f64,
+    checkpoint_bytes_sum: f64,
+    checkpoint_bytes_max: f64,
+}
+
+impl std::fmt::Display for Evidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} enriched records; surviving aggregators: {} duplicates absorbed, {} partitions restored from checkpoints (slowest take-over {:.0} ms), \
+             {} checkpoints written, {:.0} bytes on average, {:.0} at most",
+            self.enriched_records,
+            self.duplicates,
+            self.restored_from_checkpoint,
+            self.restore_max_seconds * 1000.0,
+            self.checkpoints,
+            self.checkpoint_bytes_sum / self.checkpoints.max(1.0),
+            self.checkpoint_bytes_max
+        )
+    }
+}
+
+impl<'a> Run<'a> {
+    fn start(broker: &Broker, trace: &'a Trace) -> Self {
+        let of = Orderflow::new(broker, PARTITIONS);
+        of.run(&["merchants", "load", trace.path("merchants.csv").to_str().unwrap()]);
+        let mut run = Run { of, trace, services: Vec::new(), aggregators: Vec::new(), replay: None };
+        run.enricher();
+        run.aggregator();
+        run.replay = Some(run.of.spawn(&["replay", trace.path("trace.jsonl").to_str().unwrap(), "--rate", "25000"]));
+        run
+    }
+
+    fn enricher(&mut self) -> usize {
+        self.services.push(self.of.spawn(&["enrich", "--metrics-addr", &format!("127.0.0.1:{}", free_port())]));
+        self.services.len() - 1
+    }
+
+    fn aggregator(&mut self) -> usize {
+        let addr = format!("127.0.0.1:{}", free_port());
+        self.services.push(self.of.spawn(&["aggregate", "--metrics-addr", &addr, "--idle-close", "3s", "--checkpoint-interval", "1s"]));
+        self.aggregators.push((self.services.len() - 1, addr));
+        self.services.len() - 1
+    }
+
+    /// Waits until `fraction` of the trace is on the enriched topic.
+    fn wait_for_progress(&self, fraction: f64) {
+        let want = (self.trace.events as f64 * fraction) as i64;
+        wait_until(&format!("{:.0}% of the trace enriched", fraction * 100.0), Duration::from_secs(300), || {
+            (enriched_so_far(&self.of) >= want).then_some(())
+        });
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.services[i].signal("KILL");
+    }
+
+    /// Waits for the replay to finish and for the outcome to reach `expect` (or, for
+    /// the undisturbed run, to include the last window and stop changing); a run whose
+    /// outcome stops changing short of `expect` ends there and is reported as a
+    /// difference. Stops the services with SIGTERM and reads the outcome once more.
+    fn finish(mut self, expect: Option<&Outcome>) -> (Outcome, Duration, Evidence) {
+        let started = Instant::now();
+        let mut replay = self.replay.take().unwrap();
+        common::wait_for("the replay to finish", Duration::from_secs(600), || replay.exited());
+        let mut previous: Option<Outcome> = None;
+        let mut changed = Instant::now();
+        let got = loop {
+            let now = outcome(&self.of);
+            let complete = now.totals.iter().any(|t| t["windowStart"] == self.trace.last_window.as_str());
+            let stable = previous.as_ref() == Some(&now);
+            match expect {
+                Some(e) if now == *e => break now,
+                Some(_) if complete && stable && changed.elapsed() >= Duration::from_secs(45) => break now,
+                None if complete && stable => break now,
+                _ => {}
+            }
+            assert!(started.elapsed() < Duration::from_secs(600), "no final outcome 600s after the replay finished");
+            if !stable {
+                changed = Instant::now();
+            }
+            previous = Some(now);
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let waited = started.elapsed();
+        let mut evidence = Evidence { enriched_records: enriched_so_far(&self.of), ..Evidence::default() };
+        for (i, addr) in &self.aggregators {
+            if !self.services[*i].running() {
+                continue;
+            }
+            let page = common::scrape(addr).unwrap_or_default();
+            evidence.duplicates += common::sample(&page, "orderflow_aggregator_events_total", &[("outcome", "duplicate")]);
+            evidence.restored_from_checkpoint +=
+                common::sample(&page, "orderflow_aggregator_partition_restores_total", &[("from", "checkpoint")]);
+            evidence.restore_max_seconds = evidence.restore_max_seconds.max(common::sample(
+                &page,
+                "orderflow_aggregator_restore_duration_seconds",
+                &[("quantile", "1")],
+            ));
+            evidence.checkpoints += common::sample(&page, "orderflow_aggregator_checkpoint_size_bytes_count", &[]);
+            evidence.checkpoint_bytes_sum += common::sample(&page, "orderflow_aggregator_checkpoint_size_bytes_sum", &[]);
+            evidence.checkpoint_bytes_max = evidence.checkpoint_bytes_max.max(common::sample(
+                &page,
+                "orderflow_aggregator_checkpoint_size_bytes",
+                &[("quantile", "1")],
+            ));
+        }
+        for s in self.services.drain(..).filter_map(|mut s| s.running().then_some(s)) {
+            let name = s.name.clone();
+            assert!(s.terminate().success(), "{name} did not exit cleanly on SIGTERM");
+        }
+        assert_eq!(outcome(&self.of), got, "the outcome changed after the services stopped");
+        (got, waited, evidence)
+    }
+}
+
+fn count(totals: &[Value]) -> i64 {
+    totals
+        .iter()
+        .flat_map(|t| ["created", "paid", "cancelled", "refunded"].map(|k| t[k]["count"].as_str().map_or(0, |c| c.parse::<i64>().unwrap())))
+        .sum()
+}
+
+/// Prints one line per scenario, and what differs from the baseline (if anything);
+/// returns whether anything does.
+fn report(name: &str, trace: &Trace, got: &Outcome, baseline: &Outcome, waited: Duration, evidence: &Evidence) -> bool {
+    let key = |t: &Value| format!("{} {} {} {}", t["windowStart"], t["region"], t["tier"], t["currency"]);
+    let theirs: std::collections::BTreeMap<String, &Value> = baseline.totals.iter().map(|t| (key(t), t)).collect();
+    let ours: std::collections::BTreeMap<String, &Value> = got.totals.iter().map(|t| (key(t), t)).collect();
+    let mut differences = Vec::new();
+    for (k, t) in &ours {
+        match theirs.get(k) {
+            None => differences.push(format!("extra total {t}")),
+            Some(b) if b != t => differences.push(format!("total {k}: got {t}, undisturbed {b}")),
+            Some(_) => {}
+        }
+    }
+    differences.extend(theirs.iter().filter(|(k, _)| !ours.contains_key(*k)).map(|(_, t)| format!("missing total {t}")));
+    differences.extend(got.dead_letters.symmetric_difference(&baseline.dead_letters).map(|d| format!("dead letter differs: {d}")));
+    differences.extend(got.late.symmetric_difference(&baseline.late).map(|l| format!("late record differs: {l}")));
+    println!(
+        "fault test | {name:<40} | events in {:>7} | totals {:>4} checked, {} differ | dead letters {} | late {} | settled {:.1}s after replay",
+        trace.events,
+        got.totals.len().max(baseline.totals.len()),
+        differences.iter().filter(|d| d.contains("total")).count(),
+        got.dead_letters.len(),
+        got.late.len(),
+        waited.as_secs_f64()
+    );
+    println!("fault test |   {evidence}");
+    for d in differences.iter().take(20) {
+        println!("fault test |   {d}");
+    }
+    !differences.is_empty()
+}
+
+/// The scenarios to run: all, or those listed in `$ORDERFLOW_FAULTS` (e.g. `1,3`).
+fn selected(n: u32) -> bool {
+    std::env::var("ORDERFLOW_FAULTS").map_or(true, |v| v.split(',').any(|s| s.trim() == n.to_string()))
+}
+
+#[test]
+fn fault_totals_are_exact_through_crashes_restarts_and_scale_out() {
+    let trace = make_trace();
+    assert!(trace.events >= 200_000, "trace has {} events", trace.events);
+
+    // Undisturbed.
+    let broker = Broker::start();
+    let (baseline, waited, evidence) = Run::start(&broker, &trace).finish(None);
+    drop(broker);
+    report("undisturbed", &trace, &baseline, &baseline, waited, &evidence);
+    // Every valid event is counted once or reported late; every invalid one is dead-lettered.
+    assert_eq!(count(&baseline.totals) + baseline.late.len() as i64, trace.valid_unique as i64);
+    assert_eq!(baseline.dead_letters.len(), trace.invalid);
+    assert!(!baseline.late.is_empty());
+
+    let mut failed = Vec::new();
+    let mut check = |name: &str, (got, waited, evidence): (Outcome, Duration, Evidence), must_restore: bool| {
+        if report(name, &trace, &got, &baseline, waited, &evidence) {
+            failed.push(name.to_owned());
+        }
+        if must_restore && evidence.restored_from_checkpoint == 0.0 {
+            failed.push(format!("{name}: no partition was restored from a checkpoint"));
+        }
+    };
+
+    if selected(1) {
+        let broker = Broker::start();
+        let mut run = Run::start(&broker, &trace);
+        run.wait_for_progress(0.3);
+        // Pause the enricher until a backlog builds, let it work through part of it,
+        // and kill it there: outputs of its last batches are on the broker but their
+        // input offsets are not committed, so the restarted enricher sends them again.
+        run.services[0].signal("STOP");
+        let paused_at = enriched_so_far(&run.of);
+        wait_until("a backlog of 20,000 orders", Duration::from_secs(120), || {
+            (records_so_far(&run.of, "orders") >= paused_at + 20_000).then_some(())
+        });
+        run.services[0].signal("CONT");
+        wait_until("the enricher to be into its backlog", Duration::from_secs(120), || {
+            (enriched_so_far(&run.of) >= paused_at + 3_000).then_some(())
+        });
+        run.kill(0);
+        run.enricher();
+        check("1. SIGKILL enricher, restart", run.finish(Some(&baseline)), false);
+    }
+    if selected(2) {
+        let broker = Broker::start();
+        let mut run = Run::start(&broker, &trace);
+        run.wait_for_progress(0.4);
+        run.kill(1);
+        run.aggregator();
+        check("2. SIGKILL aggregator, restart", run.finish(Some(&baseline)), true);
+    }
+    if selected(3) {
+        let broker = Broker::start();
+        let mut run = Run::start(&broker, &trace);
+        run.wait_for_progress(0.25);
+        run.enricher();
+        run.aggregator();
+        run.wait_for_progress(0.6);
+        run.kill(0);
+        run.kill(1);
+        check("3. scale out to 2+2, SIGKILL one of each", run.finish(Some(&baseline)), true);
+    }
+    if selected(4) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut broker = Broker::nisshi_in(dir.path(), "sqlite://broker.db");
+        let run = Run::start(&broker, &trace);
+        run.wait_for_progress(0.4);
+        broker.restart();
+        check("4. broker restart (SQLite storage)", run.finish(Some(&baseline)), false);
+    }
+    assert!(failed.is_empty(), "outcomes differ from the undisturbed run in: {failed:?}");
+}
