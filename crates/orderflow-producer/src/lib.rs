@@ -6,6 +6,8 @@
 //!   fixed rate or flat out, reporting unreadable lines by number and going on.
 //! - [`load_merchants`]: publishes merchant versions to the compacted merchants topic.
 //! - [`sample`]: a small generated peak minute, for the demo.
+//! - [`synth`]: a generated peak-hour trace and its merchants CSV, streamed to files
+//!   (`orderflow trace synth`).
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), orderflow_producer::Error> {
@@ -19,6 +21,7 @@
 
 mod replay;
 pub mod sample;
+pub mod synth;
 
 use std::time::Duration;
 

@@ -5,9 +5,13 @@
 //! - [`Cli`]: flags and subcommands (every flag also reads an environment variable).
 //! - `inspect`: printing totals, dead letters and late events.
 //! - `demo`: the whole pipeline in one process on librdkafka's embedded mock cluster.
+//! - `trace`: synthetic traces (`trace synth`).
+//! - `loadtest`: replaying a trace against a running pipeline, with a report.
 
 mod demo;
 mod inspect;
+mod loadtest;
+mod trace;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -92,6 +96,14 @@ enum Command {
     /// Run the whole pipeline in one process on an embedded mock broker (librdkafka's
     /// mock cluster) with a generated peak minute, and show the totals as windows close.
     Demo(demo::DemoArgs),
+    /// Replay a trace against a running pipeline and report throughput, end-to-end
+    /// latency, lag and whether the totals match the trace (JSON and an SVG picture).
+    Loadtest(loadtest::LoadtestArgs),
+    /// Synthetic traces: `trace synth` writes a peak-hour trace and its merchants CSV.
+    Trace {
+        #[command(subcommand)]
+        command: trace::TraceCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +169,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DeadLetters { json } => inspect::dead_letters(&kafka, &topics, json).await?,
         Command::Late { json } => inspect::late(&kafka, &topics, json).await?,
         Command::Demo(args) => return demo::run(args).await,
+        Command::Loadtest(args) => return loadtest::run(&kafka, &topics, args).await,
+        Command::Trace { command } => trace::run(command).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

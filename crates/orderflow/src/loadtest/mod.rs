@@ -1,0 +1,606 @@
+//! `orderflow loadtest`: replays a trace against a running pipeline (enricher and
+//! aggregator on the same brokers and topic prefix) at a chosen pace, watches the
+//! totals, the late topic and the consumer groups, and writes a report: offered and
+//! achieved events/s, end-to-end latency percentiles, lag over time and whether the
+//! totals match the trace exactly. With `--broker-baseline` it first measures the broker
+//! alone on the same messages, so the pipeline's throughput comes out as a ratio.
+//!
+//! - `check`: the reference totals from the trace, and the comparison.
+//! - `timeline`: per-second rates, latency and lag.
+//! - `chart`: the SVG picture.
+
+mod chart;
+mod check;
+mod timeline;
+
+use std::collections::VecDeque;
+use std::io::BufRead as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::FutureExt as _;
+use orderflow_core::window::WindowSpec;
+use orderflow_enricher::merchants::MerchantStore;
+use orderflow_producer::{event_key, Publisher};
+use orderflow_proto::v1::{EnrichedOrderEvent, OrderEvent, WindowTotal};
+use orderflow_proto::{timestamp_millis, Message as _};
+use orderflow_runtime::kafka::{partition_count, KafkaArgs, TopicReader};
+use orderflow_runtime::shutdown;
+use orderflow_runtime::topics::{self, TopicArgs};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use check::{Counted, Observed, Reference};
+use timeline::{Latency, Second, Timeline};
+
+/// How fast to replay.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Speed {
+    /// As fast as the broker takes events.
+    Max,
+    /// This many times faster than the trace's event time (1: real time).
+    Factor(f64),
+}
+
+fn parse_speed(s: &str) -> Result<Speed, String> {
+    match s {
+        "max" => Ok(Speed::Max),
+        "realtime" => Ok(Speed::Factor(1.0)),
+        _ => match s.strip_suffix('x').and_then(|n| n.parse::<f64>().ok()) {
+            Some(f) if f > 0.0 && f.is_finite() => Ok(Speed::Factor(f)),
+            _ => Err(format!("`{s}`: expected `max`, `realtime` or a speed-up like `10x`")),
+        },
+    }
+}
+
+/// `orderflow loadtest` flags.
+#[derive(Debug, clap::Args)]
+pub struct LoadtestArgs {
+    /// The trace (the replay format, e.g. written by `orderflow trace synth`).
+    pub trace: PathBuf,
+    /// `max` (flat out), `realtime`, or a speed-up of the trace's event time like `10x`.
+    #[arg(long, env = "ORDERFLOW_LOADTEST_SPEED", default_value = "max", value_parser = parse_speed)]
+    pub speed: Speed,
+    /// Directory for `report.json` and `report.svg`.
+    #[arg(long, env = "ORDERFLOW_LOADTEST_REPORT", default_value = "loadtest-report")]
+    pub report: PathBuf,
+    /// The aggregator's window size (the reference totals are computed with it).
+    #[arg(long, env = "ORDERFLOW_WINDOW", value_parser = humantime::parse_duration, default_value = "1m")]
+    pub window: Duration,
+    /// Longest wait, after the replay, for every window's total.
+    #[arg(long, env = "ORDERFLOW_LOADTEST_SETTLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5m")]
+    pub settle_timeout: Duration,
+    /// First measure the broker alone: produce the trace's events to a scratch topic,
+    /// then consume them back. The report gives the pipeline's throughput as a ratio.
+    #[arg(long, env = "ORDERFLOW_LOADTEST_BROKER_BASELINE")]
+    pub broker_baseline: bool,
+    /// Never draw the progress bar (it is drawn only on a terminal anyway).
+    #[arg(long, env = "ORDERFLOW_NO_PROGRESS")]
+    pub no_progress: bool,
+}
+
+/// The report (`report.json`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    trace: String,
+    speed: String,
+    /// Lines read, events published, and how the reference classified them.
+    events: Events,
+    /// Seconds from the first send to the last acknowledgement.
+    replay_seconds: f64,
+    /// Seconds from the first send until the enricher and the aggregator had committed
+    /// every record (the pipeline caught up with the trace).
+    pipeline_seconds: Option<f64>,
+    /// Seconds from the first send to the last window's total (includes waiting for the
+    /// aggregator's idle close of the last windows).
+    last_total_seconds: Option<f64>,
+    throughput: Throughput,
+    latency: Latency,
+    totals: TotalsCheck,
+    broker_baseline: Option<Baseline>,
+    /// Per second: offered, achieved, latency p50/p99, lag.
+    seconds: Vec<Second>,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Events {
+    lines: u64,
+    published: u64,
+    unparsable_lines: u64,
+    valid_unique: u64,
+    duplicates: u64,
+    invalid: u64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Throughput {
+    /// Events acknowledged per second over the replay.
+    achieved_events_per_second: f64,
+    /// Highest one-second achieved rate.
+    peak_events_per_second: u64,
+    /// Events per second through the whole pipeline: published events over
+    /// `pipelineSeconds`.
+    pipeline_events_per_second: Option<f64>,
+    /// `pipeline_events_per_second` over the broker's own produce-then-consume rate
+    /// (each event crosses the broker twice, so 0.5 is the ceiling).
+    pipeline_to_broker_ratio: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TotalsCheck {
+    matched: bool,
+    windows: usize,
+    totals: usize,
+    late_events: u64,
+    differences: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Baseline {
+    events: u64,
+    produce_seconds: f64,
+    consume_seconds: f64,
+    /// events / (produce + consume seconds).
+    events_per_second: f64,
+}
+
+/// Runs the load test; fails (exit code 1) when the totals do not match the trace.
+pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, args: LoadtestArgs) -> anyhow::Result<ExitCode> {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let spec = WindowSpec::new(ms(args.window), 0)?;
+    topics::ensure(kafka, &[topics.wide(topics.orders()), topics.narrow(topics.totals(), true)]).await?;
+    let existing = {
+        let (kafka, topic) = (kafka.clone(), topics.totals());
+        tokio::task::spawn_blocking(move || orderflow_aggregator::totals::read(&kafka, &topic)).await??.len()
+    };
+    anyhow::ensure!(
+        existing == 0,
+        "the totals topic `{}` already holds {existing} totals: run the load test on a fresh --topic-prefix",
+        topics.totals()
+    );
+    let cancel = shutdown::on_signal();
+    let follow = cancel.child_token();
+    let (store, follower) = MerchantStore::load(kafka, &topics.merchants(), follow.clone()).await?;
+    follow.cancel();
+    let table = store.read().clone();
+    let _ = tokio::task::spawn_blocking(move || follower.join()).await;
+    eprintln!("loadtest: {} merchants read from {}.", table.len(), topics.merchants());
+
+    let baseline = if args.broker_baseline { Some(broker_baseline(kafka, topics, &args).await?) } else { None };
+
+    // Watchers: the totals topic (with broker timestamps) and the consumer groups' lag.
+    let started_wall = now_ms();
+    let started = Instant::now();
+    let watch = cancel.child_token();
+    let (totals_tx, totals_rx) = mpsc::channel::<(i64, WindowTotal)>();
+    let totals_thread = {
+        let (kafka, topic, watch) = (kafka.clone(), topics.totals(), watch.clone());
+        std::thread::spawn(move || follow_totals(&kafka, &topic, &watch, &totals_tx))
+    };
+    let (lag_tx, lag_rx) = mpsc::channel::<(u64, i64, i64)>();
+    let lag_thread = {
+        let (kafka, topics, watch) = (kafka.clone(), topics.clone(), watch.clone());
+        std::thread::spawn(move || sample_lag(&kafka, &topics, &watch, started, &lag_tx))
+    };
+
+    let mut reference = Reference::new(spec, table);
+    let mut timeline = Timeline::default();
+    let publisher = Publisher::new(kafka, topics.orders())?;
+    let progress = !args.no_progress && is_terminal::is_terminal(std::io::stderr());
+    let replayed = replay(&args, &publisher, &mut reference, &mut timeline, started, progress, &cancel).await?;
+    let replay_seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "loadtest: published {} events in {replay_seconds:.1}s ({:.0}/s); waiting for the last windows.",
+        replayed.published,
+        replayed.published as f64 / replay_seconds
+    );
+
+    // Wait until every window with a counted event has a total (or nothing moves).
+    let mut observed = Observed::default();
+    let mut last_change = Instant::now();
+    let replay_done_ms = started.elapsed().as_millis() as u64;
+    let mut caught_up_ms: Option<u64> = None;
+    let deadline = Instant::now() + args.settle_timeout;
+    loop {
+        let mut moved = false;
+        while let Ok((ts, t)) = totals_rx.try_recv() {
+            timeline.published(t.window_start.as_ref().map_or(i64::MIN, timestamp_millis), ts - started_wall);
+            observed.total(&t);
+            moved = true;
+        }
+        while let Ok((at, e, a)) = lag_rx.try_recv() {
+            timeline.lag(at, e, a);
+            if at >= replay_done_ms && e == 0 && a == 0 {
+                caught_up_ms.get_or_insert(at);
+            }
+        }
+        if moved {
+            last_change = Instant::now();
+        }
+        let last_done = reference.last_window().is_none_or(|w| timeline.published_window(w));
+        if timeline.unpublished() == 0
+            || (last_done && last_change.elapsed() > Duration::from_secs(30))
+            || Instant::now() >= deadline
+            || cancel.is_cancelled()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    watch.cancel();
+    totals_thread.join().expect("totals watcher panicked")?;
+    let _ = lag_thread.join();
+    while let Ok((at, e, a)) = lag_rx.try_recv() {
+        timeline.lag(at, e, a);
+    }
+    {
+        let (kafka, topic) = (kafka.clone(), topics.late());
+        let late: Vec<EnrichedOrderEvent> = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut out = Vec::new();
+            TopicReader::open(&kafka, &topic)?.read_to_end(|m| {
+                if let Some(Ok(e)) = m.payload().map(EnrichedOrderEvent::decode) {
+                    out.push(e);
+                }
+            })?;
+            Ok(out)
+        })
+        .await??;
+        late.iter().for_each(|e| observed.late(&spec, e));
+    }
+
+    let differences = observed.differences(reference.totals());
+    let windows = reference.totals().keys().map(|(w, _)| *w).collect::<std::collections::BTreeSet<_>>().len();
+    let last_total_seconds = timeline.last_published_ms().map(|ms| ms as f64 / 1000.0);
+    let pipeline_seconds = caught_up_ms.map(|ms| ms as f64 / 1000.0);
+    let (seconds, latency) = timeline.finish();
+    let pipeline_rate = pipeline_seconds.map(|s| replayed.published as f64 / s);
+    let report = Report {
+        trace: args.trace.display().to_string(),
+        speed: match args.speed {
+            Speed::Max => "max".into(),
+            Speed::Factor(f) => format!("{f}x"),
+        },
+        events: Events {
+            lines: replayed.lines,
+            published: replayed.published,
+            unparsable_lines: replayed.unparsable,
+            valid_unique: reference.valid_unique(),
+            duplicates: reference.duplicates,
+            invalid: reference.invalid,
+        },
+        replay_seconds,
+        pipeline_seconds,
+        last_total_seconds,
+        throughput: Throughput {
+            achieved_events_per_second: replayed.published as f64 / replay_seconds,
+            peak_events_per_second: seconds.iter().map(|s| s.achieved).max().unwrap_or(0),
+            pipeline_events_per_second: pipeline_rate,
+            pipeline_to_broker_ratio: baseline.as_ref().zip(pipeline_rate).map(|(b, p)| p / b.events_per_second),
+        },
+        latency,
+        totals: TotalsCheck {
+            matched: differences.is_empty(),
+            windows,
+            totals: reference.totals().len(),
+            late_events: observed.late,
+            differences: differences.iter().take(50).cloned().collect(),
+        },
+        broker_baseline: baseline,
+        seconds,
+    };
+    std::fs::create_dir_all(&args.report).with_context(|| format!("creating {}", args.report.display()))?;
+    let json_path = args.report.join("report.json");
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", json_path.display()))?;
+    let svg_path = args.report.join("report.svg");
+    let title = format!("orderflow load test: {} at {} ({} events)", report.trace, report.speed, report.events.published);
+    chart::draw(&svg_path, &title, &report.seconds)?;
+
+    println!(
+        "Published {} events in {:.1}s: {:.0} events/s achieved, peak {}/s.",
+        report.events.published,
+        report.replay_seconds,
+        report.throughput.achieved_events_per_second,
+        report.throughput.peak_events_per_second
+    );
+    if let (Some(s), Some(r)) = (pipeline_seconds, pipeline_rate) {
+        println!("Enricher and aggregator caught up {s:.1}s after the first send: {r:.0} events/s through the pipeline.");
+    }
+    if let Some(s) = last_total_seconds {
+        println!("Last window's total published {s:.1}s after the first send.");
+    }
+    if let Some(b) = &report.broker_baseline {
+        println!(
+            "Broker alone: {} events produced in {:.1}s and consumed in {:.1}s: {:.0} events/s; pipeline/broker ratio {}.",
+            b.events,
+            b.produce_seconds,
+            b.consume_seconds,
+            b.events_per_second,
+            report.throughput.pipeline_to_broker_ratio.map_or("n/a".into(), |r| format!("{r:.3}"))
+        );
+    }
+    println!(
+        "Latency, event sent to its window's total: p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms over {} events.",
+        report.latency.p50_ms, report.latency.p99_ms, report.latency.p999_ms, report.latency.max_ms, report.latency.events
+    );
+    if report.totals.matched {
+        println!(
+            "Totals match the trace: {} totals over {} windows; {} late events reported.",
+            report.totals.totals, report.totals.windows, report.totals.late_events
+        );
+    } else {
+        println!("Totals DO NOT match the trace ({} differences), e.g.:", differences.len());
+        differences.iter().take(10).for_each(|d| println!("  {d}"));
+    }
+    println!("Report: {} and {}.", json_path.display(), svg_path.display());
+    Ok(if report.totals.matched { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// What the replay did.
+#[derive(Debug, Default)]
+struct Replayed {
+    lines: u64,
+    published: u64,
+    unparsable: u64,
+}
+
+/// Deliveries kept in flight before the replay waits for the oldest.
+const IN_FLIGHT: usize = 50_000;
+
+async fn replay(
+    args: &LoadtestArgs,
+    publisher: &Publisher,
+    reference: &mut Reference,
+    timeline: &mut Timeline,
+    started: Instant,
+    progress: bool,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Replayed> {
+    let file = std::fs::File::open(&args.trace).with_context(|| format!("opening {}", args.trace.display()))?;
+    let bar = progress_bar(progress, file.metadata()?.len(), "loadtest");
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut pending: VecDeque<DeliveryFuture> = VecDeque::with_capacity(IN_FLIGHT);
+    let mut out = Replayed::default();
+    let mut first_event_ms: Option<i64> = None;
+    let mut max_event_ms = i64::MIN;
+    let elapsed_ms = || started.elapsed().as_millis() as u64;
+    let mut line = String::new();
+    let mut line_no = 0u64;
+    loop {
+        if cancel.is_cancelled() {
+            break;
+        }
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        bar.inc(n as u64);
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        out.lines += 1;
+        let event: OrderEvent = match serde_json::from_str(text) {
+            Ok(e) => e,
+            Err(e) => {
+                bar.suspend(|| eprintln!("{}:{line_no}: not an OrderEvent in JSON: {e}", args.trace.display()));
+                out.unparsable += 1;
+                continue;
+            }
+        };
+        if let (Speed::Factor(f), Some(t)) = (args.speed, event.event_time.as_ref().map(timestamp_millis)) {
+            max_event_ms = max_event_ms.max(t);
+            let first = *first_event_ms.get_or_insert(t);
+            let due = Duration::from_secs_f64(((max_event_ms - first) as f64 / 1000.0 / f).max(0.0));
+            if due > started.elapsed() + Duration::from_millis(1) {
+                tokio::time::sleep_until((started + due).into()).await;
+            }
+            timeline.offered(due.as_millis() as u64);
+        } else {
+            timeline.offered(elapsed_ms());
+        }
+        let counted = reference.add(&event);
+        pending.push_back(publisher.enqueue(&event).await?);
+        if let Counted::Window(w) = counted {
+            timeline.sent(w, elapsed_ms());
+        }
+        // Count deliveries as they complete; wait for the oldest when too many are out.
+        let mut done = 0;
+        loop {
+            let full = pending.len() >= IN_FLIGHT;
+            let Some(front) = pending.front_mut() else { break };
+            let ready = if full { Some(front.await) } else { front.now_or_never() };
+            match ready {
+                None => break,
+                Some(r) => {
+                    pending.pop_front();
+                    delivered(r, publisher.topic())?;
+                    done += 1;
+                }
+            }
+        }
+        if done > 0 {
+            out.published += done;
+            timeline.achieved(elapsed_ms(), done);
+        }
+    }
+    while let Some(f) = pending.pop_front() {
+        delivered(f.await, publisher.topic())?;
+        out.published += 1;
+        timeline.achieved(elapsed_ms(), 1);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+fn delivered(
+    r: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+    topic: &str,
+) -> anyhow::Result<()> {
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(anyhow::Error::new(e).context(format!("delivering to {topic}"))),
+        Err(_) => anyhow::bail!("delivery to {topic} cancelled"),
+    }
+}
+
+fn progress_bar(enabled: bool, len: u64, what: &str) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{elapsed_precise}}] {{wide_bar}} {{bytes}}/{{total_bytes}}"
+        ))
+        .expect("static template"),
+    );
+    bar
+}
+
+/// Follows the totals topic, sending each total with its broker timestamp (ms).
+fn follow_totals(kafka: &KafkaArgs, topic: &str, cancel: &CancellationToken, tx: &mpsc::Sender<(i64, WindowTotal)>) -> anyhow::Result<()> {
+    let reader = TopicReader::open(kafka, topic)?;
+    while !cancel.is_cancelled() {
+        if let Some(m) = reader.poll(Duration::from_millis(200))? {
+            if let Some(Ok(t)) = m.payload().map(WindowTotal::decode) {
+                let ts = m.timestamp().to_millis().unwrap_or_else(now_ms);
+                if tx.send((ts, t)).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Samples, four times a second, how many records the enricher and the aggregator groups
+/// have yet to commit (high watermarks minus committed offsets).
+fn sample_lag(kafka: &KafkaArgs, topics: &TopicArgs, cancel: &CancellationToken, started: Instant, tx: &mpsc::Sender<(u64, i64, i64)>) {
+    let client = |group: &str| -> anyhow::Result<BaseConsumer> {
+        Ok(kafka.config(&[("group.id", group), ("enable.auto.commit", "false")])?.create()?)
+    };
+    let lag = |c: &BaseConsumer, topic: &str| -> anyhow::Result<i64> {
+        let partitions = partition_count(c, topic)?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let committed = c.committed_offsets(tpl, Duration::from_secs(5))?;
+        let mut total = 0;
+        for p in 0..partitions {
+            let (_, high) = c.fetch_watermarks(topic, p, Duration::from_secs(5))?;
+            let done = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            };
+            total += (high - done).max(0);
+        }
+        Ok(total)
+    };
+    let (Ok(enricher), Ok(aggregator)) = (client(&topics.group("enricher")), client(&topics.group("aggregator"))) else {
+        tracing::warn!("Cannot create the lag-sampling clients; the report has no lag.");
+        return;
+    };
+    while !cancel.is_cancelled() {
+        let t = Instant::now();
+        if let (Ok(e), Ok(a)) = (lag(&enricher, &topics.orders()), lag(&aggregator, &topics.enriched())) {
+            if tx.send((started.elapsed().as_millis() as u64, e, a)).is_err() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250).saturating_sub(t.elapsed()));
+    }
+}
+
+/// Produces the trace's events (keyed as the replay keys them) to a scratch topic, then
+/// consumes them back; times both, excluding the JSON parsing.
+async fn broker_baseline(kafka: &KafkaArgs, topics: &TopicArgs, args: &LoadtestArgs) -> anyhow::Result<Baseline> {
+    let topic = format!("{}.loadtest.baseline", topics.topic_prefix);
+    topics::ensure(kafka, &[topics.wide(topic.clone())]).await?;
+    let producer = kafka.producer()?;
+    let file = std::fs::File::open(&args.trace).with_context(|| format!("opening {}", args.trace.display()))?;
+    let mut lines = std::io::BufReader::with_capacity(1 << 20, file).lines();
+    let (mut events, mut produce) = (0u64, Duration::ZERO);
+    eprintln!("loadtest: broker baseline: producing the trace's events to {topic}.");
+    loop {
+        // Parse a chunk, then time producing it.
+        let mut chunk: Vec<(String, Vec<u8>)> = Vec::with_capacity(200_000);
+        for line in lines.by_ref() {
+            if let Ok(e) = serde_json::from_str::<OrderEvent>(line?.trim()) {
+                chunk.push((event_key(&e).to_owned(), e.encode_to_vec()));
+                if chunk.len() == chunk.capacity() {
+                    break;
+                }
+            }
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        let t = Instant::now();
+        let mut pending = VecDeque::with_capacity(IN_FLIGHT);
+        for (k, v) in &chunk {
+            let fut = orderflow_runtime::kafka::send(&producer, FutureRecord::to(&topic).key(k.as_str()).payload(v.as_slice())).await?;
+            pending.push_back(fut);
+            if pending.len() >= IN_FLIGHT {
+                delivered(pending.pop_front().expect("non-empty").await, &topic)?;
+            }
+        }
+        for f in pending {
+            delivered(f.await, &topic)?;
+        }
+        produce += t.elapsed();
+        events += chunk.len() as u64;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    let (kafka2, topic2) = (kafka.clone(), topic.clone());
+    let t = Instant::now();
+    let consumed = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        let reader = TopicReader::open(&kafka2, &topic2)?;
+        let mut bytes = 0u64;
+        let n = reader.read_to_end(|m| bytes += m.payload_len() as u64)?;
+        std::hint::black_box(bytes);
+        Ok(n)
+    })
+    .await??;
+    let consume = t.elapsed();
+    anyhow::ensure!(consumed >= events, "the baseline topic `{topic}` gave back {consumed} of {events} events");
+    let b = Baseline {
+        events,
+        produce_seconds: produce.as_secs_f64(),
+        consume_seconds: consume.as_secs_f64(),
+        events_per_second: events as f64 / (produce + consume).as_secs_f64(),
+    };
+    eprintln!("loadtest: broker baseline: {:.0} events/s produce-then-consume.", b.events_per_second);
+    Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speeds_parse() {
+        assert_eq!(parse_speed("max"), Ok(Speed::Max));
+        assert_eq!(parse_speed("realtime"), Ok(Speed::Factor(1.0)));
+        assert_eq!(parse_speed("12.5x"), Ok(Speed::Factor(12.5)));
+        assert!(parse_speed("0x").is_err());
+        assert!(parse_speed("fast").unwrap_err().contains("`fast`"));
+    }
+}
