@@ -27,6 +27,9 @@ pub const LATE_WINDOW_START: &str = "orderflow-window-start";
 /// Header of a late record: the partition's closed-through frontier when it arrived.
 pub const LATE_CLOSED_THROUGH: &str = "orderflow-closed-through";
 
+/// `max.message.bytes` of the checkpoint topic orderflow creates (64 MiB).
+pub const CHECKPOINT_MAX_BYTES: u64 = 64 << 20;
+
 /// One owned input partition.
 #[derive(Debug)]
 struct Owned {
@@ -58,8 +61,14 @@ pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, args: &AggregatorArgs, c
     .await?;
     let probe = kafka.reader()?;
     let input_partitions = partition_count(&probe, &topics.enriched())?;
-    let cp_spec =
-        TopicSpec { name: topics.checkpoints(), partitions: input_partitions, replication: topics.replication_factor, compact: true };
+    let cp_spec = TopicSpec {
+        name: topics.checkpoints(),
+        partitions: input_partitions,
+        replication: topics.replication_factor,
+        compact: true,
+        // A checkpoint holds a partition's dedup memory: megabytes at peak rates.
+        max_message_bytes: Some(CHECKPOINT_MAX_BYTES),
+    };
     topics::ensure(kafka, &[cp_spec]).await?;
     let cp_partitions = partition_count(&probe, &topics.checkpoints())?;
     if cp_partitions < input_partitions {
@@ -349,7 +358,7 @@ impl Aggregator {
         if self.args.no_checkpoints {
             return Ok(());
         }
-        let mut tpl = TopicPartitionList::new();
+        let mut written = Vec::new();
         for (&p, owned) in &self.owned {
             if owned.next_offset <= owned.checkpointed {
                 continue;
@@ -358,14 +367,34 @@ impl Aggregator {
             metrics::histogram!(telemetry::AGGREGATOR_CHECKPOINT_BYTES).record(bytes.len() as f64);
             let key = p.to_string();
             let f = send(&self.producer, FutureRecord::to(&self.cp_topic).partition(p).key(&key).payload(&bytes)).await?;
-            self.pending.push((self.cp_topic.clone(), f));
-            tpl.add_partition_offset(&self.input, p, Offset::Offset(owned.next_offset))?;
+            written.push((p, owned.next_offset, bytes.len(), f));
         }
-        self.settle().await?;
-        for e in tpl.elements() {
-            if let (Some(o), Offset::Offset(next)) = (self.owned.get_mut(&e.partition()), e.offset()) {
-                o.checkpointed = next;
-                metrics::counter!(telemetry::AGGREGATOR_CHECKPOINTS).increment(1);
+        let mut tpl = TopicPartitionList::new();
+        for (p, next, size, f) in written {
+            match f.await {
+                Ok(Ok(_)) => {
+                    tpl.add_partition_offset(&self.input, p, Offset::Offset(next))?;
+                    if let Some(o) = self.owned.get_mut(&p) {
+                        o.checkpointed = next;
+                    }
+                    metrics::counter!(telemetry::AGGREGATOR_CHECKPOINTS).increment(1);
+                }
+                // A checkpoint the broker refuses (too large for the topic's
+                // max.message.bytes, say) must not stop aggregation: the previous
+                // checkpoint and its committed offset stay valid, so exactness holds and
+                // only a restart would re-process more. Say so loudly.
+                Ok(Err((e, _))) => {
+                    metrics::counter!(telemetry::AGGREGATOR_CHECKPOINT_FAILURES).increment(1);
+                    tracing::error!(
+                        partition = p,
+                        bytes = size,
+                        error = %e,
+                        topic = %self.cp_topic,
+                        "Checkpoint not written; the previous one stays in force. If the record is too large, raise the \
+                         topic's max.message.bytes (orderflow creates it with {CHECKPOINT_MAX_BYTES}) or shorten --dedup-horizon."
+                    );
+                }
+                Err(_) => return Err(Error::Delivery { topic: self.cp_topic.clone(), source: rdkafka::error::KafkaError::Canceled }),
             }
         }
         if tpl.count() > 0 {

@@ -43,6 +43,8 @@ pub const AGGREGATOR_CHECKPOINTS: &str = "orderflow_aggregator_checkpoints_total
 pub const AGGREGATOR_CHECKPOINT_BYTES: &str = "orderflow_aggregator_checkpoint_size_bytes";
 /// Partitions restored from a checkpoint. Label: `from` (checkpoint, scratch).
 pub const AGGREGATOR_RESTORES: &str = "orderflow_aggregator_partition_restores_total";
+/// Counter: checkpoints the broker refused (the previous checkpoint stays in force).
+pub const AGGREGATOR_CHECKPOINT_FAILURES: &str = "orderflow_aggregator_checkpoint_failures_total";
 /// Histogram: seconds to read and decode the checkpoints of partitions taken over.
 pub const AGGREGATOR_RESTORE_SECONDS: &str = "orderflow_aggregator_restore_duration_seconds";
 
@@ -82,6 +84,11 @@ pub fn describe() {
     describe_counter!(AGGREGATOR_CHECKPOINTS, Unit::Count, "Partition checkpoints written.");
     describe_histogram!(AGGREGATOR_CHECKPOINT_BYTES, Unit::Bytes, "Size of each partition checkpoint.");
     describe_counter!(AGGREGATOR_RESTORES, Unit::Count, "Partitions taken over, from a checkpoint or from scratch.");
+    describe_counter!(
+        AGGREGATOR_CHECKPOINT_FAILURES,
+        Unit::Count,
+        "Checkpoints the broker refused; the previous checkpoint and committed offset stay in force."
+    );
     describe_histogram!(AGGREGATOR_RESTORE_SECONDS, Unit::Seconds, "Time to read and decode the checkpoints of partitions taken over.");
     describe_counter!(MERGER_PARTIALS, Unit::Count, "Partial totals read by the merger, by outcome.");
     describe_counter!(WINDOWS_CLOSED, Unit::Count, "Windows merged over all partitions and published.");

@@ -86,11 +86,11 @@ impl TopicArgs {
 
     /// A topic sized by `--partitions`.
     pub fn wide(&self, name: String) -> TopicSpec {
-        TopicSpec { name, partitions: self.partitions, replication: self.replication_factor, compact: false }
+        TopicSpec { name, partitions: self.partitions, replication: self.replication_factor, compact: false, max_message_bytes: None }
     }
     /// A single-partition topic.
     pub fn narrow(&self, name: String, compact: bool) -> TopicSpec {
-        TopicSpec { name, partitions: 1, replication: self.replication_factor, compact }
+        TopicSpec { name, partitions: 1, replication: self.replication_factor, compact, max_message_bytes: None }
     }
 }
 
@@ -101,6 +101,8 @@ pub struct TopicSpec {
     pub partitions: i32,
     pub replication: i32,
     pub compact: bool,
+    /// The topic's `max.message.bytes`, when records may exceed the broker's default.
+    pub max_message_bytes: Option<u64>,
 }
 
 /// Creates the topics that do not exist yet; existing ones are left untouched.
@@ -115,15 +117,19 @@ pub async fn ensure(kafka: &KafkaArgs, specs: &[TopicSpec]) -> Result<()> {
         return Ok(());
     }
     let admin: AdminClient<DefaultClientContext> = kafka.config(&[])?.create()?;
+    let sizes: Vec<Option<String>> = missing.iter().map(|s| s.max_message_bytes.map(|b| b.to_string())).collect();
     let new: Vec<NewTopic<'_>> = missing
         .iter()
-        .map(|s| {
-            let t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(s.replication));
+        .zip(&sizes)
+        .map(|(s, size)| {
+            let mut t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(s.replication));
             if s.compact {
-                t.set("cleanup.policy", "compact")
-            } else {
-                t
+                t = t.set("cleanup.policy", "compact");
             }
+            if let Some(size) = size {
+                t = t.set("max.message.bytes", size);
+            }
+            t
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
