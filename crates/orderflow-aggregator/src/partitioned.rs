@@ -30,6 +30,9 @@ pub const LATE_CLOSED_THROUGH: &str = "orderflow-closed-through";
 /// `max.message.bytes` of the checkpoint topic orderflow creates (64 MiB).
 pub const CHECKPOINT_MAX_BYTES: u64 = 64 << 20;
 
+/// How old a reading of the pipeline's input may be for idle ticks to rely on it.
+const UPSTREAM_FRESH: Duration = Duration::from_secs(2);
+
 /// One owned input partition.
 #[derive(Debug)]
 struct Owned {
@@ -412,10 +415,18 @@ impl Aggregator {
     async fn idle_ticks(&mut self) -> Result<()> {
         let idle = self.args.idle_close;
         let upstream = self.watch.get();
-        if upstream.stalled || self.owned.is_empty() {
+        // Only a recent reading of the input counts, and only for partitions that went
+        // quiet before it was taken and on which the enricher owes nothing.
+        let Some(checked_at) = upstream.checked_at.map(Instant::from_std) else { return Ok(()) };
+        if upstream.stalled || self.owned.is_empty() || checked_at.elapsed() > UPSTREAM_FRESH {
             return Ok(());
         }
-        let quiet = |o: &Owned| o.last_input.elapsed() >= idle && o.tick_sent.is_none_or(|t| t.elapsed() >= idle);
+        let quiet = |p: i32, o: &Owned| {
+            o.last_input.elapsed() >= idle
+                && o.last_input < checked_at
+                && !upstream.owing.contains(&p)
+                && o.tick_sent.is_none_or(|t| t.elapsed() >= idle)
+        };
         let mut target =
             self.owned.values().map(|o| o.state.closed_through_ms()).max().unwrap_or(i64::MIN).max(upstream.global_frontier_ms);
         if upstream.settled_since.is_some_and(|t| t.elapsed() >= idle) {
@@ -426,7 +437,7 @@ impl Aggregator {
         }
         let mut ticks = Vec::new();
         for (&p, o) in &mut self.owned {
-            if quiet(o) && o.state.closed_through_ms() < target {
+            if quiet(p, o) && o.state.closed_through_ms() < target {
                 o.tick_sent = Some(Instant::now());
                 ticks.push(p);
             }

@@ -30,8 +30,16 @@ const STALL_AFTER: Duration = Duration::from_secs(2);
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// A snapshot of what is known.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Upstream {
+    /// When the input was last read successfully (the start of that read). Decisions
+    /// need a snapshot taken after the partition in question went quiet: a read that
+    /// hangs (a coordinator busy rebalancing, say) must not leave an old "all is well"
+    /// in force.
+    pub checked_at: Option<Instant>,
+    /// Orders partitions on which the enricher owes records (its committed offset is
+    /// behind the partition's end), as of `checked_at`.
+    pub owing: Vec<i32>,
     /// The enricher owes records and is not moving, or the input cannot be read.
     pub stalled: bool,
     /// Since when no order has arrived and the enricher has had no backlog.
@@ -42,7 +50,7 @@ pub struct Upstream {
 
 impl Default for Upstream {
     fn default() -> Self {
-        Self { stalled: true, settled_since: None, global_frontier_ms: i64::MIN }
+        Self { checked_at: None, owing: Vec::new(), stalled: true, settled_since: None, global_frontier_ms: i64::MIN }
     }
 }
 
@@ -55,7 +63,7 @@ pub struct Watch {
 impl Watch {
     /// The current view.
     pub fn get(&self) -> Upstream {
-        *self.state.lock().expect("upstream watch poisoned")
+        self.state.lock().expect("upstream watch poisoned").clone()
     }
 
     /// Starts watching on a background thread until `cancel`.
@@ -91,10 +99,21 @@ impl Watch {
                     }
                     if Instant::now() >= next_check {
                         next_check = Instant::now() + CHECK_EVERY;
-                        let (stalled, settled_since) = input.check(&kafka, &topics);
+                        let started = Instant::now();
+                        let checked = input.check(&kafka, &topics);
                         let mut s = w.state.lock().expect("upstream watch poisoned");
-                        s.stalled = stalled;
-                        s.settled_since = settled_since;
+                        match checked {
+                            Some((stalled, settled_since, owing)) => {
+                                s.checked_at = Some(started);
+                                s.stalled = stalled;
+                                s.settled_since = settled_since;
+                                s.owing = owing;
+                            }
+                            None => {
+                                s.stalled = true;
+                                s.settled_since = None;
+                            }
+                        }
                     }
                 }
             })
@@ -112,20 +131,21 @@ struct InputWatch {
 }
 
 impl InputWatch {
-    /// Returns (stalled, settled_since).
-    fn check(&mut self, kafka: &KafkaArgs, topics: &TopicArgs) -> (bool, Option<Instant>) {
+    /// Returns (stalled, settled_since, partitions owing), or `None` when the input
+    /// could not be read.
+    fn check(&mut self, kafka: &KafkaArgs, topics: &TopicArgs) -> Option<(bool, Option<Instant>, Vec<i32>)> {
         match self.read(kafka, topics) {
-            Ok(v) => v,
+            Ok(v) => Some(v),
             Err(e) => {
                 tracing::debug!(error = %e, "Input state unreadable; holding idle ticks back.");
                 self.clients = None;
                 self.settled_since = None;
-                (true, None)
+                None
             }
         }
     }
 
-    fn read(&mut self, kafka: &KafkaArgs, topics: &TopicArgs) -> crate::Result<(bool, Option<Instant>)> {
+    fn read(&mut self, kafka: &KafkaArgs, topics: &TopicArgs) -> crate::Result<(bool, Option<Instant>, Vec<i32>)> {
         if self.clients.is_none() {
             let reader = kafka.reader()?;
             let group: BaseConsumer =
@@ -140,7 +160,7 @@ impl InputWatch {
             Err(orderflow_runtime::Error::MissingTopic(_)) => {
                 // No input topic yet: nothing is owed.
                 let since = *self.settled_since.get_or_insert(now);
-                return Ok((false, Some(since)));
+                return Ok((false, Some(since), Vec::new()));
             }
             Err(e) => return Err(e.into()),
         };
@@ -149,7 +169,7 @@ impl InputWatch {
             tpl.add_partition(&orders, p);
         }
         let committed = group.committed_offsets(tpl, Duration::from_secs(5))?;
-        let (mut moved, mut backlog, mut stalled) = (false, false, false);
+        let (mut moved, mut backlog, mut stalled, mut owing) = (false, false, false, Vec::new());
         for p in 0..partitions {
             let (low, high) = reader.fetch_watermarks(&orders, p, Duration::from_secs(5))?;
             let done = match committed.find_partition(&orders, p).map(|e| e.offset()) {
@@ -165,6 +185,7 @@ impl InputWatch {
             }
             if high > done {
                 backlog = true;
+                owing.push(p);
                 if now.duration_since(entry.1) >= STALL_AFTER {
                     stalled = true;
                 }
@@ -175,6 +196,6 @@ impl InputWatch {
         } else {
             self.settled_since.get_or_insert(now);
         }
-        Ok((stalled, self.settled_since))
+        Ok((stalled, self.settled_since, owing))
     }
 }

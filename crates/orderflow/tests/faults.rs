@@ -39,9 +39,15 @@ fn make_trace() -> Trace {
     let mut s = sample::generate(2019, 2_000, 100_000, START_MS, 10 * 60_000);
     sample::add_late_events(&mut s, 997);
     let dir = tempfile::tempdir().unwrap();
-    let mut csv = String::from("merchant_id,region,tier\n");
-    for m in &s.merchants {
-        csv.push_str(&format!("{},{},{}\n", m.merchant_id, m.region, m.tier));
+    // Every 10th merchant moves to another region and tier mid-trace: the temporal join
+    // must give every run the same answer.
+    let moved_at = orderflow_proto::millis_timestamp(START_MS + 4 * 60_000).to_string();
+    let mut csv = String::from("merchant_id,region,tier,effective_from\n");
+    for (i, m) in s.merchants.iter().enumerate() {
+        csv.push_str(&format!("{},{},{},\n", m.merchant_id, m.region, m.tier));
+        if i % 10 == 0 {
+            csv.push_str(&format!("{},relocated,{}-upgraded,{moved_at}\n", m.merchant_id, m.tier));
+        }
     }
     std::fs::write(dir.path().join("merchants.csv"), csv).unwrap();
     let mut f = std::io::BufWriter::new(std::fs::File::create(dir.path().join("trace.jsonl")).unwrap());
@@ -94,6 +100,21 @@ fn records_so_far(of: &Orderflow, topic: &str) -> i64 {
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &of.brokers).create().unwrap();
     let topic = format!("{}.{topic}", of.prefix);
     (0..PARTITIONS).map(|p| c.fetch_watermarks(&topic, p, Duration::from_secs(5)).map(|(_, h)| h).unwrap_or(0)).sum()
+}
+
+/// Whether the enricher has delivered outputs (enriched or dead-lettered) for input it
+/// has not committed: every input record has exactly one output until something repeats.
+fn delivered_beyond_commit(of: &Orderflow) -> bool {
+    let c: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &of.brokers).set("group.id", format!("{}-enricher", of.prefix)).create().unwrap();
+    let topic = format!("{}.orders", of.prefix);
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(&topic, p);
+    }
+    let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(5)) else { return false };
+    let committed: i64 = committed.elements().iter().map(|e| e.offset().to_raw().unwrap_or(0).max(0)).sum();
+    enriched_so_far(of) + records_so_far(of, "orders.dead-letter") > committed
 }
 
 fn enriched_so_far(of: &Orderflow) -> i64 {
@@ -273,6 +294,16 @@ fn report(name: &str, trace: &Trace, got: &Outcome, baseline: &Outcome, waited: 
     !differences.is_empty()
 }
 
+/// What a scenario must also show, beyond equal outcomes, to prove the fault hit.
+#[derive(Debug, PartialEq)]
+enum Expect {
+    Nothing,
+    /// The surviving aggregators restored partitions from checkpoints.
+    Restores,
+    /// The enricher's successor sent records again (more enriched records than undisturbed).
+    Repeats,
+}
+
 /// The scenarios to run: all, or those listed in `$ORDERFLOW_FAULTS` (e.g. `1,3`).
 fn selected(n: u32) -> bool {
     std::env::var("ORDERFLOW_FAULTS").map_or(true, |v| v.split(',').any(|s| s.trim() == n.to_string()))
@@ -285,21 +316,30 @@ fn fault_totals_are_exact_through_crashes_restarts_and_scale_out() {
 
     // Undisturbed.
     let broker = Broker::start();
-    let (baseline, waited, evidence) = Run::start(&broker, &trace).finish(None);
+    let (baseline, waited, baseline_evidence) = Run::start(&broker, &trace).finish(None);
     drop(broker);
-    report("undisturbed", &trace, &baseline, &baseline, waited, &evidence);
+    report("undisturbed", &trace, &baseline, &baseline, waited, &baseline_evidence);
     // Every valid event is counted once or reported late; every invalid one is dead-lettered.
     assert_eq!(count(&baseline.totals) + baseline.late.len() as i64, trace.valid_unique as i64);
     assert_eq!(baseline.dead_letters.len(), trace.invalid);
     assert!(!baseline.late.is_empty());
+    // Merchants that moved mid-trace count under their old region before the move and
+    // under the new one after it.
+    let moved = orderflow_proto::millis_timestamp(START_MS + 4 * 60_000).to_string();
+    let relocated: Vec<&Value> = baseline.totals.iter().filter(|t| t["region"] == "relocated").collect();
+    assert!(!relocated.is_empty(), "no totals for merchants after their move");
+    assert!(relocated.iter().all(|t| t["windowStart"].as_str().unwrap() >= moved.as_str()), "a move applied before its time");
 
     let mut failed = Vec::new();
-    let mut check = |name: &str, (got, waited, evidence): (Outcome, Duration, Evidence), must_restore: bool| {
+    let mut check = |name: &str, (got, waited, evidence): (Outcome, Duration, Evidence), expect: Expect| {
         if report(name, &trace, &got, &baseline, waited, &evidence) {
             failed.push(name.to_owned());
         }
-        if must_restore && evidence.restored_from_checkpoint == 0.0 {
+        if expect == Expect::Restores && evidence.restored_from_checkpoint == 0.0 {
             failed.push(format!("{name}: no partition was restored from a checkpoint"));
+        }
+        if expect == Expect::Repeats && evidence.enriched_records <= baseline_evidence.enriched_records {
+            failed.push(format!("{name}: the restarted enricher sent nothing again"));
         }
     };
 
@@ -307,21 +347,30 @@ fn fault_totals_are_exact_through_crashes_restarts_and_scale_out() {
         let broker = Broker::start();
         let mut run = Run::start(&broker, &trace);
         run.wait_for_progress(0.3);
-        // Pause the enricher until a backlog builds, let it work through part of it,
-        // and kill it there: outputs of its last batches are on the broker but their
-        // input offsets are not committed, so the restarted enricher sends them again.
+        // Kill the enricher at a moment when some of its outputs are on the broker but
+        // the input offsets they belong to are not committed, so that its successor
+        // must send them again. Freeze it until a backlog builds (it keeps up with the
+        // replay otherwise), then let it work on the backlog in short slices, looking
+        // while it is frozen, and kill it frozen when the moment has come.
         run.services[0].signal("STOP");
-        let paused_at = enriched_so_far(&run.of);
-        wait_until("a backlog of 20,000 orders", Duration::from_secs(120), || {
-            (records_so_far(&run.of, "orders") >= paused_at + 20_000).then_some(())
+        let paused_at = records_so_far(&run.of, "orders");
+        wait_until("a backlog of 30,000 orders", Duration::from_secs(120), || {
+            (records_so_far(&run.of, "orders") >= paused_at + 30_000).then_some(())
         });
-        run.services[0].signal("CONT");
-        wait_until("the enricher to be into its backlog", Duration::from_secs(120), || {
-            (enriched_so_far(&run.of) >= paused_at + 3_000).then_some(())
+        wait_until("the enricher to hold delivered but uncommitted outputs", Duration::from_secs(120), || {
+            run.services[0].signal("CONT");
+            std::thread::sleep(Duration::from_millis(10));
+            run.services[0].signal("STOP");
+            // A commit sent just before the freeze may still land: look twice, apart.
+            (delivered_beyond_commit(&run.of) && {
+                std::thread::sleep(Duration::from_millis(300));
+                delivered_beyond_commit(&run.of)
+            })
+            .then_some(())
         });
         run.kill(0);
         run.enricher();
-        check("1. SIGKILL enricher, restart", run.finish(Some(&baseline)), false);
+        check("1. SIGKILL enricher, restart", run.finish(Some(&baseline)), Expect::Repeats);
     }
     if selected(2) {
         let broker = Broker::start();
@@ -329,7 +378,7 @@ fn fault_totals_are_exact_through_crashes_restarts_and_scale_out() {
         run.wait_for_progress(0.4);
         run.kill(1);
         run.aggregator();
-        check("2. SIGKILL aggregator, restart", run.finish(Some(&baseline)), true);
+        check("2. SIGKILL aggregator, restart", run.finish(Some(&baseline)), Expect::Restores);
     }
     if selected(3) {
         let broker = Broker::start();
@@ -340,7 +389,7 @@ fn fault_totals_are_exact_through_crashes_restarts_and_scale_out() {
         run.wait_for_progress(0.6);
         run.kill(0);
         run.kill(1);
-        check("3. scale out to 2+2, SIGKILL one of each", run.finish(Some(&baseline)), true);
+        check("3. scale out to 2+2, SIGKILL one of each", run.finish(Some(&baseline)), Expect::Restores);
     }
     if selected(4) {
         let dir = tempfile::tempdir().unwrap();
@@ -348,7 +397,7 @@ fn fault_totals_are_exact_through_crashes_restarts_and_scale_out() {
         let run = Run::start(&broker, &trace);
         run.wait_for_progress(0.4);
         broker.restart();
-        check("4. broker restart (SQLite storage)", run.finish(Some(&baseline)), false);
+        check("4. broker restart (SQLite storage)", run.finish(Some(&baseline)), Expect::Nothing);
     }
     assert!(failed.is_empty(), "outcomes differ from the undisturbed run in: {failed:?}");
 }
