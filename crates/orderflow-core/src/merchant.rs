@@ -7,8 +7,10 @@
 //! merchants topic each version is keyed `merchant_id@effective_from_millis`, so
 //! compaction keeps every version and loading a row again replaces that version.
 
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+
+use hashbrown::{Equivalent, HashMap};
 
 use orderflow_proto::v1::{EnrichedOrderEvent, Merchant, OrderEvent};
 use orderflow_proto::{millis_timestamp, timestamp_millis, Timestamp};
@@ -30,10 +32,137 @@ pub struct MerchantVersion {
 }
 
 /// All known merchants, each with its versions sorted by effective time.
+///
+/// Laid out for the enricher's per-event lookup in a table of many merchants: ids of up
+/// to [`INLINE_ID`] bytes and a merchant's only version live in the hash table's bucket
+/// itself, so a lookup reads one bucket and no other heap memory.
 #[derive(Debug, Default, Clone)]
 pub struct MerchantTable {
-    by_id: HashMap<String, Vec<MerchantVersion>>,
+    by_id: HashMap<IdKey, Versions>,
     versions: usize,
+}
+
+/// Merchant ids up to this many bytes (UUIDs included) are stored inline.
+const INLINE_ID: usize = 38;
+
+/// A merchant id as a table key: inline when it fits, else on the heap. An id is inline
+/// exactly when it fits, so the two forms never hold the same id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IdKey {
+    Inline(InlineId),
+    Heap(Box<str>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InlineId {
+    len: u8,
+    bytes: [u8; INLINE_ID],
+}
+
+impl InlineId {
+    fn new(id: &str) -> Option<Self> {
+        let src = id.as_bytes();
+        let mut bytes = [0; INLINE_ID];
+        bytes.get_mut(..src.len())?.copy_from_slice(src);
+        Some(Self { len: src.len() as u8, bytes })
+    }
+}
+
+impl IdKey {
+    fn new(id: &str) -> Self {
+        InlineId::new(id).map_or_else(|| Self::Heap(id.into()), Self::Inline)
+    }
+}
+
+// Both forms hash as the borrowed lookups below do (`Equivalent` requires it).
+impl Hash for IdKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self {
+            Self::Inline(id) => id.hash(state),
+            Self::Heap(id) => id.hash(state),
+        }
+    }
+}
+
+impl Hash for InlineId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(&self.bytes);
+        state.write_u8(self.len);
+    }
+}
+
+/// A borrowed id too long to be inline, for allocation-free lookups.
+#[derive(Hash)]
+struct LongId<'a>(&'a str);
+
+impl Equivalent<IdKey> for InlineId {
+    fn equivalent(&self, key: &IdKey) -> bool {
+        matches!(key, IdKey::Inline(id) if id == self)
+    }
+}
+
+impl Equivalent<IdKey> for LongId<'_> {
+    fn equivalent(&self, key: &IdKey) -> bool {
+        matches!(key, IdKey::Heap(id) if **id == *self.0)
+    }
+}
+
+/// A merchant's versions, sorted by effective time; never empty. Most merchants have
+/// one, kept without an allocation of its own.
+#[derive(Debug, Clone)]
+enum Versions {
+    One(MerchantVersion),
+    Many(Vec<MerchantVersion>),
+}
+
+impl Versions {
+    fn as_slice(&self) -> &[MerchantVersion] {
+        match self {
+            Self::One(v) => std::slice::from_ref(v),
+            Self::Many(vs) => vs,
+        }
+    }
+
+    /// Adds `version` or replaces the one with its effective time; whether it was added.
+    fn upsert(&mut self, version: MerchantVersion) -> bool {
+        let from = version.effective_from_ms;
+        match self.as_slice().binary_search_by_key(&from, |v| v.effective_from_ms) {
+            Ok(i) => {
+                match self {
+                    Self::One(v) => *v = version,
+                    Self::Many(vs) => vs[i] = version,
+                }
+                false
+            }
+            Err(i) => {
+                if let Self::One(v) = self {
+                    *self = Self::Many(vec![v.clone()]);
+                }
+                if let Self::Many(vs) = self {
+                    vs.insert(i, version);
+                }
+                true
+            }
+        }
+    }
+
+    /// Removes the version effective from `from`; whether there was one. `false` for
+    /// the last one: the caller removes the merchant instead.
+    fn remove(&mut self, from: i64) -> bool {
+        match self {
+            Self::One(_) => false,
+            Self::Many(vs) => match vs.binary_search_by_key(&from, |v| v.effective_from_ms) {
+                Ok(i) => {
+                    vs.remove(i);
+                    if let [only] = vs.as_slice() {
+                        *self = Self::One(only.clone());
+                    }
+                    true
+                }
+                Err(_) => false,
+            },
+        }
+    }
 }
 
 /// The Kafka key of a merchant version on the merchants topic.
@@ -77,32 +206,50 @@ impl MerchantTable {
     pub fn upsert(&mut self, m: &Merchant) {
         let from = m.effective_from.as_ref().map_or(BEGINNING_OF_TIME_MS, timestamp_millis);
         let version = MerchantVersion { effective_from_ms: from, region: m.region.as_str().into(), tier: m.tier.as_str().into() };
-        let versions = self.by_id.entry(m.merchant_id.clone()).or_default();
-        match versions.binary_search_by_key(&from, |v| v.effective_from_ms) {
-            Ok(i) => versions[i] = version,
-            Err(i) => {
-                versions.insert(i, version);
-                self.versions += 1;
+        let added = match self.get_mut(&m.merchant_id) {
+            Some(versions) => versions.upsert(version),
+            None => {
+                self.by_id.insert(IdKey::new(&m.merchant_id), Versions::One(version));
+                true
             }
+        };
+        if added {
+            self.versions += 1;
         }
     }
 
     /// Removes one version (a tombstone on the merchants topic).
     pub fn remove(&mut self, merchant_id: &str, effective_from_ms: i64) {
-        if let Some(versions) = self.by_id.get_mut(merchant_id) {
-            if let Ok(i) = versions.binary_search_by_key(&effective_from_ms, |v| v.effective_from_ms) {
-                versions.remove(i);
-                self.versions -= 1;
-            }
-            if versions.is_empty() {
-                self.by_id.remove(merchant_id);
-            }
+        let Some(versions) = self.get_mut(merchant_id) else { return };
+        if versions.remove(effective_from_ms) {
+            self.versions -= 1;
+        } else if versions.as_slice()[0].effective_from_ms == effective_from_ms {
+            // Its last version: the merchant goes.
+            self.versions -= 1;
+            match InlineId::new(merchant_id) {
+                Some(id) => self.by_id.remove(&id),
+                None => self.by_id.remove(&LongId(merchant_id)),
+            };
+        }
+    }
+
+    fn get(&self, merchant_id: &str) -> Option<&Versions> {
+        match InlineId::new(merchant_id) {
+            Some(id) => self.by_id.get(&id),
+            None => self.by_id.get(&LongId(merchant_id)),
+        }
+    }
+
+    fn get_mut(&mut self, merchant_id: &str) -> Option<&mut Versions> {
+        match InlineId::new(merchant_id) {
+            Some(id) => self.by_id.get_mut(&id),
+            None => self.by_id.get_mut(&LongId(merchant_id)),
         }
     }
 
     /// The version of `merchant_id` in effect at `at_ms`, if any.
     pub fn lookup(&self, merchant_id: &str, at_ms: i64) -> Option<&MerchantVersion> {
-        let versions = self.by_id.get(merchant_id)?;
+        let versions = self.get(merchant_id)?.as_slice();
         let i = versions.partition_point(|v| v.effective_from_ms <= at_ms);
         i.checked_sub(1).map(|i| &versions[i])
     }
@@ -112,9 +259,13 @@ impl MerchantTable {
     pub fn enrich(&self, event: OrderEvent) -> EnrichedOrderEvent {
         let at = event.event_time.as_ref().map_or(i64::MIN, timestamp_millis);
         match self.lookup(&event.merchant_id, at) {
-            Some(v) => {
-                EnrichedOrderEvent { region: v.region.to_string(), tier: v.tier.to_string(), merchant_known: true, event: Some(event) }
-            }
+            // `String::from(&str)`: a copy, not `to_string`'s trip through `Display`.
+            Some(v) => EnrichedOrderEvent {
+                region: String::from(&*v.region),
+                tier: String::from(&*v.tier),
+                merchant_known: true,
+                event: Some(event),
+            },
             None => EnrichedOrderEvent { region: UNKNOWN.into(), tier: UNKNOWN.into(), merchant_known: false, event: Some(event) },
         }
     }
@@ -214,6 +365,53 @@ mod tests {
         assert_eq!(t.versions(), 1);
         assert_eq!(&*t.lookup("m", 0).unwrap().region, "b");
         t.remove("m", BEGINNING_OF_TIME_MS);
+        assert!(t.is_empty());
+        assert_eq!(t.versions(), 0);
+    }
+
+    #[test]
+    fn short_and_long_ids_are_different_merchants() {
+        let long = "x".repeat(INLINE_ID + 1);
+        let fits = "x".repeat(INLINE_ID);
+        let mut t = MerchantTable::new();
+        for (id, region) in [(&long, "long"), (&fits, "fits"), (&String::new(), "empty"), (&"m\0".to_string(), "nul")] {
+            t.upsert(&merchant_at(id, region, "t", None));
+        }
+        assert_eq!(t.len(), 4);
+        assert_eq!(&*t.lookup(&long, 0).unwrap().region, "long");
+        assert_eq!(&*t.lookup(&fits, 0).unwrap().region, "fits");
+        assert_eq!(&*t.lookup("", 0).unwrap().region, "empty");
+        assert_eq!(&*t.lookup("m\0", 0).unwrap().region, "nul");
+        assert!(t.lookup("m", 0).is_none());
+        assert!(t.lookup(&"x".repeat(INLINE_ID + 2), 0).is_none());
+        t.upsert(&merchant_at(&long, "later", "t", Some(10)));
+        assert_eq!(&*t.lookup(&long, 10).unwrap().region, "later");
+        t.remove(&long, BEGINNING_OF_TIME_MS);
+        t.remove(&long, 10);
+        t.remove(&fits, BEGINNING_OF_TIME_MS);
+        assert_eq!((t.len(), t.versions()), (2, 2));
+        assert!(t.lookup(&long, 10).is_none() && t.lookup(&fits, 0).is_none());
+    }
+
+    #[test]
+    fn removing_versions_one_by_one() {
+        let mut t = MerchantTable::new();
+        for from in [Some(20), None, Some(10)] {
+            t.upsert(&merchant_at("m", &format!("r{from:?}"), "t", from));
+        }
+        assert_eq!(t.versions(), 3);
+        t.remove("m", 15); // no such version
+        t.remove("other", 10); // no such merchant
+        assert_eq!(t.versions(), 3);
+        t.remove("m", 10);
+        assert_eq!(&*t.lookup("m", 15).unwrap().region, "rNone");
+        t.remove("m", BEGINNING_OF_TIME_MS);
+        assert_eq!((t.len(), t.versions()), (1, 1));
+        assert!(t.lookup("m", 15).is_none());
+        assert_eq!(&*t.lookup("m", 20).unwrap().region, "rSome(20)");
+        t.remove("m", 19);
+        assert_eq!(t.versions(), 1);
+        t.remove("m", 20);
         assert!(t.is_empty());
         assert_eq!(t.versions(), 0);
     }

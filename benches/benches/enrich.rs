@@ -1,0 +1,133 @@
+//! The enricher's per-event work, single-threaded: decode and validate an `OrderEvent`,
+//! join it with its merchant (200,000 merchants, Zipf-popular), encode the
+//! `EnrichedRecord`, as `orderflow-enricher`'s pipeline does (without Kafka and
+//! metrics). Plus each step alone, to show where the time goes, and a proposed shortcut
+//! (`pipeline_spliced`).
+//!
+//! `cargo bench -p orderflow-benches --bench enrich`
+
+use std::collections::HashSet;
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use orderflow_benches::enrich::{encoded, merchant_table, order_events, spliced_record, EVENTS, MERCHANTS};
+use orderflow_core::validate::decode_and_validate;
+use orderflow_proto::v1::{enriched_record, EnrichedRecord, OrderEvent};
+use orderflow_proto::{timestamp_millis, Message};
+
+/// Events per measured iteration: the enricher's default batch.
+const BATCH: usize = 5_000;
+
+fn at(e: &OrderEvent) -> i64 {
+    e.event_time.as_ref().map_or(i64::MIN, timestamp_millis)
+}
+
+/// Cycles through `0..len`.
+fn next(i: &mut usize, len: usize) -> usize {
+    let current = *i;
+    *i = if current + 1 == len { 0 } else { current + 1 };
+    current
+}
+
+fn enrich(c: &mut Criterion) {
+    let table = merchant_table(MERCHANTS);
+    let events = order_events(1111, EVENTS, MERCHANTS);
+    let payloads = encoded(&events);
+    let known = events.iter().filter(|e| table.lookup(&e.merchant_id, at(e)).is_some()).count();
+    let distinct = events.iter().map(|e| e.merchant_id.as_str()).collect::<HashSet<_>>().len();
+    let bytes: usize = payloads.iter().map(Vec::len).sum();
+    eprintln!(
+        "enrich workload: {} merchants ({} versions), {} events cycling, {} distinct merchants in them, {:.1}% known, {:.1} bytes an event",
+        table.len(),
+        table.versions(),
+        events.len(),
+        distinct,
+        100.0 * known as f64 / events.len() as f64,
+        bytes as f64 / events.len() as f64
+    );
+
+    let mut group = c.benchmark_group("enrich");
+    group.throughput(Throughput::Elements(BATCH as u64));
+
+    // The whole per-event work, as in crates/orderflow-enricher/src/pipeline.rs.
+    let mut i = 0;
+    let mut outputs: Vec<(String, Vec<u8>)> = Vec::with_capacity(BATCH);
+    group.bench_function("pipeline", |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                let payload = &payloads[next(&mut i, payloads.len())];
+                match decode_and_validate(payload) {
+                    Ok(event) => {
+                        let enriched = table.enrich(event);
+                        let key = enriched.event.as_ref().map(|e| e.order_id.clone()).unwrap_or_default();
+                        let value = EnrichedRecord { kind: Some(enriched_record::Kind::Event(enriched)) }.encode_to_vec();
+                        outputs.push((key, value));
+                    }
+                    Err(reason) => panic!("the workload holds only valid events: {reason}"),
+                }
+            }
+            black_box(&outputs);
+            outputs.clear();
+        })
+    });
+
+    // A proposed shortcut (see `spliced_record`): the same work, but the output record is
+    // built around the original payload instead of re-encoding the decoded event.
+    let mut i = 0;
+    group.bench_function("pipeline_spliced", |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                let payload = &payloads[next(&mut i, payloads.len())];
+                match decode_and_validate(payload) {
+                    Ok(event) => {
+                        let enriched = table.enrich(event);
+                        let key = enriched.event.as_ref().map(|e| e.order_id.clone()).unwrap_or_default();
+                        let value = spliced_record(payload, &enriched);
+                        outputs.push((key, value));
+                    }
+                    Err(reason) => panic!("the workload holds only valid events: {reason}"),
+                }
+            }
+            black_box(&outputs);
+            outputs.clear();
+        })
+    });
+
+    // Each step alone.
+    let mut i = 0;
+    group.bench_function("decode_validate", |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                black_box(decode_and_validate(&payloads[next(&mut i, payloads.len())]).is_ok());
+            }
+        })
+    });
+    let mut i = 0;
+    group.bench_function("merchant_lookup", |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                let e = &events[next(&mut i, events.len())];
+                black_box(table.lookup(&e.merchant_id, at(e)));
+            }
+        })
+    });
+    let records: Vec<EnrichedRecord> =
+        events.iter().map(|e| EnrichedRecord { kind: Some(enriched_record::Kind::Event(table.enrich(e.clone()))) }).collect();
+    let mut i = 0;
+    group.bench_function("encode_enriched", |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                black_box(records[next(&mut i, records.len())].encode_to_vec());
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(3)).measurement_time(Duration::from_secs(8));
+    targets = enrich
+}
+criterion_main!(benches);
