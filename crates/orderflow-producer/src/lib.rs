@@ -22,6 +22,7 @@
 mod replay;
 pub mod sample;
 pub mod synth;
+pub mod trace;
 
 use std::time::Duration;
 

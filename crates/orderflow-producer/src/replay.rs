@@ -1,16 +1,15 @@
 //! Trace replay.
 
-use std::io::BufRead;
 use std::path::Path;
 use std::time::Duration;
 
 use futures::future::join_all;
-use orderflow_proto::v1::OrderEvent;
 use orderflow_runtime::telemetry;
 use rdkafka::producer::DeliveryFuture;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::trace::TraceReader;
 use crate::{Error, Publisher, Result};
 
 /// How to replay.
@@ -42,49 +41,24 @@ const IN_FLIGHT: usize = 20_000;
 /// (on stderr and in the report, with their line numbers) and skipped.
 pub async fn replay(path: &Path, publisher: &Publisher, opts: &ReplayOptions, cancel: &CancellationToken) -> Result<ReplayReport> {
     let trace_err = |source| Error::Trace { path: path.display().to_string(), source };
-    let file = std::fs::File::open(path).map_err(trace_err)?;
-    let size = file.metadata().map_err(trace_err)?.len();
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    let bar = if opts.progress {
-        let bar = indicatif::ProgressBar::new(size);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} replay [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}")
-                .expect("static template"),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let mut lines = TraceReader::open(path, opts.progress, "replay").map_err(trace_err)?;
     let mut report = ReplayReport::default();
     let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(IN_FLIGHT);
     let start = Instant::now();
-    let mut line = String::new();
-    let mut line_no = 0u64;
     let mut sent = 0u64;
     loop {
         if cancel.is_cancelled() {
             report.interrupted = true;
             break;
         }
-        line.clear();
-        let n = reader.read_line(&mut line).map_err(trace_err)?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        bar.inc(n as u64);
-        let text = line.trim();
-        if text.is_empty() {
-            continue;
-        }
+        let Some(line) = lines.next_line().map_err(trace_err)? else { break };
         report.lines += 1;
-        let event: OrderEvent = match serde_json::from_str(text) {
+        let event = match line.event {
             Ok(e) => e,
-            Err(e) => {
-                let msg = format!("not an OrderEvent in JSON: {e}");
-                bar.suspend(|| eprintln!("{}:{line_no}: {msg}", path.display()));
+            Err(msg) => {
+                lines.bar().suspend(|| eprintln!("{}:{}: {msg}", path.display(), line.number));
                 metrics::counter!(telemetry::PRODUCER_INVALID_LINES).increment(1);
-                report.invalid_lines.push((line_no, msg));
+                report.invalid_lines.push((line.number, msg));
                 continue;
             }
         };
@@ -98,11 +72,11 @@ pub async fn replay(path: &Path, publisher: &Publisher, opts: &ReplayOptions, ca
         sent += 1;
         if pending.len() >= IN_FLIGHT {
             report.published += settle_all(publisher, &mut pending).await?;
-            bar.set_message(format!("{} events", report.published));
+            lines.bar().set_message(format!("{} events", report.published));
         }
     }
     report.published += settle_all(publisher, &mut pending).await?;
-    bar.finish_with_message(format!("{} events", report.published));
+    lines.bar().finish_with_message(format!("{} events", report.published));
     Ok(report)
 }
 

@@ -342,16 +342,8 @@ pub fn write_files(opts: &SynthOptions, dir: &Path, progress: bool) -> Result<Su
     let (trace_tmp, merchants_tmp) = (tmp(&trace_path), tmp(&merchants_path));
     let open = |p: &Path| std::fs::File::create(p).map(|f| std::io::BufWriter::with_capacity(1 << 20, f)).map_err(file_err(p));
     let (mut trace, mut merchants) = (open(&trace_tmp)?, open(&merchants_tmp)?);
-    let bar = if progress {
-        let bar = indicatif::ProgressBar::new(u64::try_from(opts.duration_ms.div_euclid(1000)).unwrap_or(0));
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} synth [{elapsed_precise}] {wide_bar} {pos}/{len}s of event time {msg}")
-                .expect("static template"),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let seconds = u64::try_from(opts.duration_ms.div_euclid(1000)).unwrap_or(0);
+    let bar = crate::trace::progress_bar(progress, seconds, "synth [{elapsed_precise}] {wide_bar} {pos}/{len}s of event time {msg}");
     let summary = write_trace_with_progress(opts, &mut trace, &mut merchants, |p| {
         if p.done_ms % 10_000 < 1_000 || p.done_ms >= p.total_ms {
             bar.set_position(u64::try_from(p.done_ms / 1000).unwrap_or(0));

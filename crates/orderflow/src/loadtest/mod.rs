@@ -24,6 +24,7 @@ use anyhow::Context as _;
 use futures::FutureExt as _;
 use orderflow_core::window::WindowSpec;
 use orderflow_enricher::merchants::MerchantStore;
+use orderflow_producer::trace::TraceReader;
 use orderflow_producer::{event_key, Publisher};
 use orderflow_proto::v1::{EnrichedOrderEvent, OrderEvent, WindowTotal};
 use orderflow_proto::{timestamp_millis, Message as _};
@@ -370,36 +371,22 @@ async fn replay(
     progress: bool,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Replayed> {
-    let file = std::fs::File::open(&args.trace).with_context(|| format!("opening {}", args.trace.display()))?;
-    let bar = progress_bar(progress, file.metadata()?.len(), "loadtest");
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut lines = TraceReader::open(&args.trace, progress, "loadtest").with_context(|| format!("opening {}", args.trace.display()))?;
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::with_capacity(IN_FLIGHT);
     let mut out = Replayed::default();
     let mut first_event_ms: Option<i64> = None;
     let mut max_event_ms = i64::MIN;
     let elapsed_ms = || started.elapsed().as_millis() as u64;
-    let mut line = String::new();
-    let mut line_no = 0u64;
     loop {
         if cancel.is_cancelled() {
             break;
         }
-        line.clear();
-        let n = reader.read_line(&mut line)?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        bar.inc(n as u64);
-        let text = line.trim();
-        if text.is_empty() {
-            continue;
-        }
+        let Some(line) = lines.next_line().with_context(|| format!("reading {}", args.trace.display()))? else { break };
         out.lines += 1;
-        let event: OrderEvent = match serde_json::from_str(text) {
+        let event = match line.event {
             Ok(e) => e,
-            Err(e) => {
-                bar.suspend(|| eprintln!("{}:{line_no}: not an OrderEvent in JSON: {e}", args.trace.display()));
+            Err(msg) => {
+                lines.bar().suspend(|| eprintln!("{}:{}: {msg}", args.trace.display(), line.number));
                 out.unparsable += 1;
                 continue;
             }
@@ -445,7 +432,7 @@ async fn replay(
         out.published += 1;
         timeline.achieved(elapsed_ms(), 1);
     }
-    bar.finish_and_clear();
+    lines.bar().finish_and_clear();
     Ok(out)
 }
 
@@ -458,20 +445,6 @@ fn delivered(
         Ok(Err((e, _))) => Err(anyhow::Error::new(e).context(format!("delivering to {topic}"))),
         Err(_) => anyhow::bail!("delivery to {topic} cancelled"),
     }
-}
-
-fn progress_bar(enabled: bool, len: u64, what: &str) -> indicatif::ProgressBar {
-    if !enabled {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{{spinner}} {what} [{{elapsed_precise}}] {{wide_bar}} {{bytes}}/{{total_bytes}}"
-        ))
-        .expect("static template"),
-    );
-    bar
 }
 
 /// Follows the totals topic, sending each total with its broker timestamp (ms).
