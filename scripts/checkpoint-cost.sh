@@ -15,20 +15,11 @@ cd "$(dirname "$0")/.."
 
 EVENTS="${1:-1000000}"
 ROUNDS="${2:-2}"
-WORK="target/loadtest"
-TRACE_DIR="$WORK/trace-$EVENTS"
-export PATH="$HOME/.cargo/bin:$PATH"
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 export RUST_LOG="${RUST_LOG:-warn}"
 export ORDERFLOW_PARTITIONS="${ORDERFLOW_PARTITIONS:-4}"
 
-log() { printf '==> %s\n' "$*" >&2; }
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 metric_sum() { # sum of every sample of metric $2 on http://$1/metrics
   python3 - "$1" "$2" <<'EOF'
 import sys, urllib.request
@@ -40,19 +31,8 @@ print(int(sum(float(l.rsplit(" ", 1)[1]) for l in page.splitlines() if l.startsw
 EOF
 }
 
-cargo build --release --quiet -p orderflow
-OF="$PWD/target/release/orderflow"
-if [[ ! -s "$TRACE_DIR/trace.jsonl" ]]; then
-  log "Synthesizing a $EVENTS-event trace into $TRACE_DIR"
-  "$OF" trace synth --events "$EVENTS" --out "$TRACE_DIR"
-fi
-port=$(free_port)
-log "Starting Nisshi (memory storage) on 127.0.0.1:$port"
-nisshi broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-  --storage-engine memory://checkpoint-cost/ --group-initial-rebalance-delay 100ms --silent &
-pids+=($!)
-export ORDERFLOW_BROKERS="127.0.0.1:$port"
-for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+build_and_synth "$EVENTS"
+start_broker checkpoint-cost
 
 settings=("--no-checkpoints" "--checkpoint-interval 5s" "--checkpoint-interval 1s")
 base="cpcost-$(date +%s)"

@@ -15,39 +15,11 @@ cd "$(dirname "$0")/.."
 
 EVENTS="${1:-1000000}"
 SPEED="${2:-max}"
-WORK="target/loadtest"
-TRACE_DIR="$WORK/trace-$EVENTS"
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 REPORT_DIR="$WORK/report-$EVENTS"
-mkdir -p "$WORK"
-export PATH="$HOME/.cargo/bin:$PATH"
-
-log() { printf '==> %s\n' "$*" >&2; }
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-log "Building orderflow (release)"
-cargo build --release --quiet -p orderflow
-OF="$PWD/target/release/orderflow"
-
-if [[ ! -s "$TRACE_DIR/trace.jsonl" ]]; then
-  log "Synthesizing a $EVENTS-event peak-hour trace into $TRACE_DIR"
-  "$OF" trace synth --events "$EVENTS" --out "$TRACE_DIR"
-fi
-
-if [[ -z "${ORDERFLOW_BROKERS:-}" ]]; then
-  command -v nisshi >/dev/null || { echo "nisshi is not installed: run scripts/test.sh once, or set ORDERFLOW_BROKERS" >&2; exit 1; }
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  log "Starting Nisshi (memory storage) on 127.0.0.1:$port"
-  nisshi broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine memory://loadtest/ --group-initial-rebalance-delay 100ms --silent &
-  pids+=($!)
-  export ORDERFLOW_BROKERS="127.0.0.1:$port"
-  for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-fi
+build_and_synth "$EVENTS"
+start_broker loadtest
 export ORDERFLOW_TOPIC_PREFIX="loadtest-$(date +%s)"
 export ORDERFLOW_PARTITIONS="${ORDERFLOW_PARTITIONS:-4}"
 export RUST_LOG="${RUST_LOG:-warn}"
