@@ -1,8 +1,9 @@
 //! The aggregator's per-event work on one partition, single-threaded: decode an
 //! `EnrichedRecord` and `PartitionState::apply` it (window 1m, lateness 5s, dedup
 //! horizon 65s: the aggregator's defaults), as `orderflow-aggregator`'s partition loop
-//! does (without Kafka and metrics); the same decoding into one reused record (a
-//! proposed change); and `apply` alone on already-decoded events.
+//! does (without Kafka and metrics): as a borrowed view (`decode_apply`), and as before
+//! with prost into an owned record (`decode_apply_prost`, the baseline) or into one
+//! reused record (`decode_reuse_apply`); and `apply` alone on already-decoded events.
 //!
 //! The stream's event time advances (about 11,538 events per second), so windows close
 //! and dedup memory is reclaimed as in a real run: the state stays at its steady size.
@@ -19,6 +20,7 @@ use orderflow_benches::aggregate::{self, shift, CYCLE_EVENTS, CYCLE_MS};
 use orderflow_benches::aggregator_default_spec;
 use orderflow_core::partition::{Outcome, PartitionState};
 use orderflow_core::validate::InvalidReason;
+use orderflow_core::wire::{EnrichedKind, EnrichedView};
 use orderflow_proto::v1::{enriched_record, EnrichedOrderEvent, EnrichedRecord};
 use orderflow_proto::Message;
 
@@ -60,8 +62,31 @@ impl Partition {
         }
     }
 
-    /// Decodes and applies the next `n` payloads, as the aggregator's `process` does.
+    /// Parses the next `n` payloads as borrowed views and applies them, as the
+    /// aggregator's `process` does.
     fn decode_apply(&mut self, payloads: &[Vec<u8>], n: usize) {
+        for _ in 0..n {
+            let mut closed = Vec::new();
+            let record = EnrichedView::parse(payloads[self.pos].as_slice());
+            match record.map(|r| r.kind) {
+                Ok(Some(EnrichedKind::Event(mut e))) => {
+                    if let Some(t) = e.event.as_mut().and_then(|ev| ev.event_time.as_mut()) {
+                        t.seconds += self.cycle * CYCLE_S;
+                    }
+                    let outcome = self.state.apply_view(&e, &mut closed);
+                    self.record(outcome);
+                }
+                _ => unreachable!("the workload holds only events"),
+            }
+            self.closed_windows += closed.len() as u64;
+            black_box(closed);
+            self.advance(payloads.len());
+        }
+    }
+
+    /// The baseline: decodes with prost into an owned record and applies it, as the
+    /// aggregator did before borrowed views.
+    fn decode_apply_prost(&mut self, payloads: &[Vec<u8>], n: usize) {
         for _ in 0..n {
             let mut closed = Vec::new();
             let record = EnrichedRecord::decode(payloads[self.pos].as_slice()).map_err(|e| InvalidReason::Undecodable(e.to_string()));
@@ -167,6 +192,11 @@ fn aggregate(c: &mut Criterion) {
         p.decode_apply(&payloads, 2 * payloads.len());
         group.bench_function("decode_apply", |b| b.iter(|| p.decode_apply(&payloads, BATCH)));
         p.report("decode_apply");
+
+        let mut p = Partition::new();
+        p.decode_apply_prost(&payloads, 2 * payloads.len());
+        group.bench_function("decode_apply_prost", |b| b.iter(|| p.decode_apply_prost(&payloads, BATCH)));
+        p.report("decode_apply_prost");
 
         let mut p = Partition::new();
         let mut record = EnrichedRecord::default();

@@ -41,9 +41,8 @@ pub fn mix(x: u64) -> u64 {
 pub mod enrich {
     use orderflow_core::merchant::{merchant_at, MerchantTable};
     use orderflow_proto::millis_timestamp;
-    use orderflow_proto::v1::{EnrichedOrderEvent, OrderEvent, OrderEventType};
+    use orderflow_proto::v1::{OrderEvent, OrderEventType};
     use orderflow_proto::Message;
-    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -158,42 +157,6 @@ pub mod enrich {
     /// The events protobuf-encoded, one payload each as on the orders topic.
     pub fn encoded(events: &[OrderEvent]) -> Vec<Vec<u8>> {
         events.iter().map(Message::encode_to_vec).collect()
-    }
-
-    /// A proposed enricher shortcut, not what the enricher does today: the enriched-topic
-    /// record built around the original (validated) `payload`, copied as the bytes of
-    /// `EnrichedOrderEvent.event`, instead of re-encoding the decoded `OrderEvent`. It
-    /// decodes to the same `EnrichedRecord` as the enricher's output (protobuf decoding
-    /// of a message field is the decoding of its bytes).
-    pub fn spliced_record(payload: &[u8], enriched: &EnrichedOrderEvent) -> Vec<u8> {
-        let len_field = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
-        let mut inner = len_field(1, payload.len());
-        for s in [&enriched.region, &enriched.tier] {
-            if !s.is_empty() {
-                inner += len_field(0, s.len());
-            }
-        }
-        if enriched.merchant_known {
-            inner += 2;
-        }
-        let mut out = Vec::with_capacity(len_field(1, inner));
-        encode_key(1, WireType::LengthDelimited, &mut out);
-        encode_varint(inner as u64, &mut out);
-        encode_key(1, WireType::LengthDelimited, &mut out);
-        encode_varint(payload.len() as u64, &mut out);
-        out.extend_from_slice(payload);
-        for (tag, s) in [(2, &enriched.region), (3, &enriched.tier)] {
-            if !s.is_empty() {
-                encode_key(tag, WireType::LengthDelimited, &mut out);
-                encode_varint(s.len() as u64, &mut out);
-                out.extend_from_slice(s.as_bytes());
-            }
-        }
-        if enriched.merchant_known {
-            encode_key(4, WireType::Varint, &mut out);
-            out.push(1);
-        }
-        out
     }
 }
 
@@ -324,16 +287,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spliced_records_decode_like_the_enrichers_output() {
+    fn enrich_payload_decodes_like_the_prost_pipelines_output() {
         let table = enrich::merchant_table(1_000);
         let events = enrich::order_events(7, 2_000, 1_000);
         assert!(events.iter().any(|e| e.merchant_id.starts_with("unknown")));
         for payload in enrich::encoded(&events) {
             let enriched = table.enrich(decode_and_validate(&payload).unwrap());
-            let spliced = enrich::spliced_record(&payload, &enriched);
+            let key = enriched.event.as_ref().unwrap().order_id.clone();
             let record = EnrichedRecord { kind: Some(enriched_record::Kind::Event(enriched)) };
-            assert_eq!(spliced.len(), record.encoded_len());
-            assert_eq!(EnrichedRecord::decode(spliced.as_slice()).unwrap(), record);
+            let spliced = table.enrich_payload(&payload).unwrap();
+            assert_eq!(spliced.key, key);
+            assert_eq!(spliced.value, record.encode_to_vec());
+            assert_eq!(EnrichedRecord::decode(spliced.value.as_slice()).unwrap(), record);
         }
     }
 

@@ -7,6 +7,7 @@ use futures::future::join_all;
 use orderflow_core::partition::{Outcome, PartitionState};
 use orderflow_core::validate::InvalidReason;
 use orderflow_core::window::{ClosedWindow, WindowSpec};
+use orderflow_core::wire::{undecodable, EnrichedKind, EnrichedView};
 use orderflow_proto::v1::{enriched_record, partial_record, EnrichedRecord, IdleTick, PartialRecord, PartialTotal, PartitionProgress};
 use orderflow_proto::{millis_timestamp, timestamp_millis, Message as _};
 use orderflow_runtime::kafka::{partition_count, recv_batch, send, KafkaArgs, RevocationLog};
@@ -245,13 +246,14 @@ impl Aggregator {
         let before = owned.state.closed_through_ms();
         let mut closed = Vec::new();
         let payload = m.payload().unwrap_or_default();
-        let record = EnrichedRecord::decode(payload).map_err(|e| InvalidReason::Undecodable(e.to_string()));
+        // Decoded as a view borrowing the payload: no allocation per event.
+        let record = EnrichedView::parse(payload).map_err(|e| undecodable::<EnrichedRecord>(payload, &e));
         let late = match record.map(|r| r.kind) {
-            Ok(Some(enriched_record::Kind::IdleTick(IdleTick { close_through: Some(t) }))) => {
+            Ok(Some(EnrichedKind::IdleTick(Some(t)))) => {
                 owned.state.idle_close(timestamp_millis(&t), &mut closed);
                 None
             }
-            Ok(Some(enriched_record::Kind::Event(e))) => match owned.state.apply(&e, &mut closed) {
+            Ok(Some(EnrichedKind::Event(e))) => match owned.state.apply_view(&e, &mut closed) {
                 Outcome::Counted { .. } => {
                     metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "counted").increment(1);
                     None
@@ -278,7 +280,13 @@ impl Aggregator {
                 None
             }
         };
-        if let Some((e, start, through)) = late {
+        if let Some((view, start, through)) = late {
+            // Late events are rare: only they are decoded into an owned event, by prost
+            // (which the view matches; it is the fallback should they ever differ).
+            let e = match EnrichedRecord::decode(payload) {
+                Ok(EnrichedRecord { kind: Some(enriched_record::Kind::Event(e)) }) => e,
+                _ => view.to_event(),
+            };
             let key = e.event.as_ref().map(|e| e.event_id.clone()).unwrap_or_default();
             let (start, through) = (millis_timestamp(start).to_string(), millis_timestamp(through).to_string());
             let (ps, os) = (p.to_string(), offset.to_string());

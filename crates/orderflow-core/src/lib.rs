@@ -12,6 +12,8 @@
 //!   closing, lateness, checkpoints. Its output depends only on the partition's log.
 //! - [`merge`]: merges per-partition partial totals into one exact total per key once
 //!   every partition has closed the window.
+//! - [`wire`]: borrowed, allocation-free views of `OrderEvent` and `EnrichedRecord`
+//!   payloads for the per-event hot paths, and the enricher's spliced output record.
 //!
 //! # Errors
 //! One [`Error`] enum for the crate; invalid events are not errors but values
@@ -23,6 +25,7 @@ pub mod merge;
 pub mod partition;
 pub mod validate;
 pub mod window;
+pub mod wire;
 
 pub use orderflow_proto as proto;
 

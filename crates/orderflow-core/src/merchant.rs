@@ -15,7 +15,8 @@ use hashbrown::{Equivalent, HashMap};
 use orderflow_proto::v1::{EnrichedOrderEvent, Merchant, OrderEvent};
 use orderflow_proto::{millis_timestamp, timestamp_millis, Timestamp};
 
-use crate::{Error, Result};
+use crate::validate::{decode_and_validate_view, InvalidReason};
+use crate::{wire, Error, Result};
 
 /// Region and tier given to orders whose merchant is not in the table.
 pub const UNKNOWN: &str = "unknown";
@@ -254,21 +255,49 @@ impl MerchantTable {
         i.checked_sub(1).map(|i| &versions[i])
     }
 
+    /// Region, tier and whether the merchant is known, for `merchant_id` at `at_ms`:
+    /// the temporal join of [`Self::enrich`] and [`Self::enrich_payload`].
+    pub fn join(&self, merchant_id: &str, at_ms: i64) -> (&str, &str, bool) {
+        match self.lookup(merchant_id, at_ms) {
+            Some(v) => (&v.region, &v.tier, true),
+            None => (UNKNOWN, UNKNOWN, false),
+        }
+    }
+
     /// Joins a (validated) event with its merchant. Unknown merchants get region and
     /// tier [`UNKNOWN`] and `merchant_known = false`: their GMV still counts.
     pub fn enrich(&self, event: OrderEvent) -> EnrichedOrderEvent {
         let at = event.event_time.as_ref().map_or(i64::MIN, timestamp_millis);
-        match self.lookup(&event.merchant_id, at) {
-            // `String::from(&str)`: a copy, not `to_string`'s trip through `Display`.
-            Some(v) => EnrichedOrderEvent {
-                region: String::from(&*v.region),
-                tier: String::from(&*v.tier),
-                merchant_known: true,
-                event: Some(event),
-            },
-            None => EnrichedOrderEvent { region: UNKNOWN.into(), tier: UNKNOWN.into(), merchant_known: false, event: Some(event) },
-        }
+        let (region, tier, merchant_known) = self.join(&event.merchant_id, at);
+        // `String::from(&str)`: a copy, not `to_string`'s trip through `Display`.
+        EnrichedOrderEvent { region: String::from(region), tier: String::from(tier), merchant_known, event: Some(event) }
     }
+
+    /// The enricher's per-event work on a raw orders-topic payload: decodes it without
+    /// allocating, validates it, joins it as [`Self::enrich`] does, and builds the
+    /// enriched-topic record around the payload's own bytes
+    /// ([`wire::encode_enriched_spliced`]): it decodes to the same `EnrichedRecord` as
+    /// encoding `enrich(decode_and_validate(payload)?)` would. The key is the `order_id`.
+    pub fn enrich_payload(&self, payload: &[u8]) -> Result<EnrichedPayload, InvalidReason> {
+        let event = decode_and_validate_view(payload)?;
+        let at = event.event_time.as_ref().map_or(i64::MIN, timestamp_millis);
+        let (region, tier, merchant_known) = self.join(event.merchant_id, at);
+        Ok(EnrichedPayload {
+            key: event.order_id.to_owned(),
+            value: wire::encode_enriched_spliced(payload, region, tier, merchant_known),
+            merchant_known,
+        })
+    }
+}
+
+/// An enriched-topic record made by [`MerchantTable::enrich_payload`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrichedPayload {
+    /// The Kafka key: the event's `order_id`.
+    pub key: String,
+    /// An encoded `EnrichedRecord` holding the event.
+    pub value: Vec<u8>,
+    pub merchant_known: bool,
 }
 
 /// Reads a merchants CSV: a header with at least `merchant_id,region,tier` (any order,
@@ -442,5 +471,56 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 3:") && err.contains("line 6:") && !err.contains("line 5:"), "{err}");
+    }
+
+    #[test]
+    fn enrich_payload_decodes_as_the_prost_built_record() {
+        use orderflow_proto::v1::{enriched_record, EnrichedRecord, OrderEventType};
+        use orderflow_proto::Message;
+
+        use crate::validate::decode_and_validate;
+
+        let mut t = MerchantTable::new();
+        for i in 0..50 {
+            t.upsert(&merchant_at(&format!("m{i}"), &format!("r{}", i % 3), "gold", None));
+            t.upsert(&merchant_at(&format!("m{i}"), &format!("r{}", i % 3 + 10), "", Some(5_000)));
+        }
+        for i in 0..400u32 {
+            let mut e = OrderEvent {
+                event_id: format!("e{i}"),
+                order_id: format!("o{}", i / 2),
+                merchant_id: format!("m{}", i % 60),
+                customer_id: if i % 3 == 0 { String::new() } else { format!("c\u{e9}{i}") },
+                r#type: OrderEventType::Paid as i32,
+                amount_minor: i64::from(i) * 97,
+                currency: "EUR".into(),
+                event_time: Some(millis_timestamp(i64::from(i) * 25)),
+                ..Default::default()
+            };
+            if i % 7 == 0 {
+                e.currency = "eur".into(); // invalid: same reason both ways
+            }
+            let mut payload = e.encode_to_vec();
+            if i % 5 == 0 {
+                payload.extend_from_slice(&[0xa0, 0x06, 0x01]); // an unknown field (100): passed through
+            }
+            let expected = decode_and_validate(&payload).map(|ev| {
+                let key = ev.order_id.clone();
+                (key, EnrichedRecord { kind: Some(enriched_record::Kind::Event(t.enrich(ev))) })
+            });
+            match (t.enrich_payload(&payload), expected) {
+                (Ok(got), Ok((key, record))) => {
+                    assert_eq!(got.key, key);
+                    assert_eq!(EnrichedRecord::decode(got.value.as_slice()).unwrap(), record);
+                    let Some(enriched_record::Kind::Event(enriched)) = &record.kind else { unreachable!() };
+                    assert_eq!(got.merchant_known, enriched.merchant_known);
+                    if i % 5 != 0 {
+                        assert_eq!(got.value, record.encode_to_vec());
+                    }
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b),
+                (a, b) => panic!("{a:?} vs {b:?}"),
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@ use orderflow_proto::v1::{EnrichedOrderEvent, PartitionCheckpoint};
 
 use crate::dedup::{fingerprint, Dedup};
 use crate::window::{type_index, ClosedWindow, Tallies, TotalKey, TotalKeyRef, WindowSpec};
+use crate::wire::EnrichedEventView;
 use crate::{Error, Result};
 
 /// What happened to one event.
@@ -77,12 +78,18 @@ impl PartitionState {
 
     /// Applies one enriched event; windows it closes are appended to `closed`.
     pub fn apply(&mut self, e: &EnrichedOrderEvent, closed: &mut Vec<ClosedWindow>) -> Outcome {
+        self.apply_view(&EnrichedEventView::from_event(e), closed)
+    }
+
+    /// [`Self::apply`] on an event borrowed from its payload (the aggregator's path):
+    /// the one implementation of it.
+    pub fn apply_view(&mut self, e: &EnrichedEventView<'_>, closed: &mut Vec<ClosedWindow>) -> Outcome {
         let Some(event) = e.event.as_ref() else { return Outcome::Invalid };
         let (Some(time), Some(ti)) = (event.event_time.as_ref(), type_index(event.r#type)) else {
             return Outcome::Invalid;
         };
         let t = timestamp_millis(time);
-        if !self.dedup.first_sighting(fingerprint(&event.event_id), t, self.watermark_ms) {
+        if !self.dedup.first_sighting(fingerprint(event.event_id), t, self.watermark_ms) {
             return Outcome::Duplicate;
         }
         let start = self.spec.start_of(t);
@@ -91,10 +98,10 @@ impl PartitionState {
         }
         let window = self.open.entry(start).or_default();
         // Look up by borrowed parts first, to allocate a key only for new keys.
-        match window.get_mut(&TotalKeyRef { region: &e.region, tier: &e.tier, currency: &event.currency }) {
+        match window.get_mut(&TotalKeyRef { region: e.region, tier: e.tier, currency: event.currency }) {
             Some(tallies) => tallies.add(ti, event.amount_minor),
             None => {
-                let key = TotalKey { region: e.region.clone(), tier: e.tier.clone(), currency: event.currency.clone() };
+                let key = TotalKey { region: e.region.to_owned(), tier: e.tier.to_owned(), currency: event.currency.to_owned() };
                 window.entry(key).or_default().add(ti, event.amount_minor);
             }
         }
@@ -316,5 +323,28 @@ mod tests {
         let cp = state().checkpoint("t", 0, 0);
         let err = PartitionState::restore(&cp, WindowSpec::new(2 * MIN, 5_000).unwrap(), MIN).unwrap_err();
         assert!(err.to_string().contains("new consumer group"), "{err}");
+    }
+
+    #[test]
+    fn views_apply_exactly_like_decoded_events() {
+        use crate::wire::{EnrichedKind, EnrichedView};
+        use orderflow_proto::v1::{enriched_record, EnrichedRecord};
+        use orderflow_proto::Message;
+
+        let (mut owned, mut viewed) = (state(), state());
+        let (mut closed_owned, mut closed_viewed) = (Vec::new(), Vec::new());
+        for i in 0..3_000i64 {
+            let ty = [OrderEventType::Created, OrderEventType::Paid, OrderEventType::Unspecified][(i % 3) as usize];
+            let mut e = ev(&format!("e{}", i % 700), (i * 97) % 400_000, ty, i, ["east", "west"][(i % 2) as usize]);
+            if i % 11 == 0 {
+                e.event = None;
+            }
+            let bytes = EnrichedRecord { kind: Some(enriched_record::Kind::Event(e.clone())) }.encode_to_vec();
+            let Some(EnrichedKind::Event(view)) = EnrichedView::parse(&bytes).unwrap().kind else { unreachable!() };
+            assert_eq!(owned.apply(&e, &mut closed_owned), viewed.apply_view(&view, &mut closed_viewed));
+        }
+        assert_eq!(closed_owned, closed_viewed);
+        assert!(!closed_owned.is_empty());
+        assert_eq!(owned.checkpoint("t", 0, 1), viewed.checkpoint("t", 0, 1));
     }
 }

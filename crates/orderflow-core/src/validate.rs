@@ -2,7 +2,8 @@
 //! with the reason; it is never counted in totals.
 
 use orderflow_proto::v1::{OrderEvent, OrderEventType};
-use orderflow_proto::Message;
+
+use crate::wire::{undecodable, OrderEventView};
 
 /// Why an event was rejected. `code()` is a bounded label for metrics and headers;
 /// `Display` is the human explanation.
@@ -64,6 +65,11 @@ impl InvalidReason {
 
 /// Checks the rules every counted event must meet.
 pub fn validate(event: &OrderEvent) -> Result<(), InvalidReason> {
+    validate_view(&OrderEventView::from_event(event))
+}
+
+/// The rules of [`validate`], on a borrowed event: the one implementation of them.
+pub fn validate_view(event: &OrderEventView<'_>) -> Result<(), InvalidReason> {
     if event.event_id.is_empty() {
         return Err(InvalidReason::MissingEventId);
     }
@@ -90,22 +96,30 @@ pub fn validate(event: &OrderEvent) -> Result<(), InvalidReason> {
     }
     let c = event.currency.as_bytes();
     if c.len() != 3 || !c.iter().all(u8::is_ascii_uppercase) {
-        return Err(InvalidReason::BadCurrency(event.currency.clone()));
+        return Err(InvalidReason::BadCurrency(event.currency.to_owned()));
     }
     Ok(())
 }
 
 /// Decodes a raw orders-topic payload and validates it.
 pub fn decode_and_validate(payload: &[u8]) -> Result<OrderEvent, InvalidReason> {
-    let event = OrderEvent::decode(payload).map_err(|e| InvalidReason::Undecodable(e.to_string()))?;
-    validate(&event)?;
-    Ok(event)
+    decode_and_validate_view(payload).map(|view| view.to_event())
+}
+
+/// [`decode_and_validate`] without allocating: the event borrowed from the payload.
+/// Same outcome and same reason for every payload (the `Undecodable` message is
+/// prost's).
+pub fn decode_and_validate_view(payload: &[u8]) -> Result<OrderEventView<'_>, InvalidReason> {
+    let view = OrderEventView::parse(payload).map_err(|e| undecodable::<OrderEvent>(payload, &e))?;
+    validate_view(&view)?;
+    Ok(view)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use orderflow_proto::millis_timestamp;
+    use orderflow_proto::Message;
 
     fn good() -> OrderEvent {
         OrderEvent {
@@ -146,7 +160,19 @@ mod tests {
             mutate(&mut e);
             assert_eq!(validate(&e).unwrap_err().code(), code);
             assert!(InvalidReason::CODES.contains(&code));
+            // The same reason, in full, from the payload (borrowed or owned).
+            let bytes = e.encode_to_vec();
+            assert_eq!(decode_and_validate(&bytes), Err(validate(&e).unwrap_err()));
+            assert_eq!(decode_and_validate_view(&bytes), Err(validate(&e).unwrap_err()));
+            assert_eq!(decode_and_validate(&bytes), reference(&bytes));
         }
+    }
+
+    /// `decode_and_validate` as it was before views: prost, then the rules.
+    fn reference(payload: &[u8]) -> Result<OrderEvent, InvalidReason> {
+        let event = OrderEvent::decode(payload).map_err(|e| InvalidReason::Undecodable(e.to_string()))?;
+        validate(&event)?;
+        Ok(event)
     }
 
     #[test]
@@ -154,6 +180,27 @@ mod tests {
         let err = decode_and_validate(b"\xff\xff\xff not protobuf").unwrap_err();
         assert_eq!(err.code(), "undecodable");
         assert!(err.to_string().starts_with("payload is not a protobuf OrderEvent"));
+        for bytes in [&b"\xff\xff\xff not protobuf"[..], b"\x0a\x02\xff\xfe", b"\x0a\x05ab", b"\x4a\x03\x08\x01", b"\x0c"] {
+            assert_eq!(decode_and_validate(bytes), reference(bytes));
+            assert_eq!(decode_and_validate_view(bytes).map(|v| v.to_event()), reference(bytes));
+        }
+    }
+
+    #[test]
+    fn damaged_payloads_get_the_same_outcome_as_before() {
+        let mut bytes = good().encode_to_vec();
+        bytes.extend(OrderEvent { event_id: "e2".into(), amount_minor: -5, ..Default::default() }.encode_to_vec());
+        // Every truncation and every single-byte change of a payload.
+        for cut in 0..=bytes.len() {
+            assert_eq!(decode_and_validate(&bytes[..cut]), reference(&bytes[..cut]), "cut at {cut}");
+        }
+        for at in 0..bytes.len() {
+            for value in [0x00, 0x01, 0x08, 0x0a, 0x7f, 0x80, 0xff] {
+                let mut b = bytes.clone();
+                b[at] = value;
+                assert_eq!(decode_and_validate(&b), reference(&b), "byte {at} = {value:#x}");
+            }
+        }
     }
 
     #[test]

@@ -3,9 +3,6 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use orderflow_core::validate::decode_and_validate;
-use orderflow_proto::v1::{enriched_record, EnrichedRecord};
-use orderflow_proto::Message as _;
 use orderflow_runtime::kafka::{recv_batch, send, KafkaArgs, RevocationLog};
 use orderflow_runtime::topics::{self, TopicArgs};
 use orderflow_runtime::{dead_letter, telemetry};
@@ -67,15 +64,16 @@ pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, args: &EnricherArgs, can
                 .iter()
                 .map(|m| {
                     let payload = m.payload().unwrap_or_default();
-                    match decode_and_validate(payload) {
-                        Ok(event) => {
-                            let enriched = table.enrich(event);
+                    // Validated without allocating; the output record is built around
+                    // the payload's own bytes (no re-encoding). Fields a newer storefront
+                    // contract adds pass through to the enriched topic: orderflow's
+                    // decoders skip them, as they would on the orders topic.
+                    match table.enrich_payload(payload) {
+                        Ok(enriched) => {
                             if !enriched.merchant_known {
                                 metrics::counter!(telemetry::ENRICHER_UNKNOWN_MERCHANT).increment(1);
                             }
-                            let key = enriched.event.as_ref().map(|e| e.order_id.clone()).unwrap_or_default();
-                            let value = EnrichedRecord { kind: Some(enriched_record::Kind::Event(enriched)) }.encode_to_vec();
-                            Output { dead_letter: None, key, value }
+                            Output { dead_letter: None, key: enriched.key, value: enriched.value }
                         }
                         Err(reason) => {
                             tracing::debug!(partition = m.partition(), offset = m.offset(), %reason, "Dead-lettering event.");
