@@ -132,7 +132,7 @@ struct Throughput {
     /// `pipelineSeconds`.
     pipeline_events_per_second: Option<f64>,
     /// `pipeline_events_per_second` over the broker's own produce-then-consume rate
-    /// (each event crosses the broker twice, so 0.5 is the ceiling).
+    /// (each event crosses the broker twice; see the README on why this can pass 0.5).
     pipeline_to_broker_ratio: Option<f64>,
 }
 
