@@ -3,7 +3,8 @@
 //! aggregator's input). Strings are `&str` into the payload.
 //!
 //! Parsing follows prost's decoding exactly, using prost's own varint and key
-//! primitives: a payload parses as a view if and only if prost decodes it, and the view
+//! primitives (behind inline fast paths for one-byte keys and varints of up to 9 bytes,
+//! tested against them): a payload parses as a view if and only if prost decodes it, and the view
 //! holds the same values as the decoded message (the property tests below check this).
 //! That is: strings must be UTF-8; for scalars and strings the last occurrence wins; a
 //! message field that occurs several times is merged (prost's `get_or_insert` then
@@ -16,7 +17,7 @@
 
 use orderflow_proto::v1::{enriched_record, EnrichedOrderEvent, EnrichedRecord, IdleTick, OrderEvent};
 use orderflow_proto::{Message, Timestamp};
-use prost::encoding::{decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
 use crate::validate::InvalidReason;
 
@@ -39,6 +40,57 @@ fn err<T>(what: &str) -> Result<T, WireError> {
 }
 
 type Result<T, E = WireError> = std::result::Result<T, E>;
+
+/// `prost::encoding::decode_varint` on a slice: varints of up to 9 bytes (63 bits, so
+/// no overflow check is needed) are decoded inline, anything else (10-byte varints,
+/// truncation, overlong encodings) by prost itself, so values and errors are prost's.
+#[inline(always)]
+fn decode_varint(buf: &mut &[u8]) -> Result<u64> {
+    let bytes = *buf;
+    if let Some(&b) = bytes.first() {
+        if b < 0x80 {
+            *buf = &bytes[1..];
+            return Ok(u64::from(b));
+        }
+    }
+    decode_varint_multi(buf)
+}
+
+#[inline]
+fn decode_varint_multi(buf: &mut &[u8]) -> Result<u64> {
+    let bytes = *buf;
+    let mut value = 0u64;
+    for (i, &b) in bytes.iter().take(9).enumerate() {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            *buf = &bytes[i + 1..];
+            return Ok(value);
+        }
+    }
+    Ok(prost::encoding::decode_varint(buf)?)
+}
+
+/// `prost::encoding::decode_key` on a slice: a one-byte key with a valid wire type and
+/// tag is decoded inline, anything else (and every error) by prost itself.
+#[inline(always)]
+fn decode_key(buf: &mut &[u8]) -> Result<(u32, WireType)> {
+    if let Some(&b) = buf.first() {
+        let wire_type = match b & 0x07 {
+            0 => Some(WireType::Varint),
+            1 => Some(WireType::SixtyFourBit),
+            2 => Some(WireType::LengthDelimited),
+            3 => Some(WireType::StartGroup),
+            4 => Some(WireType::EndGroup),
+            5 => Some(WireType::ThirtyTwoBit),
+            _ => None,
+        };
+        if let (true, Some(wire_type)) = ((0x08..0x80).contains(&b), wire_type) {
+            *buf = &buf[1..];
+            return Ok((u32::from(b >> 3), wire_type));
+        }
+    }
+    Ok(prost::encoding::decode_key(buf)?)
+}
 
 #[inline(always)]
 fn check_wire_type(expected: WireType, actual: WireType) -> Result<()> {
@@ -73,7 +125,7 @@ fn string<'a>(wire_type: WireType, buf: &mut &'a [u8]) -> Result<&'a str> {
 #[inline(always)]
 fn varint(wire_type: WireType, buf: &mut &[u8]) -> Result<u64> {
     check_wire_type(WireType::Varint, wire_type)?;
-    Ok(decode_varint(buf)?)
+    decode_varint(buf)
 }
 
 /// A nested message's bytes (`message::merge`'s checks before its loop); its fields
@@ -288,13 +340,12 @@ impl<'a> EnrichedView<'a> {
             match tag {
                 1 => {
                     let bytes = nested(wire_type, buf, depth)?;
-                    match &mut view.kind {
-                        Some(EnrichedKind::Event(e)) => e.merge(bytes, depth - 1)?,
-                        _ => {
-                            let mut e = EnrichedEventView::default();
-                            e.merge(bytes, depth - 1)?;
-                            view.kind = Some(EnrichedKind::Event(e));
-                        }
+                    // Merged in place (no copy of the view).
+                    if !matches!(view.kind, Some(EnrichedKind::Event(_))) {
+                        view.kind = Some(EnrichedKind::Event(EnrichedEventView::default()));
+                    }
+                    if let Some(EnrichedKind::Event(e)) = &mut view.kind {
+                        e.merge(bytes, depth - 1)?;
                     }
                 }
                 2 => {
@@ -681,6 +732,43 @@ mod tests {
             }
         }
         assert!(ok && failed);
+    }
+
+    #[test]
+    fn varints_and_keys_decode_exactly_as_prost_does() {
+        let mut rng = Rng(7);
+        let mut inputs: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        for _ in 0..200_000 {
+            let mut b = Vec::new();
+            match rng.below(3) {
+                // A well-formed varint of any length, maybe truncated, then some bytes.
+                0 => {
+                    encode_varint(rng.next() >> rng.below(64), &mut b);
+                    if rng.chance(20) {
+                        b.truncate(rng.below(b.len() as u64) as usize);
+                    }
+                }
+                // Continuation bytes: overlong and 10-byte varints, with any last byte.
+                1 => b.extend((0..rng.below(12)).map(|_| 0x80 | rng.next() as u8)),
+                _ => {}
+            }
+            b.extend((0..rng.below(4)).map(|_| rng.next() as u8));
+            inputs.push(b);
+        }
+        for b in &inputs {
+            let (mut ours, mut theirs) = (b.as_slice(), b.as_slice());
+            match (decode_varint(&mut ours), prost::encoding::decode_varint(&mut theirs)) {
+                (Ok(v), Ok(p)) => assert_eq!((v, ours), (p, theirs), "{b:?}"),
+                (Err(_), Err(_)) => {}
+                (v, p) => panic!("{b:?}: ours {v:?}, prost {p:?}"),
+            }
+            let (mut ours, mut theirs) = (b.as_slice(), b.as_slice());
+            match (decode_key(&mut ours), prost::encoding::decode_key(&mut theirs)) {
+                (Ok(v), Ok(p)) => assert_eq!((v, ours), (p, theirs), "{b:?}"),
+                (Err(_), Err(_)) => {}
+                (v, p) => panic!("{b:?}: ours {v:?}, prost {p:?}"),
+            }
+        }
     }
 
     #[test]
