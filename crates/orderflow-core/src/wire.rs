@@ -608,6 +608,17 @@ mod tests {
         }
     }
 
+    /// Checks four random mutations of `bytes` with `check`, counting which parsed.
+    fn mutations(rng: &mut Rng, bytes: &[u8], check: fn(&[u8]) -> bool, (ok, failed): (&mut u32, &mut u32)) {
+        for _ in 0..4 {
+            if check(&rng.mutate(bytes)) {
+                *ok += 1;
+            } else {
+                *failed += 1;
+            }
+        }
+    }
+
     #[test]
     fn order_event_views_parse_exactly_as_prost_decodes() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -621,13 +632,7 @@ mod tests {
             let other_event = rng.event();
             let other = encode_event(&mut rng, &other_event);
             assert!(check_event(&[bytes.as_slice(), &other].concat()));
-            for _ in 0..4 {
-                if check_event(&rng.mutate(&bytes)) {
-                    ok += 1;
-                } else {
-                    failed += 1;
-                }
-            }
+            mutations(&mut rng, &bytes, check_event, (&mut ok, &mut failed));
         }
         // Both outcomes were exercised by the mutations.
         assert!(ok > 1_000 && failed > 1_000, "{ok} parsed, {failed} failed");
@@ -645,13 +650,7 @@ mod tests {
             // Concatenations merge: the same oneof member merges, another replaces.
             let other = rng.enriched().encode_to_vec();
             assert!(check_enriched(&[bytes.as_slice(), &other].concat()));
-            for _ in 0..4 {
-                if check_enriched(&rng.mutate(&bytes)) {
-                    ok += 1;
-                } else {
-                    failed += 1;
-                }
-            }
+            mutations(&mut rng, &bytes, check_enriched, (&mut ok, &mut failed));
         }
         assert!(ok > 1_000 && failed > 1_000, "{ok} parsed, {failed} failed");
     }
