@@ -34,6 +34,13 @@ pub const CHECKPOINT_MAX_BYTES: u64 = 64 << 20;
 /// How old a reading of the pipeline's input may be for idle ticks to rely on it.
 const UPSTREAM_FRESH: Duration = Duration::from_secs(2);
 
+/// A record parsed ahead of processing.
+struct Parsed<'a> {
+    record: std::result::Result<Option<EnrichedKind<'a>>, InvalidReason>,
+    /// For an event of a partition owned when parsed.
+    prepared: Option<orderflow_core::partition::Prepared>,
+}
+
 /// One owned input partition.
 #[derive(Debug)]
 struct Owned {
@@ -154,8 +161,11 @@ impl Aggregator {
             if !batch.is_empty() {
                 let partitions: Vec<i32> = batch.iter().map(|m| m.partition()).filter(|p| !self.owned.contains_key(p)).collect();
                 self.take_over(partitions).await?;
-                for m in &batch {
-                    self.process(m).await?;
+                // Parse the whole batch first and prepare its events (their dedup
+                // lookups' cache misses overlap), then process it in order.
+                let parsed: Vec<Parsed<'_>> = batch.iter().map(|m| self.parse(m)).collect();
+                for (m, parsed) in batch.iter().zip(parsed) {
+                    self.process(m, parsed).await?;
                 }
                 drop(batch);
                 self.settle().await?;
@@ -232,7 +242,19 @@ impl Aggregator {
         Ok(())
     }
 
-    async fn process(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) -> Result<()> {
+    /// Parses a record as a view borrowing its payload (no allocation per event) and,
+    /// for an event of an owned partition, prepares it (see [`PartitionState::prepare`]).
+    fn parse<'a>(&self, m: &'a rdkafka::message::BorrowedMessage<'_>) -> Parsed<'a> {
+        let payload = m.payload().unwrap_or_default();
+        let record = EnrichedView::parse(payload).map(|r| r.kind).map_err(|e| undecodable::<EnrichedRecord>(payload, &e));
+        let prepared = match (&record, self.owned.get(&m.partition())) {
+            (Ok(Some(EnrichedKind::Event(e))), Some(owned)) => Some(owned.state.prepare(e)),
+            _ => None,
+        };
+        Parsed { record, prepared }
+    }
+
+    async fn process(&mut self, m: &rdkafka::message::BorrowedMessage<'_>, parsed: Parsed<'_>) -> Result<()> {
         let (p, offset) = (m.partition(), m.offset());
         let Some(owned) = self.owned.get_mut(&p) else { return Ok(()) };
         owned.last_input = Instant::now();
@@ -246,14 +268,16 @@ impl Aggregator {
         let before = owned.state.closed_through_ms();
         let mut closed = Vec::new();
         let payload = m.payload().unwrap_or_default();
-        // Decoded as a view borrowing the payload: no allocation per event.
-        let record = EnrichedView::parse(payload).map_err(|e| undecodable::<EnrichedRecord>(payload, &e));
-        let late = match record.map(|r| r.kind) {
+        let Parsed { record, prepared } = parsed;
+        let late = match record {
             Ok(Some(EnrichedKind::IdleTick(Some(t)))) => {
                 owned.state.idle_close(timestamp_millis(&t), &mut closed);
                 None
             }
-            Ok(Some(EnrichedKind::Event(e))) => match owned.state.apply_view(&e, &mut closed) {
+            Ok(Some(EnrichedKind::Event(e))) => match match prepared {
+                Some(prepared) => owned.state.apply_prepared(&e, prepared, &mut closed),
+                None => owned.state.apply_view(&e, &mut closed),
+            } {
                 Outcome::Counted { .. } => {
                     metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "counted").increment(1);
                     None

@@ -84,6 +84,13 @@ impl Dedup {
         }
     }
 
+    /// Whether `fp` has an entry (expired or not): reads the memory
+    /// [`Self::first_sighting`] will read, so that a caller holding a batch can look all
+    /// its ids up first and let the cache misses overlap. Changes nothing.
+    pub fn warm(&self, fp: u128) -> bool {
+        self.seen.contains_key(&fp)
+    }
+
     /// Frees expired entries; runs a full sweep only after the watermark moved by a
     /// quarter of the horizon, so its cost is spread over many events.
     pub fn reclaim(&mut self, watermark_ms: i64) {
