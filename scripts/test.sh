@@ -14,6 +14,10 @@ cd "$(dirname "$0")/.."
 
 log() { printf '==> %s\n' "$*" >&2; }
 
+# Formatting first: it needs nothing installed and fails in a second.
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v make >/dev/null || need_apt+=(make)
@@ -34,8 +38,6 @@ if [[ -z "${ORDERFLOW_TEST_BROKERS:-}" ]] && ! command -v nisshi >/dev/null && [
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 
-log "cargo fmt --check"
-cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "cargo test (everything but the fault test)"
