@@ -34,6 +34,10 @@ pub const CHECKPOINT_MAX_BYTES: u64 = 64 << 20;
 /// How old a reading of the pipeline's input may be for idle ticks to rely on it.
 const UPSTREAM_FRESH: Duration = Duration::from_secs(2);
 
+/// Records parsed and prepared ahead of processing at a time (benches/README.md: the
+/// `decode_apply_batched` benchmark uses the same chunk).
+const PREPARE_CHUNK: usize = 32;
+
 /// A record parsed ahead of processing.
 struct Parsed<'a> {
     record: std::result::Result<Option<EnrichedKind<'a>>, InvalidReason>,
@@ -161,11 +165,14 @@ impl Aggregator {
             if !batch.is_empty() {
                 let partitions: Vec<i32> = batch.iter().map(|m| m.partition()).filter(|p| !self.owned.contains_key(p)).collect();
                 self.take_over(partitions).await?;
-                // Parse the whole batch first and prepare its events (their dedup
-                // lookups' cache misses overlap), then process it in order.
-                let parsed: Vec<Parsed<'_>> = batch.iter().map(|m| self.parse(m)).collect();
-                for (m, parsed) in batch.iter().zip(parsed) {
-                    self.process(m, parsed).await?;
+                // A few dozen records at a time: parse them and prepare their events
+                // (the dedup look-ups' cache misses overlap), then process them in
+                // order. Small chunks keep what was prepared in cache until it is used.
+                for chunk in batch.chunks(PREPARE_CHUNK) {
+                    let parsed: Vec<Parsed<'_>> = chunk.iter().map(|m| self.parse(m)).collect();
+                    for (m, parsed) in chunk.iter().zip(parsed) {
+                        self.process(m, parsed).await?;
+                    }
                 }
                 drop(batch);
                 self.settle().await?;
