@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use orderflow_proto::v1::{partial_record, PartialRecord};
 use orderflow_proto::{timestamp_millis, Message as _};
-use orderflow_runtime::kafka::{partition_count, KafkaArgs, TopicReader};
+use orderflow_runtime::kafka::{group_positions, GroupPosition, KafkaArgs, TopicReader};
 use orderflow_runtime::topics::TopicArgs;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::Message;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -124,7 +124,8 @@ impl Watch {
 
 #[derive(Default)]
 struct InputWatch {
-    clients: Option<(BaseConsumer, BaseConsumer)>,
+    /// A client with the enricher group's id (it reads, never joins).
+    clients: Option<BaseConsumer>,
     highs: HashMap<i32, i64>,
     committed: HashMap<i32, (i64, Instant)>,
     settled_since: Option<Instant>,
@@ -147,16 +148,14 @@ impl InputWatch {
 
     fn read(&mut self, kafka: &KafkaArgs, topics: &TopicArgs) -> crate::Result<(bool, Option<Instant>, Vec<i32>)> {
         if self.clients.is_none() {
-            let reader = kafka.reader()?;
             let group: BaseConsumer =
                 kafka.config(&[("group.id", &topics.group("enricher")), ("enable.auto.commit", "false")])?.create()?;
-            self.clients = Some((reader, group));
+            self.clients = Some(group);
         }
-        let (reader, group) = self.clients.as_ref().expect("set above");
-        let orders = topics.orders();
+        let group = self.clients.as_ref().expect("set above");
         let now = Instant::now();
-        let partitions = match partition_count(reader, &orders) {
-            Ok(n) => n,
+        let positions = match group_positions(group, &topics.orders()) {
+            Ok(positions) => positions,
             Err(orderflow_runtime::Error::MissingTopic(_)) => {
                 // No input topic yet: nothing is owed.
                 let since = *self.settled_since.get_or_insert(now);
@@ -164,18 +163,9 @@ impl InputWatch {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition(&orders, p);
-        }
-        let committed = group.committed_offsets(tpl, Duration::from_secs(5))?;
         let (mut moved, mut backlog, mut stalled, mut owing) = (false, false, false, Vec::new());
-        for p in 0..partitions {
-            let (low, high) = reader.fetch_watermarks(&orders, p, Duration::from_secs(5))?;
-            let done = match committed.find_partition(&orders, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => low,
-            };
+        for GroupPosition { partition: p, low, high, committed } in positions {
+            let done = committed.unwrap_or(low);
             if self.highs.insert(p, high) != Some(high) {
                 moved = true;
             }

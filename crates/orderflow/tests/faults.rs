@@ -107,13 +107,8 @@ fn records_so_far(of: &Orderflow, topic: &str) -> i64 {
 fn delivered_beyond_commit(of: &Orderflow) -> bool {
     let c: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", &of.brokers).set("group.id", format!("{}-enricher", of.prefix)).create().unwrap();
-    let topic = format!("{}.orders", of.prefix);
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(&topic, p);
-    }
-    let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(5)) else { return false };
-    let committed: i64 = committed.elements().iter().map(|e| e.offset().to_raw().unwrap_or(0).max(0)).sum();
+    let Ok(positions) = orderflow_runtime::kafka::group_positions(&c, &format!("{}.orders", of.prefix)) else { return false };
+    let committed: i64 = positions.iter().map(|g| g.committed.unwrap_or(0)).sum();
     enriched_so_far(of) + records_so_far(of, "orders.dead-letter") > committed
 }
 

@@ -28,12 +28,12 @@ use orderflow_producer::trace::TraceReader;
 use orderflow_producer::{event_key, Publisher};
 use orderflow_proto::v1::{EnrichedOrderEvent, OrderEvent, WindowTotal};
 use orderflow_proto::{timestamp_millis, Message as _};
-use orderflow_runtime::kafka::{partition_count, KafkaArgs, TopicReader};
+use orderflow_runtime::kafka::{group_positions, KafkaArgs, TopicReader};
 use orderflow_runtime::shutdown;
 use orderflow_runtime::topics::{self, TopicArgs};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _};
-use rdkafka::{Message as _, Offset, TopicPartitionList};
+use rdkafka::Message as _;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -476,22 +476,7 @@ fn sample_lag(kafka: &KafkaArgs, topics: &TopicArgs, cancel: &CancellationToken,
         Ok(kafka.config(&[("group.id", group), ("enable.auto.commit", "false")])?.create()?)
     };
     let lag = |c: &BaseConsumer, topic: &str| -> anyhow::Result<i64> {
-        let partitions = partition_count(c, topic)?;
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition(topic, p);
-        }
-        let committed = c.committed_offsets(tpl, Duration::from_secs(5))?;
-        let mut total = 0;
-        for p in 0..partitions {
-            let (_, high) = c.fetch_watermarks(topic, p, Duration::from_secs(5))?;
-            let done = match committed.find_partition(topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => 0,
-            };
-            total += (high - done).max(0);
-        }
-        Ok(total)
+        Ok(group_positions(c, topic)?.iter().map(|g| (g.high - g.committed.unwrap_or(0)).max(0)).sum())
     };
     let (Ok(enricher), Ok(aggregator)) = (client(&topics.group("enricher")), client(&topics.group("aggregator"))) else {
         tracing::warn!("Cannot create the lag-sampling clients; the report has no lag.");
