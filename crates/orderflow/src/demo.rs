@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use orderflow_aggregator::AggregatorArgs;
 use orderflow_core::merchant::MerchantTable;
-use orderflow_core::window::{type_index, Tallies, TotalKey, WindowSpec};
+use orderflow_core::window::{Tallies, TotalKey, WindowSpec};
 use orderflow_enricher::EnricherArgs;
 use orderflow_producer::{sample, Publisher};
 use orderflow_proto::timestamp_millis;
@@ -19,6 +19,7 @@ use orderflow_runtime::{shutdown, telemetry, CancellationToken};
 use rdkafka::mocking::MockCluster;
 
 use crate::inspect::total_line;
+use crate::loadtest::check::{Reference, TotalsMap};
 
 /// Demo settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -168,22 +169,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(if matches { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// The totals the sample should produce, computed directly: valid events only, each
-/// event id once, merchant joined at event time, summed per window and key.
-fn reference_totals(sample: &sample::Sample, agg: &AggregatorArgs) -> anyhow::Result<BTreeMap<(i64, TotalKey), Tallies>> {
+/// The totals the sample should produce, computed directly (the load test's reference:
+/// valid events only, each event id once, merchant joined at event time).
+fn reference_totals(sample: &sample::Sample, agg: &AggregatorArgs) -> anyhow::Result<TotalsMap> {
     let (spec, _): (WindowSpec, i64) = agg.spec()?;
     let mut table = MerchantTable::new();
     sample.merchants.iter().for_each(|m| table.upsert(m));
-    let mut seen = HashSet::new();
-    let mut out: BTreeMap<(i64, TotalKey), Tallies> = BTreeMap::new();
+    let mut reference = Reference::new(spec, table);
     for e in &sample.events {
-        if orderflow_core::validate::validate(e).is_err() || !seen.insert(e.event_id.clone()) {
-            continue;
-        }
-        let enriched = table.enrich(e.clone());
-        let t = timestamp_millis(&e.event_time.expect("validated"));
-        let key = TotalKey { region: enriched.region, tier: enriched.tier, currency: e.currency.clone() };
-        out.entry((spec.start_of(t), key)).or_default().add(type_index(e.r#type).expect("validated"), e.amount_minor);
+        reference.add(e);
     }
-    Ok(out)
+    Ok(reference.into_totals())
 }

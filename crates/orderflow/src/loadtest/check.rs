@@ -60,12 +60,9 @@ impl Reference {
             return Counted::Duplicate;
         }
         let t = timestamp_millis(&e.event_time.expect("validated"));
-        let (region, tier) = match self.table.lookup(&e.merchant_id, t) {
-            Some(m) => (m.region.to_string(), m.tier.to_string()),
-            None => ("unknown".to_owned(), "unknown".to_owned()),
-        };
+        let (region, tier, _) = self.table.join(&e.merchant_id, t);
         let start = self.spec.start_of(t);
-        let key = TotalKey { region, tier, currency: e.currency.clone() };
+        let key = TotalKey { region: region.to_owned(), tier: tier.to_owned(), currency: e.currency.clone() };
         self.totals.entry((start, key)).or_default().add(type_index(e.r#type).expect("validated"), e.amount_minor);
         Counted::Window(start)
     }
@@ -78,6 +75,11 @@ impl Reference {
     /// The reference totals.
     pub fn totals(&self) -> &TotalsMap {
         &self.totals
+    }
+
+    /// The reference totals, taken.
+    pub fn into_totals(self) -> TotalsMap {
+        self.totals
     }
 
     /// The last window with a counted event.

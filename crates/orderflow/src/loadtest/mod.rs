@@ -10,7 +10,7 @@
 //! - `chart`: the SVG picture.
 
 mod chart;
-mod check;
+pub(crate) mod check;
 mod timeline;
 
 use std::collections::VecDeque;
