@@ -281,10 +281,12 @@ impl Aggregator {
                 owned.state.idle_close(timestamp_millis(&t), &mut closed);
                 None
             }
-            Ok(Some(EnrichedKind::Event(e))) => match match prepared {
-                Some(prepared) => owned.state.apply_prepared(&e, prepared, &mut closed),
-                None => owned.state.apply_view(&e, &mut closed),
-            } {
+            Ok(Some(EnrichedKind::Event(e))) => match owned.state.apply_prepared(
+                &e,
+                // Prepared when parsed: this partition was owned then, as it is now.
+                prepared.unwrap_or_else(|| owned.state.prepare(&e)),
+                &mut closed,
+            ) {
                 Outcome::Counted { .. } => {
                     metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "counted").increment(1);
                     None

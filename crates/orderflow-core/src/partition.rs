@@ -34,6 +34,12 @@ pub enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prepared(u128);
 
+impl Prepared {
+    fn of(e: &EnrichedEventView<'_>) -> Self {
+        Self(fingerprint(e.event.as_ref().map_or("", |ev| ev.event_id)))
+    }
+}
+
 /// Aggregation state of one partition.
 #[derive(Debug, Clone)]
 pub struct PartitionState {
@@ -85,9 +91,9 @@ impl PartitionState {
     /// batch prepares all of it first, so that the lookups' cache misses overlap, then
     /// applies it in order: the outcomes are exactly those of [`Self::apply_view`].
     pub fn prepare(&self, e: &EnrichedEventView<'_>) -> Prepared {
-        let fp = fingerprint(e.event.as_ref().map_or("", |ev| ev.event_id));
-        std::hint::black_box(self.dedup.warm(fp));
-        Prepared(fp)
+        let prepared = Prepared::of(e);
+        std::hint::black_box(self.dedup.warm(prepared.0));
+        prepared
     }
 
     /// Applies one enriched event; windows it closes are appended to `closed`.
@@ -98,8 +104,7 @@ impl PartitionState {
     /// [`Self::apply`] on an event borrowed from its payload (the aggregator's path):
     /// the one implementation of it.
     pub fn apply_view(&mut self, e: &EnrichedEventView<'_>, closed: &mut Vec<ClosedWindow>) -> Outcome {
-        let prepared = Prepared(fingerprint(e.event.as_ref().map_or("", |ev| ev.event_id)));
-        self.apply_prepared(e, prepared, closed)
+        self.apply_prepared(e, Prepared::of(e), closed)
     }
 
     /// [`Self::apply_view`] with the fingerprint [`Self::prepare`] computed for this very
