@@ -7,9 +7,8 @@
 //! at least window + lateness, a repeat that is no longer remembered falls into a
 //! closed window and is late, so it can never be counted twice.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
+use bytemuck::{Pod, Zeroable};
+use memmap2::MmapMut;
 use xxhash_rust::xxh3::xxh3_128;
 
 /// The fingerprint of an event id.
@@ -17,31 +16,216 @@ pub fn fingerprint(event_id: &str) -> u128 {
     xxh3_128(event_id.as_bytes())
 }
 
-/// A hasher for keys that are already uniform hashes.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct FingerprintHasher(u64);
+/// One slot of [`FingerprintTable`]: a fingerprint (as two words, so that a slot is 24
+/// bytes) and the event time of its first sighting. The all-zero fingerprint marks an
+/// empty slot (zeroed memory is an empty table); the one id that could hash to it is
+/// kept outside the slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+struct Slot {
+    fp: [u64; 2],
+    t_ms: i64,
+}
 
-impl Hasher for FingerprintHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u128(&mut self, i: u128) {
-        self.0 = i as u64;
+const EMPTY: [u64; 2] = [0, 0];
+
+impl Slot {
+    const VACANT: Slot = Slot { fp: EMPTY, t_ms: 0 };
+
+    fn fingerprint(&self) -> u128 {
+        (u128::from(self.fp[0]) << 64) | u128::from(self.fp[1])
     }
 }
 
-type FingerprintMap = HashMap<u128, i64, BuildHasherDefault<FingerprintHasher>>;
+fn split(fp: u128) -> [u64; 2] {
+    [(fp >> 64) as u64, fp as u64]
+}
+
+/// Slots are allocated for at most this share of entries (linear probing stays short).
+const MAX_LOAD: (usize, usize) = (5, 8);
+const MIN_SLOTS: usize = 1 << 10;
+
+/// The slots' memory: an anonymous mapping (zeroed, so every slot starts empty) that
+/// asks the kernel for transparent huge pages. A partition's table reaches tens of
+/// megabytes at peak and is read at random; with 4 KiB pages nearly every look-up
+/// would also miss the TLB, and those page walks, not the cache misses, are what
+/// keeps look-ups from overlapping (measured in `benches/README.md`).
+#[derive(Debug)]
+struct Slots(MmapMut);
+
+impl Slots {
+    fn zeroed(n: usize) -> Self {
+        let map = MmapMut::map_anon(n * std::mem::size_of::<Slot>())
+            .unwrap_or_else(|e| panic!("cannot map {n} dedup slots ({} bytes): {e}", n * std::mem::size_of::<Slot>()));
+        // A hint: where huge pages are off or unsupported, 4 KiB pages do the same job.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        Self(map)
+    }
+
+    fn get(&self) -> &[Slot] {
+        bytemuck::cast_slice(&self.0)
+    }
+
+    fn get_mut(&mut self) -> &mut [Slot] {
+        bytemuck::cast_slice_mut(&mut self.0)
+    }
+}
+
+impl Clone for Slots {
+    fn clone(&self) -> Self {
+        let mut copy = Self::zeroed(self.get().len());
+        copy.get_mut().copy_from_slice(self.get());
+        copy
+    }
+}
+
+/// An open-addressing (linear probing) table from fingerprint to event time, laid out
+/// so that a look-up reads one or two adjacent cache lines, whose address is known
+/// from the fingerprint alone: [`Self::prefetch`] asks for them ahead of the look-up.
+/// A fingerprint is already a uniform hash, so its low bits pick the home slot.
+#[derive(Debug, Clone)]
+struct FingerprintTable {
+    slots: Slots,
+    /// `slots.len() - 1` (the number of slots is a power of two).
+    mask: usize,
+    len: usize,
+    /// The entry of the all-zero fingerprint, which cannot live in a slot.
+    zero: Option<i64>,
+}
+
+impl Default for FingerprintTable {
+    fn default() -> Self {
+        Self { slots: Slots::zeroed(MIN_SLOTS), mask: MIN_SLOTS - 1, len: 0, zero: None }
+    }
+}
+
+impl FingerprintTable {
+    fn len(&self) -> usize {
+        self.len + usize::from(self.zero.is_some())
+    }
+
+    fn home(&self, fp: &[u64; 2]) -> usize {
+        fp[1] as usize & self.mask
+    }
+
+    /// The slot holding `fp`, or the empty slot where it would go.
+    fn find(&self, fp: &[u64; 2]) -> usize {
+        let slots = self.slots.get();
+        let mut i = self.home(fp);
+        loop {
+            let s = &slots[i];
+            if s.fp == *fp || s.fp == EMPTY {
+                return i;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// The entry for `fp`, inserting `t_ms` if there is none: returns the entry and
+    /// whether it was inserted.
+    fn entry(&mut self, fp: u128, t_ms: i64) -> (&mut i64, bool) {
+        if fp == 0 {
+            let inserted = self.zero.is_none();
+            return (self.zero.get_or_insert(t_ms), inserted);
+        }
+        let key = split(fp);
+        let mut i = self.find(&key);
+        let inserted = self.slots.get()[i].fp == EMPTY;
+        if inserted {
+            if (self.len + 1) * MAX_LOAD.1 > (self.mask + 1) * MAX_LOAD.0 {
+                self.grow();
+                i = self.find(&key);
+            }
+            self.slots.get_mut()[i] = Slot { fp: key, t_ms };
+            self.len += 1;
+        }
+        (&mut self.slots.get_mut()[i].t_ms, inserted)
+    }
+
+    fn grow(&mut self) {
+        let n = 2 * (self.mask + 1);
+        let old = std::mem::replace(&mut self.slots, Slots::zeroed(n));
+        self.mask = n - 1;
+        for s in old.get().iter().filter(|s| s.fp != EMPTY) {
+            let i = self.find(&s.fp);
+            self.slots.get_mut()[i] = *s;
+        }
+    }
+
+    /// Asks the CPU to bring `fp`'s home slot into cache (a hint: changes nothing).
+    fn prefetch(&self, fp: u128) {
+        let slots = self.slots.get();
+        let i = self.home(&split(fp));
+        // A 24-byte slot may straddle two cache lines; a probe usually ends in the next slot.
+        prefetch(&slots[i]);
+        prefetch(&slots[(i + 1) & self.mask]);
+    }
+
+    /// Keeps only the entries for which `keep` holds. Deletes in place by shifting
+    /// back the entries after each deleted one (so no tombstones), scanning from an
+    /// empty slot so that no run of full slots wraps around the scan's start.
+    fn retain(&mut self, mut keep: impl FnMut(i64) -> bool) {
+        if self.zero.is_some_and(|t| !keep(t)) {
+            self.zero = None;
+        }
+        let Some(start) = self.slots.get().iter().position(|s| s.fp == EMPTY) else { return };
+        let n = self.mask + 1;
+        let mut k = 1;
+        while k <= n {
+            let i = (start + k) & self.mask;
+            let s = self.slots.get()[i];
+            if s.fp != EMPTY && !keep(s.t_ms) {
+                // Slot i now holds a later entry (examined again) or is empty.
+                self.delete(i);
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    /// Empties slot `hole`, moving later entries of its run back so that each stays
+    /// reachable from its home slot.
+    fn delete(&mut self, mut hole: usize) {
+        let mask = self.mask;
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let s = self.slots.get()[j];
+            if s.fp == EMPTY {
+                break;
+            }
+            // `s` may fill the hole if the hole lies on its probe path: between its home
+            // slot and `j`.
+            let displaced = j.wrapping_sub(self.home(&s.fp)) & mask;
+            if displaced >= (j.wrapping_sub(hole) & mask) {
+                self.slots.get_mut()[hole] = s;
+                hole = j;
+            }
+        }
+        self.slots.get_mut()[hole] = Slot::VACANT;
+        self.len -= 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u128, i64)> + '_ {
+        let zero = self.zero.map(|t| (0, t));
+        zero.into_iter().chain(self.slots.get().iter().filter(|s| s.fp != EMPTY).map(|s| (s.fingerprint(), s.t_ms)))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn prefetch<T>(value: &T) {
+    safe_arch::prefetch_t0(value);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch<T>(_value: &T) {}
 
 /// The dedup memory of one partition.
 #[derive(Debug, Clone)]
 pub struct Dedup {
     horizon_ms: i64,
-    seen: FingerprintMap,
+    seen: FingerprintTable,
     /// Watermark at the last reclaim, to reclaim memory in steps.
     reclaimed_at_ms: i64,
 }
@@ -49,7 +233,7 @@ pub struct Dedup {
 impl Dedup {
     /// An empty memory that remembers ids for `horizon_ms` of event time.
     pub fn new(horizon_ms: i64) -> Self {
-        Self { horizon_ms, seen: FingerprintMap::default(), reclaimed_at_ms: i64::MIN }
+        Self { horizon_ms, seen: FingerprintTable::default(), reclaimed_at_ms: i64::MIN }
     }
 
     /// The horizon in milliseconds.
@@ -64,31 +248,28 @@ impl Dedup {
 
     /// Whether no ids are held.
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.len() == 0
     }
 
     /// Records `fp` seen at `t_ms`; returns `false` when it was already seen within the
     /// horizon of `watermark_ms`.
     pub fn first_sighting(&mut self, fp: u128, t_ms: i64, watermark_ms: i64) -> bool {
         let expired_before = watermark_ms.saturating_sub(self.horizon_ms);
-        match self.seen.get_mut(&fp) {
-            Some(first) if *first >= expired_before => false,
-            Some(first) => {
+        match self.seen.entry(fp, t_ms) {
+            (_, true) => true,
+            (first, false) if *first >= expired_before => false,
+            (first, false) => {
                 *first = t_ms;
-                true
-            }
-            None => {
-                self.seen.insert(fp, t_ms);
                 true
             }
         }
     }
 
-    /// Whether `fp` has an entry (expired or not): reads the memory
-    /// [`Self::first_sighting`] will read, so that a caller holding a batch can look all
-    /// its ids up first and let the cache misses overlap. Changes nothing.
-    pub fn warm(&self, fp: u128) -> bool {
-        self.seen.contains_key(&fp)
+    /// Asks the CPU to fetch the memory [`Self::first_sighting`] will read for `fp`, so
+    /// that a caller holding a batch can prefetch for all of it first and let the
+    /// cache misses overlap. A hint: changes nothing.
+    pub fn prefetch(&self, fp: u128) {
+        self.seen.prefetch(fp);
     }
 
     /// Frees expired entries; runs a full sweep only after the watermark moved by a
@@ -99,12 +280,12 @@ impl Dedup {
         }
         self.reclaimed_at_ms = watermark_ms;
         let expired_before = watermark_ms.saturating_sub(self.horizon_ms);
-        self.seen.retain(|_, t| *t >= expired_before);
+        self.seen.retain(|t| t >= expired_before);
     }
 
     /// Entries in a deterministic order (for checkpoints).
     pub fn entries(&self) -> Vec<(u128, i64)> {
-        let mut v: Vec<_> = self.seen.iter().map(|(f, t)| (*f, *t)).collect();
+        let mut v: Vec<_> = self.seen.iter().collect();
         v.sort_unstable();
         v
     }
@@ -112,7 +293,9 @@ impl Dedup {
     /// Rebuilds a memory from checkpointed entries.
     pub fn from_entries(horizon_ms: i64, entries: impl IntoIterator<Item = (u128, i64)>) -> Self {
         let mut d = Self::new(horizon_ms);
-        d.seen.extend(entries);
+        for (fp, t) in entries {
+            *d.seen.entry(fp, t).0 = t;
+        }
         d
     }
 }
@@ -149,6 +332,51 @@ mod tests {
         let mut edge = Dedup::new(1_000);
         edge.first_sighting(a, 0, 0);
         assert!(!edge.first_sighting(a, 0, 1_000));
+    }
+
+    /// The table against a `HashMap` doing the same, with fingerprints chosen to collide
+    /// in their home slots, to sit at the end of the table (runs that wrap around) and to
+    /// be zero, through growth and sweeps that delete from the middle of runs.
+    #[test]
+    fn the_table_behaves_like_a_map() {
+        use std::collections::HashMap;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            state >> 16
+        };
+        let (mut d, mut model) = (Dedup::new(400), HashMap::<u128, i64>::new());
+        let mut watermark = 0i64;
+        for step in 0..60_000i64 {
+            let r = next();
+            let home = match r % 4 {
+                0 => r % 8,            // few home slots: long runs
+                1 => u64::MAX - r % 8, // the end of any table: runs wrap around
+                _ => next(),           // anywhere
+            };
+            let hi = if r % 997 == 0 { 0 } else { next() % 64 };
+            let fp = (u128::from(hi) << 64) | u128::from(if hi == 0 && r % 2 == 0 { 0 } else { home });
+            let t = step / 4 - (next() % 50) as i64;
+            watermark = watermark.max(t);
+            let expected = match model.get(&fp) {
+                Some(first) if *first >= watermark - 400 => false,
+                _ => {
+                    model.insert(fp, t);
+                    true
+                }
+            };
+            assert_eq!(d.first_sighting(fp, t, watermark), expected, "step {step}");
+            d.reclaim(watermark);
+            if d.reclaimed_at_ms == watermark {
+                model.retain(|_, first| *first >= watermark - 400);
+            }
+            assert_eq!(d.len(), model.len(), "step {step}");
+        }
+        let mut expected: Vec<_> = model.into_iter().collect();
+        expected.sort_unstable();
+        assert_eq!(d.entries(), expected);
+        assert!(d.seen.mask + 1 > MIN_SLOTS, "the test grew the table");
+        assert!(d.seen.zero.is_some() || expected.iter().all(|(fp, _)| *fp != 0));
     }
 
     #[test]

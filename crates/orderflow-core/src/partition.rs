@@ -86,13 +86,13 @@ impl PartitionState {
         self.open.keys().next_back().map(|s| s + self.spec.size_ms())
     }
 
-    /// Prepares `e` for [`Self::apply_prepared`]: fingerprints its event id and looks the
-    /// fingerprint up in the dedup memory without changing anything. A caller holding a
-    /// batch prepares all of it first, so that the lookups' cache misses overlap, then
-    /// applies it in order: the outcomes are exactly those of [`Self::apply_view`].
+    /// Prepares `e` for [`Self::apply_prepared`]: fingerprints its event id and prefetches
+    /// the fingerprint's place in the dedup memory, changing nothing. A caller holding a
+    /// batch prepares all of it first, so that the cache misses overlap, then applies it
+    /// in order: the outcomes are exactly those of [`Self::apply_view`].
     pub fn prepare(&self, e: &EnrichedEventView<'_>) -> Prepared {
         let prepared = Prepared::of(e);
-        std::hint::black_box(self.dedup.warm(prepared.0));
+        self.dedup.prefetch(prepared.0);
         prepared
     }
 
