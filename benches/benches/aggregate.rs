@@ -7,7 +7,7 @@
 //! reused record (`decode_reuse_apply`); and `apply` alone on already-decoded events.
 //!
 //! The stream's event time advances (about 11,538 events per second), so windows close
-//! and dedup memory is reclaimed as in a real run: the state stays at its steady size.
+//! and dedup entries expire as in a real run: the state stays at its steady size.
 //! The benchmark cycles through 900,000 pre-generated events (78 s of event time) and
 //! moves each cycle 78 s later than the previous one.
 //!
@@ -189,7 +189,7 @@ impl Partition {
         let total: u64 = self.outcomes.iter().sum();
         eprintln!(
             "aggregate/{what}: after {total} events ({} counted, {} duplicate, {} late, {} invalid; {} windows closed): \
-             {} open windows, {} open keys, {} dedup entries",
+             {} open windows, {} open keys, {} event ids remembered ({} held in {} dedup slots)",
             self.outcomes[0],
             self.outcomes[1],
             self.outcomes[2],
@@ -197,7 +197,9 @@ impl Partition {
             self.closed_windows,
             self.state.open_windows(),
             self.state.open_keys(),
-            self.state.dedup_len()
+            self.state.dedup_live(),
+            self.state.dedup_len(),
+            self.state.dedup_slots()
         );
     }
 }

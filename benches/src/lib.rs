@@ -164,8 +164,8 @@ pub mod enrich {
 /// event index `j`.
 ///
 /// Event `j` happens at `MIDNIGHT_MS + floor(j * 13 / 150)` ms: about 11,538 events per
-/// second of event time, so 9,000,000 events span exactly 780 s, which is a multiple of
-/// both the window (60 s) and the dedup reclaim step (a quarter of the 65 s horizon).
+/// second of event time, so 9,000,000 events span exactly 780 s, a multiple of the
+/// window (60 s).
 /// Every 1,000 events the pattern repeats: 20 storefront retries (event `j` repeats
 /// event `j - 3` when `j % 50 == 49`: a duplicate), 25 events 1.5 s behind the
 /// watermark (`j % 40 == 39`, still within lateness) and one very late event

@@ -1,13 +1,14 @@
 //! The aggregator's state is bounded by event time, not by the number of events: after
 //! 1M and after 10M events of the same stream (same rate, same shape) a partition holds
-//! exactly as many open windows, open keys and dedup entries.
+//! exactly as many open windows, open keys and remembered event ids, in a dedup memory
+//! of exactly the same size.
 //!
 //! The stream (see `orderflow_benches::aggregate`) repeats its shape every 9M events
-//! (780 s of event time, a whole number of windows and of dedup reclaim steps), so event
+//! (780 s of event time, a whole number of windows), so event
 //! 10M-1 is event 1M-1 moved 780 s later and the two states must have the same size
 //! exactly, not just roughly.
 
-use orderflow_benches::aggregate::{self, KEYS, MS_DEN, MS_NUM, PERIOD_EVENTS, PERIOD_MS};
+use orderflow_benches::aggregate::{self, KEYS, PERIOD_EVENTS, PERIOD_MS};
 use orderflow_benches::aggregator_default_spec;
 use orderflow_core::partition::{Outcome, PartitionState};
 use orderflow_proto::v1::EnrichedOrderEvent;
@@ -16,11 +17,14 @@ use orderflow_proto::v1::EnrichedOrderEvent;
 struct Size {
     open_windows: usize,
     open_keys: usize,
-    dedup_entries: usize,
+    /// Event ids remembered (within the dedup horizon of the watermark).
+    dedup_live: usize,
+    /// The dedup memory's slots (24 bytes each).
+    dedup_slots: usize,
 }
 
 fn size(s: &PartitionState) -> Size {
-    Size { open_windows: s.open_windows(), open_keys: s.open_keys(), dedup_entries: s.dedup_len() }
+    Size { open_windows: s.open_windows(), open_keys: s.open_keys(), dedup_live: s.dedup_live(), dedup_slots: s.dedup_slots() }
 }
 
 #[test]
@@ -62,16 +66,18 @@ fn state_after_10m_events_is_the_size_it_was_after_1m() {
     // One window open (the watermark is 26.7 s into it), with every key.
     assert_eq!(size_1m.open_windows, 1);
     assert_eq!(size_1m.open_keys, KEYS);
-    // Dedup entries: at most (horizon + horizon / 4) of event time at the stream's rate,
-    // since memory is reclaimed each time the watermark moves by a quarter horizon.
-    let per_ms = MS_DEN as f64 / MS_NUM as f64;
-    assert!(size_1m.dedup_entries as f64 <= (horizon + horizon / 4) as f64 * per_ms, "{size_1m:?}");
-    // Exactly: the last reclaim was at watermark +81,250 ms (every 16,250 ms from the
-    // first event), keeping entries from +16,250 ms on: events 187,500..1M (812,500),
-    // less 16,250 retries (no new id), 813 late copies (old times) and 433 events 1.5 s
-    // behind (times before +16,250 ms), of which 87 are retries counted twice; plus the
-    // 62 late copies read after that reclaim.
-    assert_eq!(size_1m.dedup_entries, 812_500 - 16_250 - 813 - 433 + 87 + 62);
+    // Dedup: the ids within the horizon (65 s) of the watermark (+86,666 ms), that is
+    // first seen from +21,666 ms on: events 249,993..1M (750,007), less 15,001 retries
+    // (no new id), 750 late copies (old times) and the 433 events 1.5 s behind whose
+    // time is before +21,666 ms (events up to 267,299), of which 87 are retries.
+    assert_eq!(watermark_1m - aggregate::base_time_ms(0), 86_666);
+    assert_eq!(size_1m.dedup_live, 750_007 - 15_001 - 750 - (433 - 87));
+    // Held in 2^21 slots: the table grows only while the live ids would fill more than
+    // 3/8 of it, and holds at most 5/8 of it (live ids and expired ones not yet
+    // overwritten or removed).
+    assert_eq!(size_1m.dedup_slots, 1 << 21);
+    assert!(size_1m.dedup_live * 8 <= size_1m.dedup_slots * 3);
+    assert!(state.dedup_len() >= size_10m.dedup_live && state.dedup_len() * 8 <= size_10m.dedup_slots * 5);
 
     // The stream is what it says: every 1,000 events 20 retries and one very late event;
     // 867 s of event time close 15 windows (the first holds events from before midnight).

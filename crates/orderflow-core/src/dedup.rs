@@ -41,8 +41,11 @@ fn split(fp: u128) -> [u64; 2] {
     [(fp >> 64) as u64, fp as u64]
 }
 
-/// Slots are allocated for at most this share of entries (linear probing stays short).
+/// Entries (expired ones included) fill at most this share of the slots (linear probing
+/// stays short).
 const MAX_LOAD: (usize, usize) = (5, 8);
+/// After removing the expired entries, the live ones fill at most this share.
+const AFTER_SWEEP: (usize, usize) = (3, 8);
 const MIN_SLOTS: usize = 1 << 10;
 
 /// The slots' memory: an anonymous mapping (zeroed, so every slot starts empty) that
@@ -109,47 +112,67 @@ impl FingerprintTable {
         fp[1] as usize & self.mask
     }
 
-    /// The slot holding `fp`, or the empty slot where it would go.
-    fn find(&self, fp: &[u64; 2]) -> usize {
+    /// The slot holding `fp`, or else the empty slot that ends its probe together with
+    /// the first slot on the way whose entry expired (time before `expired_before`).
+    fn find(&self, fp: &[u64; 2], expired_before: i64) -> (usize, Option<usize>) {
         let slots = self.slots.get();
         let mut i = self.home(fp);
+        let mut expired = None;
         loop {
             let s = &slots[i];
-            if s.fp == *fp || s.fp == EMPTY {
-                return i;
+            if s.fp == *fp {
+                return (i, None);
+            }
+            if s.fp == EMPTY {
+                return (i, expired);
+            }
+            if expired.is_none() && s.t_ms < expired_before {
+                expired = Some(i);
             }
             i = (i + 1) & self.mask;
         }
     }
 
     /// The entry for `fp`, inserting `t_ms` if there is none: returns the entry and
-    /// whether it was inserted.
-    fn entry(&mut self, fp: u128, t_ms: i64) -> (&mut i64, bool) {
+    /// whether it was inserted. An entry expired before `expired_before` met on the way
+    /// makes room for it; when the table would fill past [`MAX_LOAD`], every expired
+    /// entry is removed first, and the table grows only if it is still too full.
+    fn entry(&mut self, fp: u128, t_ms: i64, expired_before: i64) -> (&mut i64, bool) {
         if fp == 0 {
             let inserted = self.zero.is_none();
             return (self.zero.get_or_insert(t_ms), inserted);
         }
         let key = split(fp);
-        let mut i = self.find(&key);
-        let inserted = self.slots.get()[i].fp == EMPTY;
-        if inserted {
+        let (mut i, expired) = self.find(&key, expired_before);
+        if self.slots.get()[i].fp == key {
+            return (&mut self.slots.get_mut()[i].t_ms, false);
+        }
+        if let Some(expired) = expired {
+            i = expired;
+        } else {
             if (self.len + 1) * MAX_LOAD.1 > (self.mask + 1) * MAX_LOAD.0 {
-                self.grow();
-                i = self.find(&key);
+                self.make_room(expired_before);
+                i = self.find(&key, i64::MIN).0;
             }
-            self.slots.get_mut()[i] = Slot { fp: key, t_ms };
             self.len += 1;
         }
-        (&mut self.slots.get_mut()[i].t_ms, inserted)
+        self.slots.get_mut()[i] = Slot { fp: key, t_ms };
+        (&mut self.slots.get_mut()[i].t_ms, true)
     }
 
-    fn grow(&mut self) {
-        let n = 2 * (self.mask + 1);
-        let old = std::mem::replace(&mut self.slots, Slots::zeroed(n));
-        self.mask = n - 1;
-        for s in old.get().iter().filter(|s| s.fp != EMPTY) {
-            let i = self.find(&s.fp);
-            self.slots.get_mut()[i] = *s;
+    /// Removes the expired entries, then doubles the table while they would fill more
+    /// than [`AFTER_SWEEP`] of it, so that a sweep is followed by many insertions
+    /// before the next.
+    fn make_room(&mut self, expired_before: i64) {
+        self.retain(|t| t >= expired_before);
+        while self.len * AFTER_SWEEP.1 > (self.mask + 1) * AFTER_SWEEP.0 {
+            let n = 2 * (self.mask + 1);
+            let old = std::mem::replace(&mut self.slots, Slots::zeroed(n));
+            self.mask = n - 1;
+            for s in old.get().iter().filter(|s| s.fp != EMPTY) {
+                let i = self.find(&s.fp, i64::MIN).0;
+                self.slots.get_mut()[i] = *s;
+            }
         }
     }
 
@@ -222,18 +245,21 @@ fn prefetch<T>(value: &T) {
 fn prefetch<T>(_value: &T) {}
 
 /// The dedup memory of one partition.
+///
+/// Expired entries are not looked for: they are overwritten by insertions that meet
+/// them, and removed all at once when the table fills up. What the memory answers
+/// depends only on the live entries (within the horizon), so neither when nor whether
+/// expired ones were removed changes any outcome or checkpoint.
 #[derive(Debug, Clone)]
 pub struct Dedup {
     horizon_ms: i64,
     seen: FingerprintTable,
-    /// Watermark at the last reclaim, to reclaim memory in steps.
-    reclaimed_at_ms: i64,
 }
 
 impl Dedup {
     /// An empty memory that remembers ids for `horizon_ms` of event time.
     pub fn new(horizon_ms: i64) -> Self {
-        Self { horizon_ms, seen: FingerprintTable::default(), reclaimed_at_ms: i64::MIN }
+        Self { horizon_ms, seen: FingerprintTable::default() }
     }
 
     /// The horizon in milliseconds.
@@ -241,7 +267,11 @@ impl Dedup {
         self.horizon_ms
     }
 
-    /// Number of ids held (including expired ones not yet reclaimed).
+    fn expired_before(&self, watermark_ms: i64) -> i64 {
+        watermark_ms.saturating_sub(self.horizon_ms)
+    }
+
+    /// Number of ids held (including expired ones not yet removed).
     pub fn len(&self) -> usize {
         self.seen.len()
     }
@@ -251,11 +281,22 @@ impl Dedup {
         self.len() == 0
     }
 
+    /// Number of ids remembered at `watermark_ms` (within the horizon). Counts them.
+    pub fn live_len(&self, watermark_ms: i64) -> usize {
+        let expired_before = self.expired_before(watermark_ms);
+        self.seen.iter().filter(|(_, t)| *t >= expired_before).count()
+    }
+
+    /// Number of slots allocated (24 bytes each): the memory held.
+    pub fn slots(&self) -> usize {
+        self.seen.mask + 1
+    }
+
     /// Records `fp` seen at `t_ms`; returns `false` when it was already seen within the
     /// horizon of `watermark_ms`.
     pub fn first_sighting(&mut self, fp: u128, t_ms: i64, watermark_ms: i64) -> bool {
-        let expired_before = watermark_ms.saturating_sub(self.horizon_ms);
-        match self.seen.entry(fp, t_ms) {
+        let expired_before = self.expired_before(watermark_ms);
+        match self.seen.entry(fp, t_ms, expired_before) {
             (_, true) => true,
             (first, false) if *first >= expired_before => false,
             (first, false) => {
@@ -272,20 +313,17 @@ impl Dedup {
         self.seen.prefetch(fp);
     }
 
-    /// Frees expired entries; runs a full sweep only after the watermark moved by a
-    /// quarter of the horizon, so its cost is spread over many events.
+    /// Removes the entries expired at `watermark_ms` now (the table does it by itself
+    /// when it fills up).
     pub fn reclaim(&mut self, watermark_ms: i64) {
-        if self.reclaimed_at_ms != i64::MIN && watermark_ms.saturating_sub(self.reclaimed_at_ms) < self.horizon_ms / 4 {
-            return;
-        }
-        self.reclaimed_at_ms = watermark_ms;
-        let expired_before = watermark_ms.saturating_sub(self.horizon_ms);
+        let expired_before = self.expired_before(watermark_ms);
         self.seen.retain(|t| t >= expired_before);
     }
 
-    /// Entries in a deterministic order (for checkpoints).
-    pub fn entries(&self) -> Vec<(u128, i64)> {
-        let mut v: Vec<_> = self.seen.iter().collect();
+    /// The entries live at `watermark_ms`, in a deterministic order (for checkpoints).
+    pub fn entries(&self, watermark_ms: i64) -> Vec<(u128, i64)> {
+        let expired_before = self.expired_before(watermark_ms);
+        let mut v: Vec<_> = self.seen.iter().filter(|(_, t)| *t >= expired_before).collect();
         v.sort_unstable();
         v
     }
@@ -294,7 +332,7 @@ impl Dedup {
     pub fn from_entries(horizon_ms: i64, entries: impl IntoIterator<Item = (u128, i64)>) -> Self {
         let mut d = Self::new(horizon_ms);
         for (fp, t) in entries {
-            *d.seen.entry(fp, t).0 = t;
+            *d.seen.entry(fp, t, i64::MIN).0 = t;
         }
         d
     }
@@ -334,19 +372,27 @@ mod tests {
         assert!(!edge.first_sighting(a, 0, 1_000));
     }
 
-    /// The table against a `HashMap` doing the same, with fingerprints chosen to collide
-    /// in their home slots, to sit at the end of the table (runs that wrap around) and to
-    /// be zero, through growth and sweeps that delete from the middle of runs.
+    /// The table against a `HashMap` that remembers every id, with fingerprints chosen
+    /// to collide in their home slots, to sit at the end of the table (runs that wrap
+    /// around) and to be zero, through growth, expired entries overwritten, sweeps that
+    /// delete from the middle of runs and explicit reclaims.
     #[test]
     fn the_table_behaves_like_a_map() {
         use std::collections::HashMap;
+        const HORIZON: i64 = 400;
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             state >> 16
         };
-        let (mut d, mut model) = (Dedup::new(400), HashMap::<u128, i64>::new());
+        let (mut d, mut model) = (Dedup::new(HORIZON), HashMap::<u128, i64>::new());
+        let live = |model: &HashMap<u128, i64>, watermark: i64| {
+            let mut v: Vec<_> = model.iter().filter(|(_, t)| **t >= watermark - HORIZON).map(|(f, t)| (*f, *t)).collect();
+            v.sort_unstable();
+            v
+        };
         let mut watermark = 0i64;
+        let mut slots_seen = std::collections::BTreeSet::new();
         for step in 0..60_000i64 {
             let r = next();
             let home = match r % 4 {
@@ -356,27 +402,33 @@ mod tests {
             };
             let hi = if r % 997 == 0 { 0 } else { next() % 64 };
             let fp = (u128::from(hi) << 64) | u128::from(if hi == 0 && r % 2 == 0 { 0 } else { home });
-            let t = step / 4 - (next() % 50) as i64;
-            watermark = watermark.max(t);
+            // The stream speeds up, so that the table has to grow while it is in use.
+            let t = if step < 30_000 { step / 8 } else { step / 2 - 11_250 } - (next() % 50) as i64;
             let expected = match model.get(&fp) {
-                Some(first) if *first >= watermark - 400 => false,
+                Some(first) if *first >= watermark - HORIZON => false,
                 _ => {
                     model.insert(fp, t);
                     true
                 }
             };
             assert_eq!(d.first_sighting(fp, t, watermark), expected, "step {step}");
-            d.reclaim(watermark);
-            if d.reclaimed_at_ms == watermark {
-                model.retain(|_, first| *first >= watermark - 400);
+            watermark = watermark.max(t);
+            slots_seen.insert(d.slots());
+            if step % 1_000 == 0 {
+                let live = live(&model, watermark);
+                assert_eq!(d.entries(watermark), live, "step {step}");
+                assert_eq!(d.live_len(watermark), live.len());
+                assert!(d.len() >= live.len() && d.len() * 8 <= d.slots() * 5, "step {step}");
             }
-            assert_eq!(d.len(), model.len(), "step {step}");
+            if step % 7_000 == 0 {
+                d.reclaim(watermark);
+                assert_eq!(d.len(), d.live_len(watermark));
+            }
         }
-        let mut expected: Vec<_> = model.into_iter().collect();
-        expected.sort_unstable();
-        assert_eq!(d.entries(), expected);
-        assert!(d.seen.mask + 1 > MIN_SLOTS, "the test grew the table");
-        assert!(d.seen.zero.is_some() || expected.iter().all(|(fp, _)| *fp != 0));
+        assert_eq!(d.entries(watermark), live(&model, watermark));
+        assert!(d.len() < model.len(), "expired entries were removed or overwritten");
+        assert!(slots_seen.len() >= 3, "the table grew while in use: {slots_seen:?}");
+        assert!(model.contains_key(&0), "the zero fingerprint was exercised");
     }
 
     #[test]
@@ -384,7 +436,8 @@ mod tests {
         let mut d = Dedup::new(10);
         d.first_sighting(fingerprint("x"), 5, 5);
         d.first_sighting(fingerprint("y"), 7, 7);
-        let back = Dedup::from_entries(10, d.entries());
-        assert_eq!(back.entries(), d.entries());
+        let back = Dedup::from_entries(10, d.entries(7));
+        assert_eq!(back.entries(7), d.entries(7));
+        assert_eq!(d.entries(16), vec![(fingerprint("y"), 7)]);
     }
 }

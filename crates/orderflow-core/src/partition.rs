@@ -76,9 +76,20 @@ impl PartitionState {
         self.open.values().map(HashMap::len).sum()
     }
 
-    /// Number of event ids remembered for dedup.
+    /// Number of event ids held for dedup (expired ones not yet removed included).
     pub fn dedup_len(&self) -> usize {
         self.dedup.len()
+    }
+
+    /// Number of event ids remembered for dedup: within the horizon of the watermark
+    /// (counts them).
+    pub fn dedup_live(&self) -> usize {
+        self.dedup.live_len(self.watermark_ms)
+    }
+
+    /// Number of slots of the dedup memory (24 bytes each).
+    pub fn dedup_slots(&self) -> usize {
+        self.dedup.slots()
     }
 
     /// End of the last open window, if any.
@@ -135,7 +146,6 @@ impl PartitionState {
         if t > self.watermark_ms {
             self.watermark_ms = t;
             self.close_through(self.spec.closed_through(t), closed);
-            self.dedup.reclaim(t);
         }
         Outcome::Counted { window_start_ms: start }
     }
@@ -171,7 +181,7 @@ impl PartitionState {
             totals.sort_unstable_by(|a, b| a.0.cmp(b.0));
             open.extend(totals.into_iter().map(|(k, t)| t.to_window_total(*start, start + self.spec.size_ms(), k)));
         }
-        let entries = self.dedup.entries();
+        let entries = self.dedup.entries(self.watermark_ms);
         let mut fingerprints = Vec::with_capacity(entries.len() * 16);
         let mut times = Vec::with_capacity(entries.len());
         for (fp, t) in entries {
