@@ -51,8 +51,8 @@ const MIN_SLOTS: usize = 1 << 10;
 /// The slots' memory: an anonymous mapping (zeroed, so every slot starts empty) that
 /// asks the kernel for transparent huge pages. A partition's table reaches tens of
 /// megabytes at peak and is read at random; with 4 KiB pages nearly every look-up
-/// would also miss the TLB, and those page walks, not the cache misses, are what
-/// keeps look-ups from overlapping (measured in `benches/README.md`).
+/// would also miss the TLB (a few percent of the aggregator's time, measured in
+/// `benches/README.md`).
 #[derive(Debug)]
 struct Slots(MmapMut);
 
