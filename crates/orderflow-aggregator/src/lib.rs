@@ -21,6 +21,7 @@
 //! No step needs Kafka transactions.
 
 pub mod checkpoint;
+pub mod idle;
 pub mod merger;
 pub mod partitioned;
 pub mod totals;

@@ -20,6 +20,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::idle::{self, Quiet};
 use crate::upstream::Watch;
 use crate::{checkpoint, merger, AggregatorArgs, Error, Result};
 
@@ -30,9 +31,6 @@ pub const LATE_CLOSED_THROUGH: &str = "orderflow-closed-through";
 
 /// `max.message.bytes` of the checkpoint topic orderflow creates (64 MiB).
 pub const CHECKPOINT_MAX_BYTES: u64 = 64 << 20;
-
-/// How old a reading of the pipeline's input may be for idle ticks to rely on it.
-const UPSTREAM_FRESH: Duration = Duration::from_secs(2);
 
 /// Records parsed and prepared ahead of processing at a time (benches/README.md: the
 /// `decode_apply_batched` benchmark uses the same chunk).
@@ -121,6 +119,9 @@ struct Aggregator {
     pending: Vec<(String, DeliveryFuture)>,
     last_checkpoint: Instant,
     watch: Watch,
+    /// When input last came back to a partition after `--idle-close` without any
+    /// (see [`idle::ticks`]).
+    last_resumed: Option<Instant>,
 }
 
 impl Aggregator {
@@ -152,6 +153,7 @@ impl Aggregator {
             pending: Vec::new(),
             last_checkpoint: Instant::now(),
             watch,
+            last_resumed: None,
         })
     }
 
@@ -264,7 +266,13 @@ impl Aggregator {
     async fn process(&mut self, m: &rdkafka::message::BorrowedMessage<'_>, parsed: Parsed<'_>) -> Result<()> {
         let (p, offset) = (m.partition(), m.offset());
         let Some(owned) = self.owned.get_mut(&p) else { return Ok(()) };
-        owned.last_input = Instant::now();
+        let now = Instant::now();
+        // Our own ticks read back are not input coming back.
+        let tick = matches!(parsed.record, Ok(Some(EnrichedKind::IdleTick(_))));
+        if !tick && idle::resumed(now, owned.last_input, self.args.idle_close) {
+            self.last_resumed = Some(now);
+        }
+        owned.last_input = now;
         if offset < owned.next_offset {
             return Ok(()); // already in the restored state
         }
@@ -450,37 +458,28 @@ impl Aggregator {
     }
 
     /// Writes idle ticks into partitions quiet for `--idle-close`, unless the enricher
-    /// owes records (see [`crate::upstream`]). A quiet partition catches up with the
-    /// frontier other partitions (of this or any instance) have closed; once the whole
-    /// input has been settled for `--idle-close`, every open window closes.
+    /// owes records (see [`crate::upstream`]) or the reading of the input predates the
+    /// input's last resumption (see [`idle::ticks`]). A quiet partition catches up with
+    /// the frontier other partitions (of this or any instance) have closed; once the
+    /// whole input has been settled for `--idle-close`, every open window closes.
     async fn idle_ticks(&mut self) -> Result<()> {
-        let idle = self.args.idle_close;
-        let upstream = self.watch.get();
-        // Only a recent reading of the input counts, and only for partitions that went
-        // quiet before it was taken and on which the enricher owes nothing.
-        let Some(checked_at) = upstream.checked_at.map(Instant::from_std) else { return Ok(()) };
-        if upstream.stalled || self.owned.is_empty() || checked_at.elapsed() > UPSTREAM_FRESH {
+        let quiet: Vec<Quiet> = self
+            .owned
+            .iter()
+            .map(|(&partition, o)| Quiet {
+                partition,
+                last_input: o.last_input,
+                tick_sent: o.tick_sent,
+                closed_through_ms: o.state.closed_through_ms(),
+                last_open_end_ms: o.state.last_open_end_ms(),
+            })
+            .collect();
+        let Some((target, ticks)) = idle::ticks(Instant::now(), self.args.idle_close, &self.watch.get(), self.last_resumed, &quiet) else {
             return Ok(());
-        }
-        let quiet = |p: i32, o: &Owned| {
-            o.last_input.elapsed() >= idle
-                && o.last_input < checked_at
-                && !upstream.owing.contains(&p)
-                && o.tick_sent.is_none_or(|t| t.elapsed() >= idle)
         };
-        let mut target =
-            self.owned.values().map(|o| o.state.closed_through_ms()).max().unwrap_or(i64::MIN).max(upstream.global_frontier_ms);
-        if upstream.settled_since.is_some_and(|t| t.elapsed() >= idle) {
-            target = target.max(self.owned.values().filter_map(|o| o.state.last_open_end_ms()).max().unwrap_or(i64::MIN));
-        }
-        if target == i64::MIN {
-            return Ok(());
-        }
-        let mut ticks = Vec::new();
-        for (&p, o) in &mut self.owned {
-            if quiet(p, o) && o.state.closed_through_ms() < target {
+        for p in &ticks {
+            if let Some(o) = self.owned.get_mut(p) {
                 o.tick_sent = Some(Instant::now());
-                ticks.push(p);
             }
         }
         for p in ticks {
