@@ -283,8 +283,13 @@ impl Dedup {
 
     /// Number of ids remembered at `watermark_ms` (within the horizon). Counts them.
     pub fn live_len(&self, watermark_ms: i64) -> usize {
+        self.live(watermark_ms).count()
+    }
+
+    /// The entries live at `watermark_ms` (within the horizon), in table order.
+    fn live(&self, watermark_ms: i64) -> impl Iterator<Item = (u128, i64)> + '_ {
         let expired_before = self.expired_before(watermark_ms);
-        self.seen.iter().filter(|(_, t)| *t >= expired_before).count()
+        self.seen.iter().filter(move |(_, t)| *t >= expired_before)
     }
 
     /// Number of slots allocated (24 bytes each): the memory held.
@@ -322,8 +327,7 @@ impl Dedup {
 
     /// The entries live at `watermark_ms`, in a deterministic order (for checkpoints).
     pub fn entries(&self, watermark_ms: i64) -> Vec<(u128, i64)> {
-        let expired_before = self.expired_before(watermark_ms);
-        let mut v: Vec<_> = self.seen.iter().filter(|(_, t)| *t >= expired_before).collect();
+        let mut v: Vec<_> = self.live(watermark_ms).collect();
         v.sort_unstable();
         v
     }
