@@ -75,17 +75,29 @@ fn normalize(mut v: Value) -> Value {
     v
 }
 
+/// Writes `text` to the file `name` in `dir` and returns its path.
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+/// A trace line: a payment of 100 CNY.
+fn paid(event_id: &str, order: &str, merchant: &str, time: &str) -> String {
+    format!(
+        r#"{{"eventId":"{event_id}","orderId":"{order}","merchantId":"{merchant}","type":"ORDER_EVENT_TYPE_PAID","amountMinor":"100","currency":"CNY","eventTime":"{time}"}}"#
+    )
+}
+
 #[test]
 fn exact_totals_dead_letters_and_late_events_over_a_real_broker() {
     let broker = Broker::start();
     let of = Orderflow::new(&broker, 3);
     let dir = tempfile::tempdir().unwrap();
-    let (merchants, phase1, phase2) = (dir.path().join("merchants.csv"), dir.path().join("p1.jsonl"), dir.path().join("p2.jsonl"));
-    std::fs::write(&merchants, MERCHANTS).unwrap();
-    std::fs::write(&phase1, PHASE_1).unwrap();
-    std::fs::write(&phase2, PHASE_2).unwrap();
+    let (merchants, phase1, phase2) =
+        (write(&dir, "merchants.csv", MERCHANTS), write(&dir, "p1.jsonl", PHASE_1), write(&dir, "p2.jsonl", PHASE_2));
 
-    let out = of.run(&["merchants", "load", merchants.to_str().unwrap()]);
+    let out = of.run(&["merchants", "load", &merchants]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Published 4 merchant records"));
 
     let (enricher_metrics, aggregator_metrics) =
@@ -93,7 +105,7 @@ fn exact_totals_dead_letters_and_late_events_over_a_real_broker() {
     let enricher = of.spawn(&["enrich", "--metrics-addr", &enricher_metrics]);
     let aggregator = of.spawn(&["aggregate", "--metrics-addr", &aggregator_metrics, "--idle-close", "2s", "--checkpoint-interval", "1s"]);
 
-    let out = of.run(&["replay", phase1.to_str().unwrap()]);
+    let out = of.run(&["replay", &phase1]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("Published 21 events from 22 lines"), "{stdout}");
@@ -127,7 +139,7 @@ fn exact_totals_dead_letters_and_late_events_over_a_real_broker() {
     assert_eq!(got, expected);
 
     // The very late event and a late retry.
-    let out = of.run(&["replay", phase2.to_str().unwrap()]);
+    let out = of.run(&["replay", &phase2]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Published 2 events"));
     let late = wait_until("the late event", Duration::from_secs(60), || {
         let l = of.json_lines(&["late", "--json"]);
@@ -187,21 +199,11 @@ fn merchant_updates_apply_while_running() {
     let broker = Broker::start();
     let of = Orderflow::new(&broker, 2);
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_str().unwrap().to_owned()
-    };
-    of.run(&["merchants", "load", &write("m1.csv", "merchant_id,region,tier\nm1,east,gold\nm2,south,silver\n")]);
+    of.run(&["merchants", "load", &write(&dir, "m1.csv", "merchant_id,region,tier\nm1,east,gold\nm2,south,silver\n")]);
     let metrics = format!("127.0.0.1:{}", common::free_port());
     let _enricher = of.spawn(&["enrich", "--metrics-addr", &metrics]);
     let _aggregator = of.spawn(&["aggregate", "--metrics-addr", &format!("127.0.0.1:{}", common::free_port()), "--idle-close", "2s"]);
-    let event = |id: &str, merchant: &str, time: &str| {
-        format!(
-            r#"{{"eventId":"{id}","orderId":"{id}","merchantId":"{merchant}","type":"ORDER_EVENT_TYPE_PAID","amountMinor":"100","currency":"CNY","eventTime":"{time}"}}"#
-        )
-    };
-    of.run(&["replay", &write("a.jsonl", &event("a", "m1", "2019-11-11T00:00:01Z"))]);
+    of.run(&["replay", &write(&dir, "a.jsonl", &paid("a", "a", "m1", "2019-11-11T00:00:01Z"))]);
     let first = wait_until("the first window", Duration::from_secs(60), || {
         let t = of.json_lines(&["totals", "--json"]);
         (!t.is_empty()).then_some(t)
@@ -213,15 +215,18 @@ fn merchant_updates_apply_while_running() {
     of.run(&[
         "merchants",
         "load",
-        &write("m2.csv", "merchant_id,region,tier,effective_from\nm1,west,gold,\nm2,south,platinum,2019-11-11T00:05:00Z\n"),
+        &write(&dir, "m2.csv", "merchant_id,region,tier,effective_from\nm1,west,gold,\nm2,south,platinum,2019-11-11T00:05:00Z\n"),
     ]);
     wait_for("the enricher to apply the update", Duration::from_secs(60), || {
         scrape(&metrics).is_some_and(|p| sample(&p, "orderflow_enricher_merchant_updates_total", &[]) == 4.0)
     });
-    let trace =
-        [event("b", "m1", "2019-11-11T00:05:00Z"), event("c", "m2", "2019-11-11T00:04:59Z"), event("d", "m2", "2019-11-11T00:05:01Z")]
-            .join("\n");
-    of.run(&["replay", &write("b.jsonl", &trace)]);
+    let trace = [
+        paid("b", "b", "m1", "2019-11-11T00:05:00Z"),
+        paid("c", "c", "m2", "2019-11-11T00:04:59Z"),
+        paid("d", "d", "m2", "2019-11-11T00:05:01Z"),
+    ]
+    .join("\n");
+    of.run(&["replay", &write(&dir, "b.jsonl", &trace)]);
     let all = wait_until("the later windows", Duration::from_secs(60), || {
         let t = of.json_lines(&["totals", "--json"]);
         (t.len() >= 4).then_some(t)
@@ -262,29 +267,23 @@ fn traffic_resuming_after_a_quiet_spell_is_counted() {
     let broker = Broker::start();
     let of = Orderflow::new(&broker, 2);
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_str().unwrap().to_owned()
-    };
-    of.run(&["merchants", "load", &write("m.csv", "merchant_id,region,tier\nm1,east,gold\n")]);
+    of.run(&["merchants", "load", &write(&dir, "m.csv", "merchant_id,region,tier\nm1,east,gold\n")]);
     let _enricher = of.spawn(&["enrich", "--metrics-addr", &format!("127.0.0.1:{}", common::free_port())]);
     let _aggregator = of.spawn(&["aggregate", "--metrics-addr", &format!("127.0.0.1:{}", common::free_port()), "--idle-close", "3s"]);
     // librdkafka's default partitioner puts a keyed record on CRC-32(key) % partitions.
     let partition = |order: &str| crc32fast::hash(order.as_bytes()) % 2;
-    let event = |order: &str, time: &str| {
-        format!(
-            r#"{{"eventId":"{order}-p","orderId":"{order}","merchantId":"m1","type":"ORDER_EVENT_TYPE_PAID","amountMinor":"100","currency":"CNY","eventTime":"{time}"}}"#
-        )
-    };
     let mut windows = Vec::new();
     for round in 0..ROUNDS {
         let first = format!("r{round}-a");
         let second = (0..).map(|i| format!("r{round}-b{i}")).find(|o| partition(o) != partition(&first)).unwrap();
         let window = format!("2019-11-11T00:{:02}:00Z", 2 * round);
         let end = format!("2019-11-11T00:{:02}:00Z", 2 * round + 1);
-        let trace = [event(&first, &window.replace(":00Z", ":10Z")), event(&second, &window.replace(":00Z", ":20Z"))].join("\n");
-        of.run(&["replay", "--rate", "1.5", &write(&format!("round{round}.jsonl"), &trace)]);
+        let trace = [
+            paid(&format!("{first}-p"), &first, "m1", &window.replace(":00Z", ":10Z")),
+            paid(&format!("{second}-p"), &second, "m1", &window.replace(":00Z", ":20Z")),
+        ]
+        .join("\n");
+        of.run(&["replay", "--rate", "1.5", &write(&dir, &format!("round{round}.jsonl"), &trace)]);
         wait_for(&format!("the total of {window}"), Duration::from_secs(60), || {
             of.json_lines(&["totals", "--json"]).iter().any(|t| t["windowStart"] == window.as_str())
         });
