@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use orderflow_proto::v1::PartitionCheckpoint;
 use orderflow_proto::Message as _;
-use orderflow_runtime::kafka::KafkaArgs;
+use orderflow_runtime::kafka::KafkaConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -20,7 +20,7 @@ use crate::Result;
 const TAIL: i64 = 8;
 
 /// Reads the newest checkpoint of each of `partitions` (absent: start from scratch).
-pub fn restore(kafka: &KafkaArgs, topic: &str, partitions: &[i32]) -> Result<HashMap<i32, PartitionCheckpoint>> {
+pub fn restore(kafka: &KafkaConfig, topic: &str, partitions: &[i32]) -> Result<HashMap<i32, PartitionCheckpoint>> {
     let consumer = kafka.reader()?;
     let mut tpl = TopicPartitionList::new();
     let mut remaining = HashMap::new();

@@ -1,35 +1,51 @@
 //! The aggregator: turns the enriched stream into exact event-time window totals.
 //!
 //! # Design
-//! Two stages, both in the `aggregate` process:
-//! 1. [`partitioned`]: each enriched-topic partition is aggregated on its own by
-//!    [`orderflow_core::partition::PartitionState`]: dedup, watermark, open windows. When
-//!    a window closes on the partition, its partial totals and the partition's progress
-//!    go to the partial-totals topic, keyed so that emitting them twice is harmless.
-//!    Every `--checkpoint-interval` the state of each partition is written, with the
-//!    input offset it belongs to, to the checkpoint topic (partition p's checkpoints on
-//!    partition p) and only then is that offset committed. A restarted or new owner
-//!    restores the checkpoint and re-processes from its offset, re-emitting identical
-//!    partials. Idle partitions are closed by ticks written into the input partition
-//!    itself and acted on when read back, so the outcome stays a function of the log;
-//!    ticks are held back while the enricher owes records ([`upstream`]).
-//! 2. [`merger`]: one consumer of the single-partition partial-totals topic sums the
-//!    partials of a window once every input partition's progress has passed it, and
-//!    publishes one total per (window, region, tier, currency) to the totals topic and
-//!    to Prometheus.
+//! Two stages, both in the `aggregate` process, wired by [`service::run`]:
+//! 1. **Partitions** ([`partitions`]): each enriched-topic partition is aggregated on
+//!    its own by [`orderflow_core::partition::PartitionState`]: dedup, watermark, open
+//!    windows. Each record goes decode → apply → route: the [`router`] turns the outcome
+//!    into records (a window closed on the partition becomes its partial totals and the
+//!    partition's progress on the partial-totals topic, keyed so that emitting them
+//!    twice is harmless; a late event goes to the late topic; an unusable record to the
+//!    dead-letter topic). Every `--checkpoint-interval` the state of each partition is
+//!    written, with the input offset it belongs to, to the checkpoint topic (partition
+//!    p's checkpoints on partition p) and only then is that offset committed. A
+//!    restarted or new owner restores the checkpoint and re-processes from its offset,
+//!    re-emitting identical partials. Idle partitions are closed by ticks written into
+//!    the input partition itself and acted on when read back, so the outcome stays a
+//!    function of the log; ticks are held back while the enricher owes records
+//!    ([`upstream`], [`idle`]).
+//! 2. **Merger** ([`merger`]): one consumer of the single-partition partial-totals
+//!    topic sums the partials of a window once every input partition's progress has
+//!    passed it, and publishes one total per (window, region, tier, currency) to the
+//!    totals topic and to Prometheus.
 //!
-//! No step needs Kafka transactions.
+//! The partitions loop, the merger and the upstream watch run under one
+//! [`Supervisor`](orderflow_runtime::supervisor::Supervisor): the first to fail stops
+//! the others and [`run`] returns its error. No step needs Kafka transactions.
+//!
+//! # Layout
+//! - [`service`]: [`run`]: topics, the checkpoint topic check, the supervised tasks.
+//! - [`partitions`]: ownership (rebalances, restore), the per-record loop, checkpoint
+//!   bookkeeping, idle ticks.
+//! - [`router`]: an outcome to the records it produces (partial, progress, late, dead
+//!   letter, tick), all through one outbox.
+//! - [`checkpoint`]: reading the newest checkpoint of a partition.
+//! - [`merger`], [`upstream`], [`idle`], [`totals`] (reading the totals back).
 
 pub mod checkpoint;
 pub mod idle;
 pub mod merger;
-pub mod partitioned;
+pub mod partitions;
+pub mod router;
+pub mod service;
 pub mod totals;
 pub mod upstream;
 
 use std::time::Duration;
 
-pub use partitioned::run;
+pub use service::run;
 
 /// Errors of the aggregator.
 #[derive(Debug, thiserror::Error)]
@@ -38,61 +54,69 @@ pub enum Error {
     Runtime(#[from] orderflow_runtime::Error),
     #[error(transparent)]
     Core(#[from] orderflow_core::Error),
-    #[error("kafka: {0}")]
+    #[error("kafka client")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("delivery to `{topic}` failed: {source}")]
-    Delivery { topic: String, source: rdkafka::error::KafkaError },
     #[error("{0}")]
     Config(String),
+    #[error("a record the totals depend on was refused: {0}")]
+    Refused(String),
 }
 
 /// Result with the aggregator's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Aggregation settings.
-#[derive(Debug, Clone, clap::Args)]
-pub struct AggregatorArgs {
+/// Aggregation settings (the command line's `aggregate` flags fill them in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregatorConfig {
     /// Size of the tumbling event-time windows (aligned to the epoch).
-    #[arg(long, env = "ORDERFLOW_WINDOW", value_parser = humantime::parse_duration, default_value = "1m")]
     pub window: Duration,
     /// How long after a window's end (in event time) its events are still counted.
-    #[arg(long, env = "ORDERFLOW_LATENESS", value_parser = humantime::parse_duration, default_value = "5s")]
     pub lateness: Duration,
     /// After this long without input, open windows close (see README, "Windows").
-    #[arg(long, env = "ORDERFLOW_IDLE_CLOSE", value_parser = humantime::parse_duration, default_value = "10s")]
     pub idle_close: Duration,
     /// How long (event time) event ids are remembered for dedup; at least window +
-    /// lateness, which is the default.
-    #[arg(long, env = "ORDERFLOW_DEDUP_HORIZON", value_parser = humantime::parse_duration)]
+    /// lateness, which is what `None` means.
     pub dedup_horizon: Option<Duration>,
     /// How often partition state is checkpointed (and input offsets committed).
-    #[arg(long, env = "ORDERFLOW_CHECKPOINT_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
     pub checkpoint_interval: Duration,
     /// Never checkpoint nor commit: a restarted or moved partition re-processes its
     /// whole log. Still exact, but restarts get slower as the log grows; meant for
     /// measuring what checkpoints cost.
-    #[arg(long, env = "ORDERFLOW_NO_CHECKPOINTS")]
     pub no_checkpoints: bool,
     /// Most records processed per batch.
-    #[arg(long, env = "ORDERFLOW_AGGREGATOR_BATCH", default_value_t = 5_000)]
     pub batch: usize,
+    /// How long the aggregator's tasks may take to stop once one has failed or a
+    /// shutdown was requested.
+    pub shutdown_grace: Duration,
 }
 
-impl Default for AggregatorArgs {
+/// Defaults, one constant each (the command line shows them in `--help`).
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const WINDOW: Duration = Duration::from_secs(60);
+    pub const LATENESS: Duration = Duration::from_secs(5);
+    pub const IDLE_CLOSE: Duration = Duration::from_secs(10);
+    pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+    pub const BATCH: usize = 5_000;
+}
+
+impl Default for AggregatorConfig {
     fn default() -> Self {
         Self {
-            window: Duration::from_secs(60),
-            lateness: Duration::from_secs(5),
-            idle_close: Duration::from_secs(10),
+            window: defaults::WINDOW,
+            lateness: defaults::LATENESS,
+            idle_close: defaults::IDLE_CLOSE,
             dedup_horizon: None,
-            checkpoint_interval: Duration::from_secs(5),
+            checkpoint_interval: defaults::CHECKPOINT_INTERVAL,
             no_checkpoints: false,
-            batch: 5_000,
+            batch: defaults::BATCH,
+            shutdown_grace: orderflow_runtime::supervisor::DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
 
-impl AggregatorArgs {
+impl AggregatorConfig {
     /// The window spec and the dedup horizon in milliseconds, checked.
     pub fn spec(&self) -> Result<(orderflow_core::window::WindowSpec, i64)> {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);

@@ -8,31 +8,27 @@
 
 use std::time::Duration;
 
-use futures::future::join_all;
 use orderflow_core::merge::{Merger, PartialOutcome};
 use orderflow_core::window::{ClosedWindow, TYPE_NAMES};
 use orderflow_proto::v1::{partial_record, PartialRecord};
 use orderflow_proto::{millis_timestamp, Message as _};
-use orderflow_runtime::kafka::{recv_batch, send, KafkaArgs, RevocationLog};
+use orderflow_runtime::kafka::{recv_batch, KafkaConfig, RevocationLog};
+use orderflow_runtime::outbox::Outbox;
+use orderflow_runtime::records;
 use orderflow_runtime::telemetry;
-use orderflow_runtime::topics::TopicArgs;
+use orderflow_runtime::topics::Topics;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result};
 
-/// The totals-topic key of a merged total.
-pub fn total_key(start_ms: i64, region: &str, tier: &str, currency: &str) -> String {
-    format!("{}/{region}/{tier}/{currency}", millis_timestamp(start_ms))
-}
-
 /// Merges partials into totals until `cancel`.
-pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, cancel: CancellationToken) -> Result<()> {
+pub async fn run(kafka: KafkaConfig, topics: Topics, cancel: CancellationToken) -> Result<()> {
     let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("merger"), RevocationLog::default())?;
     consumer.subscribe(&[&topics.partials()])?;
-    let producer = kafka.producer()?;
+    let mut outbox = Outbox::new(kafka.producer()?);
     let totals_topic = topics.totals();
     let mut merger = Merger::new();
     while !cancel.is_cancelled() {
@@ -41,7 +37,6 @@ pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, cancel: CancellationToke
             // Whoever owns the partition next starts over from the beginning.
             merger = Merger::new();
         }
-        let mut pending = Vec::new();
         for m in &batch {
             let record = match m.payload().map(PartialRecord::decode) {
                 Some(Ok(r)) => r,
@@ -66,9 +61,9 @@ pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, cancel: CancellationToke
                     for window in merger.progress(&progress) {
                         record_metrics(&window);
                         for total in window.to_window_totals() {
-                            let key = total_key(window.start_ms, &total.region, &total.tier, &total.currency);
+                            let key = records::total_key(window.start_ms, &total.region, &total.tier, &total.currency);
                             let value = total.encode_to_vec();
-                            pending.push(send(&producer, FutureRecord::to(&totals_topic).key(&key).payload(&value)).await?);
+                            outbox.send(FutureRecord::to(&totals_topic).key(&key).payload(&value), ()).await?;
                         }
                         tracing::info!(window_start = %millis_timestamp(window.start_ms), keys = window.totals.len(), "Window closed on every partition; totals published.");
                     }
@@ -76,15 +71,12 @@ pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, cancel: CancellationToke
                 None => {}
             }
         }
-        for r in join_all(pending).await {
-            match r {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(Error::Delivery { topic: totals_topic.clone(), source: e }),
-                Err(_) => return Err(Error::Delivery { topic: totals_topic.clone(), source: rdkafka::error::KafkaError::Canceled }),
-            }
+        if let Some(r) = outbox.settle().await?.rejected.first() {
+            // A total is a few hundred bytes: only a misconfigured topic refuses one.
+            return Err(Error::Refused(r.reason()));
         }
     }
-    producer.flush(Duration::from_secs(10))?;
+    outbox.close(Duration::from_secs(10)).await?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use orderflow_proto::v1::WindowTotal;
 use orderflow_proto::{timestamp_millis, Message as _};
-use orderflow_runtime::kafka::{KafkaArgs, TopicReader};
+use orderflow_runtime::kafka::{KafkaConfig, TopicReader};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +29,7 @@ fn decode(m: &impl Message) -> Option<WindowTotal> {
 
 /// Every merged total published so far, one per (window, region, tier, currency),
 /// ordered by window, then region, tier and currency. Blocking.
-pub fn read(kafka: &KafkaArgs, topic: &str) -> Result<Vec<WindowTotal>> {
+pub fn read(kafka: &KafkaConfig, topic: &str) -> Result<Vec<WindowTotal>> {
     let reader = TopicReader::open(kafka, topic)?;
     let mut all: BTreeMap<Key, WindowTotal> = BTreeMap::new();
     reader.read_to_end(|m| {
@@ -42,7 +42,7 @@ pub fn read(kafka: &KafkaArgs, topic: &str) -> Result<Vec<WindowTotal>> {
 
 /// Calls `f` for every total published so far, then for each new one until `cancel`.
 /// A total published again unchanged (a merger re-publishing) is not repeated. Blocking.
-pub fn follow(kafka: &KafkaArgs, topic: &str, cancel: &CancellationToken, mut f: impl FnMut(&WindowTotal)) -> Result<()> {
+pub fn follow(kafka: &KafkaConfig, topic: &str, cancel: &CancellationToken, mut f: impl FnMut(&WindowTotal)) -> Result<()> {
     let reader = TopicReader::open(kafka, topic)?;
     let mut seen: BTreeMap<Key, WindowTotal> = BTreeMap::new();
     reader.read_to_end(|m| {

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use orderflow_proto::v1::{partial_record, PartialRecord};
 use orderflow_proto::{timestamp_millis, Message as _};
-use orderflow_runtime::kafka::{group_positions, GroupPosition, KafkaArgs, TopicReader};
-use orderflow_runtime::topics::TopicArgs;
+use orderflow_runtime::kafka::{group_positions, GroupPosition, KafkaConfig, TopicReader};
+use orderflow_runtime::topics::Topics;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::Message;
 use std::time::Instant;
@@ -65,60 +65,72 @@ impl Watch {
     pub fn get(&self) -> Upstream {
         self.state.lock().expect("upstream watch poisoned").clone()
     }
+}
 
-    /// Starts watching on a background thread until `cancel`.
-    pub fn spawn(kafka: &KafkaArgs, topics: &TopicArgs, cancel: CancellationToken) -> (Self, std::thread::JoinHandle<()>) {
-        let watch = Self::default();
-        let (w, kafka, topics) = (watch.clone(), kafka.clone(), topics.clone());
-        let handle = std::thread::Builder::new()
-            .name("upstream-watch".into())
-            .spawn(move || {
-                let mut input = InputWatch::default();
-                let mut partials: Option<TopicReader> = None;
-                let mut next_check = Instant::now();
-                while !cancel.is_cancelled() {
-                    if partials.is_none() {
-                        partials = TopicReader::open(&kafka, &topics.partials()).ok();
-                    }
-                    match &partials {
-                        Some(reader) => match reader.poll(Duration::from_millis(100)) {
-                            Ok(Some(m)) => {
-                                if let Some(Ok(PartialRecord { kind: Some(partial_record::Kind::Progress(p)) })) =
-                                    m.payload().map(PartialRecord::decode)
-                                {
-                                    if let Some(t) = p.closed_through {
-                                        let mut s = w.state.lock().expect("upstream watch poisoned");
-                                        s.global_frontier_ms = s.global_frontier_ms.max(timestamp_millis(&t));
-                                    }
-                                }
-                            }
-                            Ok(None) => {}
-                            Err(e) => tracing::debug!(error = %e, "Reading partial totals failed."),
-                        },
-                        None => std::thread::sleep(Duration::from_millis(100)),
-                    }
-                    if Instant::now() >= next_check {
-                        next_check = Instant::now() + CHECK_EVERY;
-                        let started = Instant::now();
-                        let checked = input.check(&kafka, &topics);
-                        let mut s = w.state.lock().expect("upstream watch poisoned");
-                        match checked {
-                            Some((stalled, settled_since, owing)) => {
-                                s.checked_at = Some(started);
-                                s.stalled = stalled;
-                                s.settled_since = settled_since;
-                                s.owing = owing;
-                            }
-                            None => {
-                                s.stalled = true;
-                                s.settled_since = None;
+/// The loop that keeps a [`Watch`] up to date: blocking (librdkafka polls), run under
+/// the service's supervisor.
+#[derive(Debug)]
+pub struct Watcher {
+    watch: Watch,
+    kafka: KafkaConfig,
+    topics: Topics,
+}
+
+impl Watcher {
+    /// A watch (to read) and its watcher (to run).
+    pub fn new(kafka: &KafkaConfig, topics: &Topics) -> (Watch, Self) {
+        let watch = Watch::default();
+        (watch.clone(), Self { watch, kafka: kafka.clone(), topics: topics.clone() })
+    }
+
+    /// Watches until `cancel`. Read errors are not failures: they make the view
+    /// `stalled`, which holds idle ticks back, and are retried.
+    pub fn run(self, cancel: CancellationToken) -> crate::Result<()> {
+        let Self { watch: w, kafka, topics } = self;
+        let mut input = InputWatch::default();
+        let mut partials: Option<TopicReader> = None;
+        let mut next_check = Instant::now();
+        while !cancel.is_cancelled() {
+            if partials.is_none() {
+                partials = TopicReader::open(&kafka, &topics.partials()).ok();
+            }
+            match &partials {
+                Some(reader) => match reader.poll(Duration::from_millis(100)) {
+                    Ok(Some(m)) => {
+                        if let Some(Ok(PartialRecord { kind: Some(partial_record::Kind::Progress(p)) })) =
+                            m.payload().map(PartialRecord::decode)
+                        {
+                            if let Some(t) = p.closed_through {
+                                let mut s = w.state.lock().expect("upstream watch poisoned");
+                                s.global_frontier_ms = s.global_frontier_ms.max(timestamp_millis(&t));
                             }
                         }
                     }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "Reading partial totals failed."),
+                },
+                None => std::thread::sleep(Duration::from_millis(100)),
+            }
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + CHECK_EVERY;
+                let started = Instant::now();
+                let checked = input.check(&kafka, &topics);
+                let mut s = w.state.lock().expect("upstream watch poisoned");
+                match checked {
+                    Some((stalled, settled_since, owing)) => {
+                        s.checked_at = Some(started);
+                        s.stalled = stalled;
+                        s.settled_since = settled_since;
+                        s.owing = owing;
+                    }
+                    None => {
+                        s.stalled = true;
+                        s.settled_since = None;
+                    }
                 }
-            })
-            .expect("spawning the upstream watch");
-        (watch, handle)
+            }
+        }
+        Ok(())
     }
 }
 
@@ -134,7 +146,7 @@ struct InputWatch {
 impl InputWatch {
     /// Returns (stalled, settled_since, partitions owing), or `None` when the input
     /// could not be read.
-    fn check(&mut self, kafka: &KafkaArgs, topics: &TopicArgs) -> Option<(bool, Option<Instant>, Vec<i32>)> {
+    fn check(&mut self, kafka: &KafkaConfig, topics: &Topics) -> Option<(bool, Option<Instant>, Vec<i32>)> {
         match self.read(kafka, topics) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -146,7 +158,7 @@ impl InputWatch {
         }
     }
 
-    fn read(&mut self, kafka: &KafkaArgs, topics: &TopicArgs) -> crate::Result<(bool, Option<Instant>, Vec<i32>)> {
+    fn read(&mut self, kafka: &KafkaConfig, topics: &Topics) -> crate::Result<(bool, Option<Instant>, Vec<i32>)> {
         if self.clients.is_none() {
             let group: BaseConsumer =
                 kafka.config(&[("group.id", &topics.group("enricher")), ("enable.auto.commit", "false")])?.create()?;

@@ -3,6 +3,7 @@
 //! design). The Kafka services in the other crates are thin loops around it.
 //!
 //! # Layout
+//! - [`reason`]: why a record is not counted (dead-letter reasons and their codes).
 //! - [`validate`]: what makes an `OrderEvent` acceptable, and the dead-letter reasons.
 //! - [`merchant`]: the merchant table and the temporal join (region and tier of the
 //!   merchant version in effect at the event's time).
@@ -23,6 +24,7 @@ pub mod dedup;
 pub mod merchant;
 pub mod merge;
 pub mod partition;
+pub mod reason;
 pub mod validate;
 pub mod window;
 pub mod wire;

@@ -3,65 +3,8 @@
 
 use orderflow_proto::v1::{OrderEvent, OrderEventType};
 
+pub use crate::reason::InvalidReason;
 use crate::wire::{undecodable, OrderEventView};
-
-/// Why an event was rejected. `code()` is a bounded label for metrics and headers;
-/// `Display` is the human explanation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidReason {
-    #[error("payload is not a protobuf OrderEvent: {0}")]
-    Undecodable(String),
-    #[error("event_id is missing")]
-    MissingEventId,
-    #[error("order_id is missing")]
-    MissingOrderId,
-    #[error("merchant_id is missing")]
-    MissingMerchantId,
-    #[error("event_time is missing")]
-    MissingEventTime,
-    #[error("event_time is out of range ({seconds}s, {nanos}ns)")]
-    InvalidEventTime { seconds: i64, nanos: i32 },
-    #[error("type is ORDER_EVENT_TYPE_UNSPECIFIED")]
-    UnspecifiedType,
-    #[error("type {0} is not a known OrderEventType")]
-    UnknownType(i32),
-    #[error("amount_minor is negative ({0})")]
-    NegativeAmount(i64),
-    #[error("currency `{0}` is not a three-letter ISO 4217 code")]
-    BadCurrency(String),
-}
-
-impl InvalidReason {
-    /// Every code, for describing metrics up front.
-    pub const CODES: &'static [&'static str] = &[
-        "undecodable",
-        "missing_event_id",
-        "missing_order_id",
-        "missing_merchant_id",
-        "missing_event_time",
-        "invalid_event_time",
-        "unspecified_type",
-        "unknown_type",
-        "negative_amount",
-        "bad_currency",
-    ];
-
-    /// A short, stable, bounded identifier of the reason.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Undecodable(_) => "undecodable",
-            Self::MissingEventId => "missing_event_id",
-            Self::MissingOrderId => "missing_order_id",
-            Self::MissingMerchantId => "missing_merchant_id",
-            Self::MissingEventTime => "missing_event_time",
-            Self::InvalidEventTime { .. } => "invalid_event_time",
-            Self::UnspecifiedType => "unspecified_type",
-            Self::UnknownType(_) => "unknown_type",
-            Self::NegativeAmount(_) => "negative_amount",
-            Self::BadCurrency(_) => "bad_currency",
-        }
-    }
-}
 
 /// Checks the rules every counted event must meet.
 pub fn validate(event: &OrderEvent) -> Result<(), InvalidReason> {

@@ -19,7 +19,7 @@ use orderflow_proto::v1::{enriched_record, EnrichedOrderEvent, EnrichedRecord, I
 use orderflow_proto::{Message, Timestamp};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
-use crate::validate::InvalidReason;
+use crate::reason::InvalidReason;
 
 /// prost's recursion limit (`prost::RECURSION_LIMIT`, not exported).
 const RECURSION_LIMIT: u32 = 100;

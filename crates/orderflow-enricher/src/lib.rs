@@ -4,10 +4,15 @@
 //!
 //! # Design
 //! - At-least-once: a batch's input offsets are stored only after every output of the
-//!   batch is delivered. After a crash the same input gives the same output again; the
-//!   aggregator's dedup by event id absorbs the repeat.
+//!   batch is settled in the [`Outbox`](orderflow_runtime::outbox::Outbox). After a crash
+//!   the same input gives the same output again; the aggregator's dedup by event id
+//!   absorbs the repeat. An output the broker refuses for good (too large, say) sends
+//!   its input to the dead-letter topic instead; it never stops the enricher.
 //! - The merchant table is read whole from the merchants topic before the first order is
-//!   enriched ([`merchants::MerchantStore::load`]), then followed by a background thread.
+//!   enriched ([`merchants::MerchantStore::load`]), then followed by a supervised
+//!   blocking task. Both tasks run under one
+//!   [`Supervisor`](orderflow_runtime::supervisor::Supervisor): if either fails, both
+//!   stop and [`run`] returns the failure.
 //!
 //! # Layout
 //! - [`merchants`]: the shared table and its loader/follower.
@@ -16,17 +21,36 @@
 pub mod merchants;
 pub mod pipeline;
 
-pub use pipeline::{run, EnricherArgs};
+use std::time::Duration;
+
+pub use pipeline::run;
+
+/// Enricher settings (the command line's `enrich` flags fill them in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnricherConfig {
+    /// Most records enriched per batch (offsets are stored per batch).
+    pub batch: usize,
+    /// How long the enricher's tasks may take to stop once one has failed or a
+    /// shutdown was requested.
+    pub shutdown_grace: Duration,
+}
+
+/// Records per batch when not told otherwise.
+pub const DEFAULT_BATCH: usize = 5_000;
+
+impl Default for EnricherConfig {
+    fn default() -> Self {
+        Self { batch: DEFAULT_BATCH, shutdown_grace: orderflow_runtime::supervisor::DEFAULT_SHUTDOWN_GRACE }
+    }
+}
 
 /// Errors of the enricher.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Runtime(#[from] orderflow_runtime::Error),
-    #[error("kafka: {0}")]
+    #[error("kafka client")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("delivery to `{topic}` failed: {source}")]
-    Delivery { topic: String, source: rdkafka::error::KafkaError },
 }
 
 /// Result with the enricher's [`Error`].

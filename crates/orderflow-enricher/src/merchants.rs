@@ -3,10 +3,11 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use orderflow_core::merchant::{parse_merchant_key, MerchantTable};
+use orderflow_core::merchant::MerchantTable;
 use orderflow_proto::v1::Merchant;
 use orderflow_proto::Message as _;
-use orderflow_runtime::kafka::{KafkaArgs, TopicReader};
+use orderflow_runtime::kafka::{KafkaConfig, TopicReader};
+use orderflow_runtime::records::parse_merchant_key;
 use orderflow_runtime::telemetry;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
@@ -19,41 +20,46 @@ pub struct MerchantStore {
     table: Arc<RwLock<MerchantTable>>,
 }
 
+/// Keeps a [`MerchantStore`] up to date with the merchants topic: a blocking loop, run
+/// under the service's supervisor (see [`MerchantFollower::run`]).
+#[derive(Debug)]
+pub struct MerchantFollower {
+    reader: TopicReader,
+    store: MerchantStore,
+}
+
+impl MerchantFollower {
+    /// Applies merchant records as they arrive until `cancel`. Read errors are logged
+    /// and retried (librdkafka reconnects by itself); it returns only on cancellation.
+    pub fn run(self, cancel: CancellationToken) -> Result<()> {
+        while !cancel.is_cancelled() {
+            match self.reader.poll(Duration::from_millis(250)) {
+                Ok(Some(m)) => self.store.apply(&m),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, topic = self.reader.topic(), "Reading merchant updates failed; retrying."),
+            }
+        }
+        Ok(())
+    }
+}
+
 impl MerchantStore {
-    /// Reads the whole merchants topic, then follows it on a background thread until
-    /// `cancel`. Returns once the initial load is complete, with the follower's handle.
-    pub async fn load(kafka: &KafkaArgs, topic: &str, cancel: CancellationToken) -> Result<(Self, std::thread::JoinHandle<()>)> {
-        let store = Self::default();
-        let (kafka, topic, s) = (kafka.clone(), topic.to_owned(), store.clone());
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let follower = std::thread::Builder::new()
-            .name("merchants".into())
-            .spawn(move || {
-                let reader = match TopicReader::open(&kafka, &topic) {
-                    Ok(r) => r,
-                    Err(e) => return drop(ready_tx.send(Err(e))),
-                };
-                let loaded = reader.read_to_end(|m| s.apply(m));
-                let failed = loaded.is_err();
-                if let Ok(n) = &loaded {
-                    let t = s.table.read().expect("merchant table poisoned");
-                    tracing::info!(records = n, merchants = t.len(), versions = t.versions(), "Merchant table loaded.");
-                }
-                let _ = ready_tx.send(loaded.map(drop));
-                if failed {
-                    return;
-                }
-                while !cancel.is_cancelled() {
-                    match reader.poll(Duration::from_millis(250)) {
-                        Ok(Some(m)) => s.apply(&m),
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!(error = %e, "Reading merchant updates failed; retrying."),
-                    }
-                }
-            })
-            .expect("spawning the merchants thread");
-        ready_rx.await.expect("merchants thread ended before loading")?;
-        Ok((store, follower))
+    /// Reads the whole merchants topic (on a blocking thread) and returns the table
+    /// with the follower that keeps it up to date.
+    pub async fn load(kafka: &KafkaConfig, topic: &str) -> Result<(Self, MerchantFollower)> {
+        let (kafka, topic) = (kafka.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let store = Self::default();
+            let reader = TopicReader::open(&kafka, &topic)?;
+            let n = reader.read_to_end(|m| store.apply(m))?;
+            {
+                let t = store.read();
+                tracing::info!(records = n, merchants = t.len(), versions = t.versions(), "Merchant table loaded.");
+            }
+            Ok((store.clone(), MerchantFollower { reader, store }))
+        })
+        .await
+        .expect("merchant loading panicked")
     }
 
     /// A store over a given table (tests, demo).

@@ -1,142 +1,173 @@
-//! The consume-enrich-produce loop.
+//! The consume-enrich-produce loop, and [`run`], which supervises it beside the
+//! merchant follower.
 
 use std::time::Duration;
 
-use futures::future::join_all;
-use orderflow_runtime::kafka::{recv_batch, send, KafkaArgs, RevocationLog};
-use orderflow_runtime::topics::{self, TopicArgs};
-use orderflow_runtime::{dead_letter, telemetry};
+use orderflow_core::validate::InvalidReason;
+use orderflow_runtime::kafka::{recv_batch, KafkaConfig, RevocationLog};
+use orderflow_runtime::outbox::{Outbox, Settled};
+use orderflow_runtime::records::dead_letter::{self, Source};
+use orderflow_runtime::supervisor::Supervisor;
+use orderflow_runtime::telemetry;
+use orderflow_runtime::topics::{self, Stage, Topics};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::merchants::MerchantStore;
-use crate::{Error, Result};
+use crate::{EnricherConfig, Result};
 
-/// Enricher settings.
-#[derive(Debug, Clone, clap::Args)]
-pub struct EnricherArgs {
-    /// Most records enriched per batch (offsets are stored per batch).
-    #[arg(long, env = "ORDERFLOW_ENRICHER_BATCH", default_value_t = 5_000)]
-    pub batch: usize,
-}
-
-impl Default for EnricherArgs {
-    fn default() -> Self {
-        Self { batch: 5_000 }
-    }
-}
-
-/// Creates missing topics, loads the merchant table, then enriches until `cancel`.
-pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, args: &EnricherArgs, cancel: CancellationToken) -> Result<()> {
-    topics::ensure(
-        kafka,
-        &[
-            topics.wide(topics.orders()),
-            topics.narrow(topics.merchants(), true),
-            topics.wide(topics.enriched()),
-            topics.wide(topics.dead_letter()),
-        ],
-    )
-    .await?;
-    let follow = cancel.child_token();
-    let (merchants, follower) = MerchantStore::load(kafka, &topics.merchants(), follow.clone()).await?;
-    let producer = kafka.producer()?;
+/// Creates missing topics, loads the merchant table, then enriches until `cancel`
+/// (or until a task fails: the error names it).
+pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &EnricherConfig, cancel: CancellationToken) -> Result<()> {
+    kafka.check_reachable()?;
+    topics::ensure(kafka, &topics.specs(Stage::Enricher)).await?;
+    let (merchants, follower) = MerchantStore::load(kafka, &topics.merchants()).await?;
     let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("enricher"), RevocationLog::default())?;
     consumer.subscribe(&[&topics.orders()])?;
+    let enricher = Enricher {
+        outbox: Outbox::new(kafka.producer()?),
+        merchants,
+        enriched_topic: topics.enriched(),
+        dlq_topic: topics.dead_letter(),
+        batch: config.batch,
+    };
     tracing::info!(input = %topics.orders(), output = %topics.enriched(), "Enricher running.");
+    let mut supervisor = Supervisor::new(cancel.child_token());
+    let token = supervisor.token();
+    supervisor.spawn("enricher", enricher.run(consumer, token.clone()));
+    supervisor.spawn_blocking("merchant-follower", move || follower.run(token));
+    supervisor.run(config.shutdown_grace).await?;
+    tracing::info!("Enricher stopped.");
+    Ok(())
+}
 
-    let (enriched_topic, dlq_topic) = (topics.enriched(), topics.dead_letter());
-    let result = loop {
-        let batch = recv_batch(&consumer, args.batch, &cancel, Duration::from_millis(500)).await;
-        if batch.is_empty() {
-            if cancel.is_cancelled() {
-                break Ok(());
-            }
-            continue;
+/// The loop's state.
+struct Enricher {
+    /// Outputs tagged with the index of their input in the batch.
+    outbox: Outbox<usize>,
+    merchants: MerchantStore,
+    enriched_topic: String,
+    dlq_topic: String,
+    batch: usize,
+}
+
+impl Enricher {
+    async fn run(mut self, consumer: StreamConsumer<RevocationLog>, cancel: CancellationToken) -> Result<()> {
+        let result = self.enrich_until(&consumer, &cancel).await;
+        // Whatever happened, leave the group cleanly with what was settled committed.
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "Final commit failed.");
         }
+        let closed = self.outbox.close(Duration::from_secs(10)).await;
+        result.and(closed.map(drop).map_err(Into::into))
+    }
+
+    async fn enrich_until(&mut self, consumer: &StreamConsumer<RevocationLog>, cancel: &CancellationToken) -> Result<()> {
+        loop {
+            let batch = recv_batch(consumer, self.batch, cancel, Duration::from_millis(500)).await;
+            if batch.is_empty() {
+                if cancel.is_cancelled() {
+                    return Ok(());
+                }
+                continue;
+            }
+            self.enrich(&batch).await?;
+            metrics::counter!(telemetry::ENRICHER_EVENTS).increment(batch.len() as u64);
+            let settled = self.outbox.settle().await?;
+            self.dead_letter_refused(&batch, settled).await?;
+            // Every output of the batch is on the broker: now the input may be forgotten.
+            consumer.context().take();
+            for m in &batch {
+                if let Err(e) = consumer.store_offset(m.topic(), m.partition(), m.offset()) {
+                    // The partition moved to another instance; it will re-process from the
+                    // last commit and the aggregator's dedup absorbs the repeat.
+                    tracing::debug!(partition = m.partition(), error = %e, "Offset not stored.");
+                }
+            }
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+                tracing::debug!(error = %e, "Async commit failed; the next one covers it.");
+            }
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Validates and joins every record of the batch and sends its output: the enriched
+    /// record, or the original bytes to the dead-letter topic with the reason.
+    async fn enrich(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<()> {
         // Decide every output under the table's read lock, then send without it.
-        let outputs: Vec<Output> = {
-            let table = merchants.read();
+        let outputs: Vec<std::result::Result<(String, Vec<u8>), InvalidReason>> = {
+            let table = self.merchants.read();
             batch
                 .iter()
                 .map(|m| {
-                    let payload = m.payload().unwrap_or_default();
                     // Validated without allocating; the output record is built around
                     // the payload's own bytes (no re-encoding). Fields a newer storefront
                     // contract adds pass through to the enriched topic: orderflow's
                     // decoders skip them, as they would on the orders topic.
-                    match table.enrich_payload(payload) {
-                        Ok(enriched) => {
-                            if !enriched.merchant_known {
-                                metrics::counter!(telemetry::ENRICHER_UNKNOWN_MERCHANT).increment(1);
-                            }
-                            Output { dead_letter: None, key: enriched.key, value: enriched.value }
+                    table.enrich_payload(m.payload().unwrap_or_default()).map(|enriched| {
+                        if !enriched.merchant_known {
+                            metrics::counter!(telemetry::ENRICHER_UNKNOWN_MERCHANT).increment(1);
                         }
-                        Err(reason) => {
-                            tracing::debug!(partition = m.partition(), offset = m.offset(), %reason, "Dead-lettering event.");
-                            metrics::counter!(telemetry::DEAD_LETTER_EVENTS, "stage" => "enricher", "reason" => reason.code()).increment(1);
-                            let headers = dead_letter::headers("enricher", &reason, m.topic(), m.partition(), m.offset());
-                            Output {
-                                dead_letter: Some(headers),
-                                key: dead_letter::key(m.topic(), m.partition(), m.offset()),
-                                value: payload.to_vec(),
-                            }
-                        }
-                    }
+                        (enriched.key, enriched.value)
+                    })
                 })
                 .collect()
         };
-        let mut deliveries: Vec<(&'static str, DeliveryFuture)> = Vec::with_capacity(outputs.len());
-        for out in outputs {
-            let (what, record) = match out.dead_letter {
-                None => ("enriched", FutureRecord::to(&enriched_topic).key(out.key.as_str()).payload(out.value.as_slice())),
-                Some(h) => ("dead-letter", FutureRecord::to(&dlq_topic).key(out.key.as_str()).payload(out.value.as_slice()).headers(h)),
-            };
-            deliveries.push((what, send(&producer, record).await?));
-        }
-        metrics::counter!(telemetry::ENRICHER_EVENTS).increment(batch.len() as u64);
-        for (what, r) in join_all(deliveries.into_iter().map(|(w, f)| async move { (w, f.await) })).await {
-            match r {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    let topic = if what == "enriched" { enriched_topic.clone() } else { dlq_topic.clone() };
-                    return Err(Error::Delivery { topic, source: e });
+        for (i, (m, out)) in batch.iter().zip(outputs).enumerate() {
+            match out {
+                Ok((key, value)) => {
+                    self.outbox.send(FutureRecord::to(&self.enriched_topic).key(key.as_str()).payload(value.as_slice()), i).await?
                 }
-                Err(_) => return Err(Error::Delivery { topic: what.into(), source: KafkaError::Canceled }),
+                Err(reason) => self.dead_letter(m, &reason, i).await?,
             }
         }
-        // Every output of the batch is on the broker: now the input may be forgotten.
-        consumer.context().take();
-        for m in &batch {
-            if let Err(e) = consumer.store_offset(m.topic(), m.partition(), m.offset()) {
-                // The partition moved to another instance; it will re-process from the
-                // last commit and the aggregator's dedup absorbs the repeat.
-                tracing::debug!(partition = m.partition(), error = %e, "Offset not stored.");
-            }
-        }
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
-            tracing::debug!(error = %e, "Async commit failed; the next one covers it.");
-        }
-        if cancel.is_cancelled() {
-            break Ok(());
-        }
-    };
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(error = %e, "Final commit failed.");
+        Ok(())
     }
-    producer.flush(Duration::from_secs(10))?;
-    follow.cancel();
-    let _ = tokio::task::spawn_blocking(move || follower.join()).await;
-    tracing::info!("Enricher stopped.");
-    result
+
+    async fn dead_letter(&mut self, m: &BorrowedMessage<'_>, reason: &InvalidReason, tag: usize) -> Result<()> {
+        tracing::debug!(partition = m.partition(), offset = m.offset(), %reason, "Dead-lettering event.");
+        metrics::counter!(telemetry::DEAD_LETTER_EVENTS, "stage" => "enricher", "reason" => reason.code()).increment(1);
+        let source = Source { topic: m.topic(), partition: m.partition(), offset: m.offset() };
+        let key = dead_letter::key(source);
+        let record = FutureRecord::to(&self.dlq_topic)
+            .key(key.as_str())
+            .payload(m.payload().unwrap_or_default())
+            .headers(dead_letter::headers("enricher", reason, source));
+        Ok(self.outbox.send(record, tag).await?)
+    }
+
+    /// Sends the input of every refused output to the dead-letter topic with the
+    /// broker's reason, and settles those. A dead letter refused in turn is logged and
+    /// counted (`orderflow_dead_letter_refused_total`): there is nowhere further to put it.
+    async fn dead_letter_refused(&mut self, batch: &[BorrowedMessage<'_>], settled: Settled<usize>) -> Result<()> {
+        if settled.rejected.is_empty() {
+            return Ok(());
+        }
+        let mut retried = 0;
+        for r in settled.rejected {
+            if r.topic == self.dlq_topic {
+                refused_dead_letter(&r.reason());
+                continue;
+            }
+            tracing::warn!(topic = %r.topic, error = %r.error, "Output refused by the broker; dead-lettering its input.");
+            self.dead_letter(&batch[r.tag], &InvalidReason::RefusedByBroker(r.reason()), r.tag).await?;
+            retried += 1;
+        }
+        if retried > 0 {
+            for r in self.outbox.settle().await?.rejected {
+                refused_dead_letter(&r.reason());
+            }
+        }
+        Ok(())
+    }
 }
 
-/// One record to produce: enriched, or dead-lettered with its headers.
-struct Output {
-    dead_letter: Option<rdkafka::message::OwnedHeaders>,
-    key: String,
-    value: Vec<u8>,
+fn refused_dead_letter(reason: &str) {
+    metrics::counter!(telemetry::DEAD_LETTER_REFUSED, "stage" => "enricher").increment(1);
+    tracing::error!(reason, "The dead-letter topic refused a record; it is lost (raise the topic's max.message.bytes).");
 }

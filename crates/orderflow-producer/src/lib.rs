@@ -1,53 +1,40 @@
-//! Publishing into orderflow.
+//! Publishing into orderflow: the small library a Rust storefront links.
 //!
-//! - [`Publisher`]: the API a Rust storefront uses to publish `OrderEvent`s, keyed by
-//!   order id so that all events of an order stay in order on one partition.
-//! - [`replay`]: publishes a trace file (one canonical-JSON `OrderEvent` a line) at a
-//!   fixed rate or flat out, reporting unreadable lines by number and going on.
+//! - [`Publisher`]: publishes `OrderEvent`s to the orders topic, keyed by order id so
+//!   that all events of an order stay in order on one partition. One event at a time
+//!   ([`Publisher::publish`]) or many in flight ([`Publisher::batch`]); either way each
+//!   event gets its own answer: delivered, or refused for good with the broker's reason
+//!   (too large, say), without failing the events around it.
 //! - [`load_merchants`]: publishes merchant versions to the compacted merchants topic.
-//! - [`sample`]: a small generated peak minute, for the demo.
-//! - [`synth`]: a generated peak-hour trace and its merchants CSV, streamed to files
-//!   (`orderflow trace synth`).
+//!
+//! Trace replay, synthetic traces and the demo's sample live in `orderflow-workload`.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), orderflow_producer::Error> {
 //! use orderflow_producer::Publisher;
-//! use orderflow_runtime::kafka::KafkaArgs;
-//! let publisher = Publisher::new(&KafkaArgs::new("127.0.0.1:9092"), "orderflow.orders")?;
+//! use orderflow_runtime::kafka::KafkaConfig;
+//! let publisher = Publisher::new(&KafkaConfig::new("127.0.0.1:9092"), "orderflow.orders")?;
 //! let event = orderflow_proto::v1::OrderEvent { event_id: "e-1".into(), ..Default::default() };
 //! publisher.publish(&event).await?;
 //! # Ok(()) }
 //! ```
 
-mod replay;
-pub mod sample;
-pub mod synth;
-pub mod trace;
-
 use std::time::Duration;
 
-use futures::future::join_all;
 use orderflow_proto::v1::{Merchant, OrderEvent};
 use orderflow_proto::Message;
-use orderflow_runtime::kafka::KafkaArgs;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-
-pub use replay::{replay, ReplayOptions, ReplayReport};
+use orderflow_runtime::kafka::KafkaConfig;
+use orderflow_runtime::outbox::{Outbox, Settled};
+use orderflow_runtime::records::merchant_key;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// Errors of publishing.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Runtime(#[from] orderflow_runtime::Error),
-    #[error("kafka: {0}")]
-    Kafka(#[from] KafkaError),
-    #[error("delivery to `{topic}` failed: {source}")]
-    Delivery { topic: String, source: KafkaError },
-    #[error("reading trace `{path}`: {source}")]
-    Trace { path: String, source: std::io::Error },
-    #[error("delivery was cancelled (producer shut down)")]
-    Cancelled,
+    #[error("event `{event_id}` was refused: {reason}")]
+    Refused { event_id: String, reason: String },
 }
 
 /// Result with publishing's [`Error`].
@@ -78,7 +65,7 @@ pub fn event_key(event: &OrderEvent) -> &str {
 
 impl Publisher {
     /// A publisher to `topic` with an idempotent producer.
-    pub fn new(kafka: &KafkaArgs, topic: impl Into<String>) -> Result<Self> {
+    pub fn new(kafka: &KafkaConfig, topic: impl Into<String>) -> Result<Self> {
         Ok(Self { producer: kafka.producer()?, topic: topic.into() })
     }
 
@@ -87,87 +74,99 @@ impl Publisher {
         &self.topic
     }
 
-    /// Publishes one event and waits until the broker has it.
+    /// Publishes one event and waits until the broker has it; [`Error::Refused`] when
+    /// the broker refuses it for good.
     pub async fn publish(&self, event: &OrderEvent) -> Result<()> {
-        let fut = self.enqueue(event).await?;
-        self.settle(fut).await
+        let mut batch = self.batch();
+        batch.enqueue(event, event.event_id.clone()).await?;
+        refused_to_error(batch.settle().await?)
     }
 
     /// Publishes raw bytes (for example a payload under test) and waits for delivery.
     pub async fn publish_raw(&self, key: Option<&str>, payload: &[u8]) -> Result<()> {
-        let fut = self.enqueue_raw(key, payload).await?;
-        self.settle(fut).await
+        let mut batch = self.batch();
+        batch.enqueue_raw(key, payload, String::new()).await?;
+        refused_to_error(batch.settle().await?)
     }
 
-    /// Hands one event to the producer's queue, waiting while the queue is full; the
-    /// returned future resolves on delivery. Use it to keep many events in flight.
-    pub async fn enqueue(&self, event: &OrderEvent) -> Result<DeliveryFuture> {
+    /// Many events in flight at once, each with a tag of the caller's (an event id, a
+    /// line number) that comes back with the events refused.
+    pub fn batch<T>(&self) -> PublishBatch<'_, T> {
+        PublishBatch { outbox: Outbox::new(self.producer.clone()), topic: &self.topic }
+    }
+}
+
+fn refused_to_error(settled: Settled<String>) -> Result<()> {
+    match settled.rejected.into_iter().next() {
+        None => Ok(()),
+        Some(r) => Err(Error::Refused { reason: r.error.to_string(), event_id: r.tag }),
+    }
+}
+
+/// Events handed to the producer and not yet settled; see [`Publisher::batch`].
+#[derive(Debug)]
+pub struct PublishBatch<'a, T> {
+    outbox: Outbox<T>,
+    topic: &'a str,
+}
+
+impl<T> PublishBatch<'_, T> {
+    /// Hands one event to the producer, waiting while its queue is full.
+    pub async fn enqueue(&mut self, event: &OrderEvent, tag: T) -> Result<()> {
         let payload = event.encode_to_vec();
-        self.enqueue_raw(Some(event_key(event)), &payload).await
+        self.enqueue_raw(Some(event_key(event)), &payload, tag).await
     }
 
-    async fn enqueue_raw(&self, key: Option<&str>, payload: &[u8]) -> Result<DeliveryFuture> {
-        loop {
-            let mut record = FutureRecord::<str, [u8]>::to(&self.topic).payload(payload);
-            if let Some(k) = key {
-                record = record.key(k);
-            }
-            match self.producer.send_result(record) {
-                Ok(fut) => return Ok(fut),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    // Back-pressure: let deliveries drain, then retry.
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
+    /// Hands raw bytes to the producer.
+    pub async fn enqueue_raw(&mut self, key: Option<&str>, payload: &[u8], tag: T) -> Result<()> {
+        let mut record = FutureRecord::<str, [u8]>::to(self.topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
         }
+        Ok(self.outbox.send(record, tag).await?)
     }
 
-    /// Waits for one delivery.
-    pub async fn settle(&self, fut: DeliveryFuture) -> Result<()> {
-        match fut.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(Error::Delivery { topic: self.topic.clone(), source: e }),
-            Err(_) => Err(Error::Cancelled),
-        }
+    /// Events handed over and not yet settled.
+    pub fn pending(&self) -> usize {
+        self.outbox.pending()
     }
 
-    /// Waits for every queued event to be delivered.
-    pub fn flush(&self, timeout: Duration) -> Result<()> {
-        Ok(self.producer.flush(timeout)?)
+    /// Waits for every event handed over: how many were delivered, and which were
+    /// refused for good (with their tags and reasons). Fails only when the producer
+    /// cannot go on (see `orderflow_runtime::outbox`).
+    pub async fn settle(&mut self) -> Result<Settled<T>> {
+        Ok(self.outbox.settle().await?)
+    }
+
+    /// Settles the events already delivered, in order, waiting for the oldest while
+    /// more than `max_pending` are outstanding.
+    pub async fn settle_ready(&mut self, max_pending: usize) -> Result<Settled<T>> {
+        Ok(self.outbox.settle_ready(max_pending).await?)
+    }
+
+    /// Settles, then waits up to `timeout` for the producer's queue to empty.
+    pub async fn close(&mut self, timeout: Duration) -> Result<Settled<T>> {
+        Ok(self.outbox.close(timeout).await?)
     }
 }
 
 /// Publishes merchant versions to the merchants topic, keyed `merchant_id@effective_from`
-/// so compaction keeps every version and loading a version again replaces it.
-pub async fn load_merchants(kafka: &KafkaArgs, topic: &str, merchants: &[Merchant]) -> Result<usize> {
-    let producer: FutureProducer = kafka.producer()?;
+/// so compaction keeps every version and loading a version again replaces it. A
+/// version the broker refuses fails the load, naming the merchant.
+pub async fn load_merchants(kafka: &KafkaConfig, topic: &str, merchants: &[Merchant]) -> Result<usize> {
+    let mut outbox: Outbox<&str> = Outbox::new(kafka.producer()?);
     let mut delivered = 0;
     for chunk in merchants.chunks(50_000) {
-        let mut futs = Vec::with_capacity(chunk.len());
         for m in chunk {
-            let key = orderflow_core::merchant::merchant_key(&m.merchant_id, m.effective_from.as_ref());
+            let key = merchant_key(&m.merchant_id, m.effective_from.as_ref());
             let payload = m.encode_to_vec();
-            loop {
-                match producer.send_result(FutureRecord::to(topic).key(&key).payload(&payload)) {
-                    Ok(f) => {
-                        futs.push(f);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        tokio::time::sleep(Duration::from_millis(2)).await
-                    }
-                    Err((e, _)) => return Err(e.into()),
-                }
-            }
+            outbox.send(FutureRecord::to(topic).key(&key).payload(&payload), m.merchant_id.as_str()).await?;
         }
-        for r in join_all(futs).await {
-            match r {
-                Ok(Ok(_)) => delivered += 1,
-                Ok(Err((e, _))) => return Err(Error::Delivery { topic: topic.to_owned(), source: e }),
-                Err(_) => return Err(Error::Cancelled),
-            }
+        let settled = outbox.settle().await?;
+        if let Some(r) = settled.rejected.into_iter().next() {
+            return Err(Error::Refused { reason: r.error.to_string(), event_id: format!("merchant {}", r.tag) });
         }
+        delivered += settled.delivered as usize;
     }
     Ok(delivered)
 }

@@ -5,26 +5,38 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
-use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result};
 
-/// Where the brokers are and any extra librdkafka settings.
-#[derive(Debug, Clone, clap::Args)]
-pub struct KafkaArgs {
+/// Where the brokers are and any extra librdkafka settings. The command line's
+/// `--brokers` and `--kafka-option` flags (env `ORDERFLOW_BROKERS`,
+/// `ORDERFLOW_KAFKA_OPTIONS`) fill it in; a library user builds it with [`KafkaConfig::new`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
     /// Kafka bootstrap servers, `host:port`, comma-separated.
-    #[arg(long, env = "ORDERFLOW_BROKERS", default_value = "127.0.0.1:9092", global = true)]
     pub brokers: String,
-    /// Extra librdkafka setting, `KEY=VALUE` (repeatable; applied last, so it can
-    /// override orderflow's defaults, e.g. `security.protocol=SSL`).
-    #[arg(long = "kafka-option", env = "ORDERFLOW_KAFKA_OPTIONS", value_delimiter = ',', global = true)]
+    /// Extra librdkafka settings, `KEY=VALUE`, applied last (they override orderflow's
+    /// defaults, e.g. `security.protocol=SSL`).
     pub options: Vec<String>,
+    /// How long a service waits for the brokers at start before it gives up and says so.
+    pub connect_timeout: Duration,
 }
 
-impl KafkaArgs {
-    /// Arguments for a given bootstrap address and no extra options.
+/// Bootstrap servers when none are given.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+/// How long a service waits for the brokers at start, when not told otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self::new(DEFAULT_BROKERS)
+    }
+}
+
+impl KafkaConfig {
+    /// Settings for a given bootstrap address and no extra options.
     pub fn new(brokers: impl Into<String>) -> Self {
-        Self { brokers: brokers.into(), options: Vec::new() }
+        Self { brokers: brokers.into(), options: Vec::new(), connect_timeout: DEFAULT_CONNECT_TIMEOUT }
     }
 
     /// A base client configuration; `defaults` are applied before the user's options.
@@ -39,6 +51,17 @@ impl KafkaArgs {
             c.set(k.trim(), v.trim());
         }
         Ok(c)
+    }
+
+    /// Fails with [`Error::Unreachable`], naming the brokers and how to change them,
+    /// when no broker answers a metadata request within `connect_timeout`. Services call
+    /// it once at start, after checking their local inputs.
+    pub fn check_reachable(&self) -> Result<()> {
+        let client: BaseConsumer = self.config(&[])?.create()?;
+        client
+            .fetch_metadata(None, self.connect_timeout)
+            .map(drop)
+            .map_err(|source| Error::Unreachable { brokers: self.brokers.clone(), waited: self.connect_timeout, source })
     }
 
     /// An idempotent producer: retries never duplicate or reorder a partition's records.
@@ -148,7 +171,7 @@ impl std::fmt::Debug for TopicReader {
 
 impl TopicReader {
     /// Assigns every partition of `topic` from its beginning.
-    pub fn open(kafka: &KafkaArgs, topic: &str) -> Result<Self> {
+    pub fn open(kafka: &KafkaConfig, topic: &str) -> Result<Self> {
         let consumer = kafka.reader()?;
         let partitions = partition_count(&consumer, topic)?;
         let mut tpl = rdkafka::TopicPartitionList::new();
@@ -240,7 +263,7 @@ impl rdkafka::consumer::ConsumerContext for RevocationLog {
 pub async fn recv_batch<'a, C: rdkafka::consumer::ConsumerContext + 'static>(
     consumer: &'a rdkafka::consumer::StreamConsumer<C>,
     max: usize,
-    cancel: &CancellationToken,
+    cancel: &tokio_util::sync::CancellationToken,
     idle: Duration,
 ) -> Vec<rdkafka::message::BorrowedMessage<'a>> {
     use futures::FutureExt as _;
@@ -266,22 +289,4 @@ pub async fn recv_batch<'a, C: rdkafka::consumer::ConsumerContext + 'static>(
         }
     }
     batch
-}
-
-/// Enqueues a record, waiting while the producer's queue is full (back-pressure);
-/// the returned future resolves on delivery.
-pub async fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
-    producer: &FutureProducer,
-    mut record: rdkafka::producer::FutureRecord<'_, K, P>,
-) -> Result<rdkafka::producer::DeliveryFuture> {
-    loop {
-        match producer.send_result(record) {
-            Ok(f) => return Ok(f),
-            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
-    }
 }

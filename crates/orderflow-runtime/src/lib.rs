@@ -1,26 +1,49 @@
-//! Shared plumbing of orderflow's services, kept thin and free of business logic.
+//! Shared plumbing of orderflow's services, kept thin and free of business logic, and
+//! free of the command line: plain config structs with one constant per default; the
+//! `orderflow` binary owns the flags and converts them.
 //!
 //! # Layout
-//! - [`dead_letter`]: the dead-letter record format (original bytes, reason headers).
-//! - [`kafka`]: the `--brokers` flag, librdkafka option passthrough and client builders.
-//! - [`topics`]: topic names (one prefix for all), sizing flags, and creation of missing
-//!   topics through the admin API so a fresh cluster needs no manual step.
+//! - [`kafka`]: [`kafka::KafkaConfig`] (brokers, librdkafka passthrough), client
+//!   builders, reading whole topics, consumer-group positions, batched receive.
+//! - [`topics`]: topic names (one prefix for all), the topics each [`topics::Stage`]
+//!   needs, and their creation through the admin API so a fresh cluster needs no
+//!   manual step.
+//! - [`records`]: keys and headers of every record orderflow writes (partial, progress,
+//!   total, late, dead letter, checkpoint, merchant), one window-name format.
+//! - [`outbox`]: the one produce-and-settle path, with one sorting of errors into
+//!   back-pressure, a record refused for good (dead-letter it) and fatal.
+//! - [`supervisor`]: a service's named tasks; the first failure stops them all and
+//!   becomes the process's exit status.
 //! - [`telemetry`]: every metric name, described once; the Prometheus exporter; tracing.
 //! - [`shutdown`]: SIGTERM/Ctrl-C to a cancellation token.
 
-pub mod dead_letter;
 pub mod kafka;
+pub mod outbox;
+pub mod records;
 pub mod shutdown;
+pub mod supervisor;
 pub mod telemetry;
 pub mod topics;
 
 pub use tokio_util::sync::CancellationToken;
 
-/// Errors of the shared plumbing.
+/// Errors of the shared plumbing. Each cause appears once in a chain: a variant's
+/// message says what was being done, its source says what went wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("kafka: {0}")]
+    #[error("kafka client")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(
+        "cannot reach the Kafka brokers at {brokers} (waited {}; set them with --brokers or ORDERFLOW_BROKERS, \
+         the wait with --connect-timeout)",
+        humantime::format_duration(*.waited)
+    )]
+    Unreachable {
+        brokers: String,
+        waited: std::time::Duration,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
     #[error("creating topic `{topic}`: {reason}")]
     CreateTopic { topic: String, reason: String },
     #[error("topic `{0}` does not exist (yet)")]
@@ -29,6 +52,26 @@ pub enum Error {
     BadOption(String),
     #[error("metrics exporter on {addr}: {reason}")]
     Metrics { addr: std::net::SocketAddr, reason: String },
+    #[error("producing to `{topic}`")]
+    Delivery {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("the producer shut down with deliveries outstanding")]
+    ProducerGone,
+    #[error("task `{task}` failed")]
+    TaskFailed {
+        task: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("task `{task}` panicked")]
+    TaskPanicked { task: String },
+    #[error("task `{task}` ended while the service was still running")]
+    TaskEnded { task: String },
+    #[error("tasks {tasks:?} still running {} after shutdown began; abandoned", humantime::format_duration(*.grace))]
+    ShutdownTimeout { tasks: Vec<String>, grace: std::time::Duration },
 }
 
 /// Result with the plumbing's [`Error`].

@@ -11,7 +11,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::{Error, Result};
 
-/// Events published by `replay` or the producer API. Labels: `outcome` (sent, failed).
+/// Events published by `replay`. Labels: `outcome` (sent, refused).
 pub const PRODUCER_EVENTS: &str = "orderflow_producer_events_total";
 /// Trace lines `replay` skipped because they are not an `OrderEvent` in JSON.
 pub const PRODUCER_INVALID_LINES: &str = "orderflow_producer_invalid_lines_total";
@@ -26,6 +26,8 @@ pub const ENRICHER_MERCHANTS: &str = "orderflow_enricher_merchants";
 pub const ENRICHER_MERCHANT_UPDATES: &str = "orderflow_enricher_merchant_updates_total";
 /// Events sent to the dead-letter topic. Labels: `stage`, `reason`.
 pub const DEAD_LETTER_EVENTS: &str = "orderflow_dead_letter_events_total";
+/// Dead letters the dead-letter topic itself refused (lost; logged). Labels: `stage`.
+pub const DEAD_LETTER_REFUSED: &str = "orderflow_dead_letter_refused_total";
 
 /// Enriched events read by the aggregator. Labels: `outcome` (counted, duplicate, late, invalid).
 pub const AGGREGATOR_EVENTS: &str = "orderflow_aggregator_events_total";
@@ -72,6 +74,7 @@ pub fn describe() {
     describe_gauge!(ENRICHER_MERCHANTS, Unit::Count, "Merchants in the enricher's table.");
     describe_counter!(ENRICHER_MERCHANT_UPDATES, Unit::Count, "Merchant records applied from the merchants topic.");
     describe_counter!(DEAD_LETTER_EVENTS, Unit::Count, "Events sent to the dead-letter topic, by stage and reason.");
+    describe_counter!(DEAD_LETTER_REFUSED, Unit::Count, "Dead letters the dead-letter topic refused (lost, and logged), by stage.");
     describe_counter!(
         AGGREGATOR_EVENTS,
         Unit::Count,

@@ -20,28 +20,89 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::kafka::KafkaArgs;
+use crate::kafka::KafkaConfig;
 use crate::{Error, Result};
 
-/// Topic naming and sizing flags.
-#[derive(Debug, Clone, clap::Args)]
-pub struct TopicArgs {
+/// Topic naming and sizing. The command line's `--topic-prefix`, `--partitions` and
+/// `--replication-factor` fill it in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
     /// Prefix of every topic and consumer-group name.
-    #[arg(long, env = "ORDERFLOW_TOPIC_PREFIX", default_value = "orderflow", global = true)]
     pub topic_prefix: String,
     /// Partitions of the orders, enriched, dead-letter, late and checkpoint topics when
     /// orderflow creates them (existing topics are left as they are).
-    #[arg(long, env = "ORDERFLOW_PARTITIONS", default_value_t = 6, global = true)]
     pub partitions: i32,
     /// Replication factor of topics orderflow creates (use 3 in production).
-    #[arg(long, env = "ORDERFLOW_REPLICATION_FACTOR", default_value_t = 1, global = true)]
     pub replication_factor: i32,
 }
 
-impl TopicArgs {
+/// Prefix of every topic and group name when none is given.
+pub const DEFAULT_PREFIX: &str = "orderflow";
+/// Partitions of the wide topics orderflow creates, when not told otherwise.
+pub const DEFAULT_PARTITIONS: i32 = 6;
+/// Replication factor of the topics orderflow creates, when not told otherwise.
+pub const DEFAULT_REPLICATION_FACTOR: i32 = 1;
+/// `max.message.bytes` of the checkpoint topic orderflow creates (64 MiB): a checkpoint
+/// holds a partition's dedup memory, megabytes at peak rates.
+pub const CHECKPOINT_MAX_BYTES: u64 = 64 << 20;
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX, DEFAULT_PARTITIONS)
+    }
+}
+
+/// A part of the pipeline, for the topics it needs to exist before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// `merchants load`: the merchants topic.
+    MerchantLoader,
+    /// `replay` and the `Publisher` API: the orders topic.
+    Publisher,
+    /// The enricher: orders, merchants, enriched, dead letters.
+    Enricher,
+    /// The aggregator (with its merger): everything but merchants; the checkpoint topic
+    /// is sized by the enriched topic, see [`Topics::checkpoint_spec`].
+    Aggregator,
+    /// Every topic (the demo, tests).
+    All,
+}
+
+impl Topics {
     /// Names under `prefix` with the given sizing.
     pub fn new(prefix: impl Into<String>, partitions: i32) -> Self {
-        Self { topic_prefix: prefix.into(), partitions, replication_factor: 1 }
+        Self { topic_prefix: prefix.into(), partitions, replication_factor: DEFAULT_REPLICATION_FACTOR }
+    }
+
+    /// The topics `stage` needs, to create when missing (see [`ensure`]).
+    pub fn specs(&self, stage: Stage) -> Vec<TopicSpec> {
+        let (orders, merchants, enriched) =
+            (self.wide(self.orders()), self.narrow(self.merchants(), true), self.wide(self.enriched()));
+        let (dead_letter, late) = (self.wide(self.dead_letter()), self.wide(self.late()));
+        let (partials, totals) = (self.narrow(self.partials(), false), self.narrow(self.totals(), true));
+        match stage {
+            Stage::MerchantLoader => vec![merchants],
+            Stage::Publisher => vec![orders],
+            Stage::Enricher => vec![orders, merchants, enriched, dead_letter],
+            Stage::Aggregator => vec![orders, enriched, dead_letter, late, partials, totals],
+            Stage::All => {
+                let checkpoints = self.checkpoint_spec(self.partitions);
+                vec![orders, merchants, enriched, dead_letter, late, partials, totals, checkpoints]
+            }
+        }
+    }
+
+    /// The checkpoint topic for an enriched topic of `input_partitions` partitions:
+    /// partition p's checkpoints go to partition p, compacted, with room for large
+    /// records.
+    pub fn checkpoint_spec(&self, input_partitions: i32) -> TopicSpec {
+        TopicSpec {
+            name: self.checkpoints(),
+            partitions: input_partitions,
+            replication: self.replication_factor,
+            compact: true,
+            max_message_bytes: Some(CHECKPOINT_MAX_BYTES),
+        }
     }
 
     fn name(&self, suffix: &str) -> String {
@@ -106,7 +167,10 @@ pub struct TopicSpec {
 }
 
 /// Creates the topics that do not exist yet; existing ones are left untouched.
-pub async fn ensure(kafka: &KafkaArgs, specs: &[TopicSpec]) -> Result<()> {
+pub async fn ensure(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<()> {
+    if specs.is_empty() {
+        return Ok(());
+    }
     let existing: std::collections::HashSet<String> = {
         use rdkafka::consumer::Consumer as _;
         let md = kafka.reader()?.fetch_metadata(None, Duration::from_secs(10))?;

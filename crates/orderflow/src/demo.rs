@@ -6,16 +6,19 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use orderflow_aggregator::AggregatorArgs;
+use anyhow::Context as _;
+use orderflow_aggregator::AggregatorConfig;
 use orderflow_core::merchant::MerchantTable;
 use orderflow_core::window::{Tallies, TotalKey, WindowSpec};
-use orderflow_enricher::EnricherArgs;
-use orderflow_producer::{sample, Publisher};
+use orderflow_enricher::EnricherConfig;
+use orderflow_producer::Publisher;
 use orderflow_proto::timestamp_millis;
 use orderflow_proto::v1::WindowTotal;
-use orderflow_runtime::kafka::KafkaArgs;
-use orderflow_runtime::topics::TopicArgs;
+use orderflow_runtime::kafka::KafkaConfig;
+use orderflow_runtime::supervisor::Supervisor;
+use orderflow_runtime::topics::{Stage, Topics};
 use orderflow_runtime::{shutdown, telemetry, CancellationToken};
+use orderflow_workload::sample;
 use rdkafka::mocking::MockCluster;
 
 use crate::inspect::total_line;
@@ -55,28 +58,18 @@ const MIDNIGHT_MS: i64 = 1_794_326_400_000;
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let cluster = MockCluster::new(1)?;
-    let kafka = KafkaArgs::new(cluster.bootstrap_servers());
-    let topics = TopicArgs::new("orderflow", args.partitions);
+    let kafka = KafkaConfig::new(cluster.bootstrap_servers());
+    let topics = Topics::new("orderflow", args.partitions);
     // The mock cluster has no admin API: create the topics through its own API.
-    let p = args.partitions;
-    for (name, partitions) in [
-        (topics.orders(), p),
-        (topics.merchants(), 1),
-        (topics.enriched(), p),
-        (topics.dead_letter(), p),
-        (topics.late(), p),
-        (topics.partials(), 1),
-        (topics.totals(), 1),
-        (topics.checkpoints(), p),
-    ] {
-        cluster.create_topic(&name, partitions, 1)?;
+    for spec in topics.specs(Stage::All) {
+        cluster.create_topic(&spec.name, spec.partitions, 1)?;
     }
     telemetry::install_prometheus(args.metrics_addr)?;
     println!("orderflow demo: embedded mock Kafka cluster (librdkafka's mock, in memory) at {}", kafka.brokers);
     println!("Prometheus metrics at http://{}/metrics", args.metrics_addr);
 
     let sample = sample::generate(args.seed, args.merchants, args.orders, MIDNIGHT_MS - 60_000, 3 * 60_000);
-    let agg = AggregatorArgs { idle_close: args.idle_close, ..AggregatorArgs::default() };
+    let agg = AggregatorConfig { idle_close: args.idle_close, ..AggregatorConfig::default() };
     let expected = reference_totals(&sample, &agg)?;
     println!(
         "Generated {} merchants and {} events ({} orders, with retries, out-of-order and invalid events) around 2026-11-11 00:00 CST.",
@@ -88,34 +81,36 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let n = orderflow_producer::load_merchants(&kafka, &topics.merchants(), &sample.merchants).await?;
     println!("Loaded {n} merchants.");
     let cancel = shutdown::on_signal();
+    // The enricher and the aggregator run as supervised tasks: if either fails, both
+    // stop and the demo ends with that error instead of waiting for totals.
     let services = CancellationToken::new();
-    let enricher = {
-        let (k, t, c) = (kafka.clone(), topics.clone(), services.clone());
-        tokio::spawn(async move { orderflow_enricher::run(&k, &t, &EnricherArgs::default(), c).await })
-    };
-    let aggregator = {
-        let (k, t, c, a) = (kafka.clone(), topics.clone(), services.clone(), agg.clone());
-        tokio::spawn(async move { orderflow_aggregator::run(&k, &t, &a, c).await })
-    };
+    let mut supervisor = Supervisor::new(services.clone());
+    {
+        let (k, t) = (kafka.clone(), topics.clone());
+        let token = supervisor.token();
+        supervisor.spawn("enricher", async move { orderflow_enricher::run(&k, &t, &EnricherConfig::default(), token).await });
+    }
+    {
+        let (k, t, a) = (kafka.clone(), topics.clone(), agg.clone());
+        let token = supervisor.token();
+        supervisor.spawn("aggregator", async move { orderflow_aggregator::run(&k, &t, &a, token).await });
+    }
+    let services_done = tokio::spawn(supervisor.run(Duration::from_secs(15)));
 
     let publisher = Publisher::new(&kafka, topics.orders())?;
     let started = std::time::Instant::now();
-    let mut in_flight = Vec::new();
+    let mut batch = publisher.batch::<()>();
     for (i, e) in sample.events.iter().enumerate() {
         if let Some(rate) = args.rate {
             let due = started + Duration::from_secs_f64(i as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
         }
-        in_flight.push(publisher.enqueue(e).await?);
-        if in_flight.len() >= 10_000 {
-            for f in in_flight.drain(..) {
-                publisher.settle(f).await?;
-            }
+        batch.enqueue(e, ()).await?;
+        if batch.pending() >= 10_000 {
+            anyhow::ensure!(batch.settle().await?.rejected.is_empty(), "the mock broker refused a sample event");
         }
     }
-    for f in in_flight.drain(..) {
-        publisher.settle(f).await?;
-    }
+    anyhow::ensure!(batch.settle().await?.rejected.is_empty(), "the mock broker refused a sample event");
     println!("Published {} events in {:.1?}; totals appear as windows close:\n", sample.events.len(), started.elapsed());
 
     // Follow the totals topic until every expected total has arrived.
@@ -131,6 +126,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     while got.len() < expected.len() {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = services.cancelled() => break,
             _ = &mut deadline => break,
             t = rx.recv() => {
                 let Some(t) = t else { break };
@@ -162,8 +158,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     services.cancel();
     let _ = follower.await;
-    enricher.await??;
-    aggregator.await??;
+    services_done.await.context("the services' supervisor panicked")?.context("the pipeline failed")?;
+    drop(batch);
     drop(publisher);
     drop(cluster);
     Ok(if matches { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -171,7 +167,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
 /// The totals the sample should produce, computed directly (the load test's reference:
 /// valid events only, each event id once, merchant joined at event time).
-fn reference_totals(sample: &sample::Sample, agg: &AggregatorArgs) -> anyhow::Result<TotalsMap> {
+fn reference_totals(sample: &sample::Sample, agg: &AggregatorConfig) -> anyhow::Result<TotalsMap> {
     let (spec, _): (WindowSpec, i64) = agg.spec()?;
     let mut table = MerchantTable::new();
     sample.merchants.iter().for_each(|m| table.upsert(m));

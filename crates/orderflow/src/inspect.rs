@@ -2,10 +2,10 @@
 
 use orderflow_proto::v1::{EnrichedOrderEvent, WindowTotal};
 use orderflow_proto::Message as _;
-use orderflow_runtime::dead_letter;
-use orderflow_runtime::kafka::{header, KafkaArgs, TopicReader};
+use orderflow_runtime::kafka::{header, KafkaConfig, TopicReader};
+use orderflow_runtime::records::{dead_letter, late};
 use orderflow_runtime::shutdown;
-use orderflow_runtime::topics::TopicArgs;
+use orderflow_runtime::topics::Topics;
 use rdkafka::Message;
 
 /// A line of the human-readable totals table.
@@ -36,7 +36,8 @@ fn print_total(t: &WindowTotal, json: bool) {
     }
 }
 
-pub async fn totals(kafka: &KafkaArgs, topics: &TopicArgs, json: bool, follow: bool) -> anyhow::Result<()> {
+pub async fn totals(kafka: &KafkaConfig, topics: &Topics, json: bool, follow: bool) -> anyhow::Result<()> {
+    kafka.check_reachable()?;
     let (kafka, topic) = (kafka.clone(), topics.totals());
     if follow {
         let cancel = shutdown::on_signal();
@@ -51,13 +52,14 @@ pub async fn totals(kafka: &KafkaArgs, topics: &TopicArgs, json: bool, follow: b
     Ok(())
 }
 
-fn read_all(kafka: &KafkaArgs, topic: &str, mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>)) -> anyhow::Result<()> {
+fn read_all(kafka: &KafkaConfig, topic: &str, mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>)) -> anyhow::Result<()> {
     let reader = TopicReader::open(kafka, topic)?;
     reader.read_to_end(|m| f(m))?;
     Ok(())
 }
 
-pub async fn dead_letters(kafka: &KafkaArgs, topics: &TopicArgs, json: bool) -> anyhow::Result<()> {
+pub async fn dead_letters(kafka: &KafkaConfig, topics: &Topics, json: bool) -> anyhow::Result<()> {
+    kafka.check_reachable()?;
     let (kafka, topic) = (kafka.clone(), topics.dead_letter());
     tokio::task::spawn_blocking(move || {
         read_all(&kafka, &topic, |m| {
@@ -83,13 +85,14 @@ pub async fn dead_letters(kafka: &KafkaArgs, topics: &TopicArgs, json: bool) -> 
     .await?
 }
 
-pub async fn late(kafka: &KafkaArgs, topics: &TopicArgs, json: bool) -> anyhow::Result<()> {
+pub async fn late(kafka: &KafkaConfig, topics: &Topics, json: bool) -> anyhow::Result<()> {
+    kafka.check_reachable()?;
     let (kafka, topic) = (kafka.clone(), topics.late());
     tokio::task::spawn_blocking(move || {
         read_all(&kafka, &topic, |m| {
             let event = m.payload().and_then(|p| EnrichedOrderEvent::decode(p).ok());
-            let window = header(m, orderflow_aggregator::partitioned::LATE_WINDOW_START).unwrap_or("").to_owned();
-            let through = header(m, orderflow_aggregator::partitioned::LATE_CLOSED_THROUGH).unwrap_or("").to_owned();
+            let window = header(m, late::WINDOW_START).unwrap_or("").to_owned();
+            let through = header(m, late::CLOSED_THROUGH).unwrap_or("").to_owned();
             if json {
                 let v = serde_json::json!({ "windowStart": window, "closedThrough": through, "event": event });
                 println!("{v}");

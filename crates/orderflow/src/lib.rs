@@ -3,11 +3,14 @@
 //!
 //! # Layout
 //! - [`Cli`]: flags and subcommands (every flag also reads an environment variable).
+//! - `args`: the flags of the library crates' settings, converted into their plain
+//!   config structs (the libraries do not depend on clap).
 //! - `inspect`: printing totals, dead letters and late events.
 //! - `demo`: the whole pipeline in one process on librdkafka's embedded mock cluster.
 //! - `trace`: synthetic traces (`trace synth`).
 //! - `loadtest`: replaying a trace against a running pipeline, with a report.
 
+mod args;
 mod demo;
 mod inspect;
 mod loadtest;
@@ -19,12 +22,13 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use orderflow_aggregator::AggregatorArgs;
-use orderflow_enricher::EnricherArgs;
-use orderflow_producer::{Publisher, ReplayOptions};
-use orderflow_runtime::kafka::KafkaArgs;
-use orderflow_runtime::topics::{self, TopicArgs};
+use orderflow_producer::Publisher;
+use orderflow_runtime::kafka::KafkaConfig;
+use orderflow_runtime::topics::{self, Stage, Topics};
 use orderflow_runtime::{shutdown, telemetry};
+use orderflow_workload::ReplayOptions;
+
+use args::{AggregatorArgs, EnricherArgs, KafkaArgs, TopicArgs};
 
 /// Event-sourced order pipeline: storefront events in, exact windowed GMV totals out.
 #[derive(Debug, Parser)]
@@ -133,37 +137,44 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let Cli { kafka, topics, command } = cli;
+    let (kafka, topics): (KafkaConfig, Topics) = (kafka.into(), topics.into());
     match command {
         Command::Merchants { command: MerchantsCommand::Load { file } } => {
+            // Local input first: a bad file fails before any broker is contacted.
             let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
             let merchants = orderflow_core::merchant::read_merchants_csv(f).with_context(|| format!("reading {}", file.display()))?;
-            topics::ensure(&kafka, &[topics.narrow(topics.merchants(), true)]).await?;
+            kafka.check_reachable()?;
+            topics::ensure(&kafka, &topics.specs(Stage::MerchantLoader)).await?;
             let n = orderflow_producer::load_merchants(&kafka, &topics.merchants(), &merchants).await?;
             println!("Published {n} merchant records to {}.", topics.merchants());
         }
         Command::Replay { file, rate, no_progress } => {
-            topics::ensure(&kafka, &[topics.wide(topics.orders())]).await?;
+            std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            kafka.check_reachable()?;
+            topics::ensure(&kafka, &topics.specs(Stage::Publisher)).await?;
             let publisher = Publisher::new(&kafka, topics.orders())?;
             let cancel = shutdown::on_signal();
             let opts = ReplayOptions { rate, progress: !no_progress && is_terminal::is_terminal(std::io::stderr()) };
-            let report = orderflow_producer::replay(&file, &publisher, &opts, &cancel).await?;
+            let report = orderflow_workload::replay(&file, &publisher, &opts, &cancel).await?;
             println!(
-                "Published {} events from {} lines of {}; {} invalid lines skipped{}.",
+                "Published {} events from {} lines of {}; {} invalid lines skipped; {} events refused by the broker{}.",
                 report.published,
                 report.lines,
                 file.display(),
                 report.invalid_lines.len(),
+                report.refused.len(),
                 if report.interrupted { "; interrupted" } else { "" }
             );
         }
         Command::Enrich { args, metrics_addr } => {
             telemetry::install_prometheus(metrics_addr)?;
-            orderflow_enricher::run(&kafka, &topics, &args, shutdown::on_signal()).await?;
+            orderflow_enricher::run(&kafka, &topics, &args.into(), shutdown::on_signal()).await?;
         }
         Command::Aggregate { args, metrics_addr } => {
-            args.spec()?;
+            let config: orderflow_aggregator::AggregatorConfig = args.into();
+            config.spec()?;
             telemetry::install_prometheus(metrics_addr)?;
-            orderflow_aggregator::run(&kafka, &topics, &args, shutdown::on_signal()).await?;
+            orderflow_aggregator::run(&kafka, &topics, &config, shutdown::on_signal()).await?;
         }
         Command::Totals { json, follow } => inspect::totals(&kafka, &topics, json, follow).await?,
         Command::DeadLetters { json } => inspect::dead_letters(&kafka, &topics, json).await?,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use orderflow_producer::synth::{self, SynthOptions, MERCHANTS_FILE, TRACE_FILE};
+use orderflow_workload::synth::{self, SynthOptions, MERCHANTS_FILE, TRACE_FILE};
 use orderflow_proto::{timestamp_millis, Timestamp};
 
 #[derive(Debug, Subcommand)]

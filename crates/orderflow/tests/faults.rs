@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{free_port, wait_until, Broker, Orderflow, Service};
-use orderflow_producer::sample;
+use orderflow_workload::sample;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use serde_json::Value;

@@ -115,7 +115,7 @@ fn exact_totals_dead_letters_and_late_events_over_a_real_broker() {
     // A payload that is not protobuf at all, straight from a misbehaving storefront.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let kafka = orderflow_runtime::kafka::KafkaArgs::new(of.brokers.clone());
+        let kafka = orderflow_runtime::kafka::KafkaConfig::new(of.brokers.clone());
         let publisher = orderflow_producer::Publisher::new(&kafka, format!("{}.orders", of.prefix)).unwrap();
         publisher.publish_raw(Some("garbage"), b"\xff\xfe not a protobuf").await.unwrap();
     });

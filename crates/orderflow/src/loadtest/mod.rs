@@ -13,7 +13,6 @@ mod chart;
 pub(crate) mod check;
 mod timeline;
 
-use std::collections::VecDeque;
 use std::io::BufRead as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,18 +20,18 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::FutureExt as _;
 use orderflow_core::window::WindowSpec;
 use orderflow_enricher::merchants::MerchantStore;
-use orderflow_producer::trace::TraceReader;
-use orderflow_producer::{event_key, Publisher};
+use orderflow_producer::{event_key, PublishBatch, Publisher};
+use orderflow_workload::trace::TraceReader;
 use orderflow_proto::v1::{EnrichedOrderEvent, OrderEvent, WindowTotal};
 use orderflow_proto::{timestamp_millis, Message as _};
-use orderflow_runtime::kafka::{group_positions, KafkaArgs, TopicReader};
+use orderflow_runtime::kafka::{group_positions, KafkaConfig, TopicReader};
+use orderflow_runtime::outbox::{Outbox, Settled};
 use orderflow_runtime::shutdown;
-use orderflow_runtime::topics::{self, TopicArgs};
+use orderflow_runtime::topics::{self, Topics};
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _};
+use rdkafka::producer::FutureRecord;
 use rdkafka::Message as _;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -158,9 +157,11 @@ struct Baseline {
 }
 
 /// Runs the load test; fails (exit code 1) when the totals do not match the trace.
-pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, args: LoadtestArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let spec = WindowSpec::new(ms(args.window), 0)?;
+    anyhow::ensure!(args.trace.is_file(), "the trace `{}` is not a readable file", args.trace.display());
+    kafka.check_reachable()?;
     topics::ensure(kafka, &[topics.wide(topics.orders()), topics.narrow(topics.totals(), true)]).await?;
     let existing = {
         let (kafka, topic) = (kafka.clone(), topics.totals());
@@ -172,11 +173,8 @@ pub async fn run(kafka: &KafkaArgs, topics: &TopicArgs, args: LoadtestArgs) -> a
         topics.totals()
     );
     let cancel = shutdown::on_signal();
-    let follow = cancel.child_token();
-    let (store, follower) = MerchantStore::load(kafka, &topics.merchants(), follow.clone()).await?;
-    follow.cancel();
+    let (store, _follower) = MerchantStore::load(kafka, &topics.merchants()).await?;
     let table = store.read().clone();
-    let _ = tokio::task::spawn_blocking(move || follower.join()).await;
     eprintln!("loadtest: {} merchants read from {}.", table.len(), topics.merchants());
 
     let baseline = if args.broker_baseline { Some(broker_baseline(kafka, topics, &args).await?) } else { None };
@@ -378,7 +376,7 @@ async fn replay(
     cancel: &CancellationToken,
 ) -> anyhow::Result<Replayed> {
     let mut lines = TraceReader::open(&args.trace, progress, "loadtest").with_context(|| format!("opening {}", args.trace.display()))?;
-    let mut pending: VecDeque<DeliveryFuture> = VecDeque::with_capacity(IN_FLIGHT);
+    let mut batch: PublishBatch<'_, u64> = publisher.batch();
     let mut out = Replayed::default();
     let mut first_event_ms: Option<i64> = None;
     let mut max_event_ms = i64::MIN;
@@ -409,52 +407,35 @@ async fn replay(
             timeline.offered(elapsed_ms());
         }
         let counted = reference.add(&event);
-        pending.push_back(publisher.enqueue(&event).await?);
+        batch.enqueue(&event, line.number).await?;
         if let Counted::Window(w) = counted {
             timeline.sent(w, elapsed_ms());
         }
         // Count deliveries as they complete; wait for the oldest when too many are out.
-        let mut done = 0;
-        loop {
-            let full = pending.len() >= IN_FLIGHT;
-            let Some(front) = pending.front_mut() else { break };
-            let ready = if full { Some(front.await) } else { front.now_or_never() };
-            match ready {
-                None => break,
-                Some(r) => {
-                    pending.pop_front();
-                    delivered(r, publisher.topic())?;
-                    done += 1;
-                }
-            }
-        }
+        let done = refused(batch.settle_ready(IN_FLIGHT - 1).await?, &args.trace)?;
         if done > 0 {
             out.published += done;
             timeline.achieved(elapsed_ms(), done);
         }
     }
-    while let Some(f) = pending.pop_front() {
-        delivered(f.await, publisher.topic())?;
-        out.published += 1;
-        timeline.achieved(elapsed_ms(), 1);
-    }
+    let done = refused(batch.settle().await?, &args.trace)?;
+    out.published += done;
+    timeline.achieved(elapsed_ms(), done);
     lines.bar().finish_and_clear();
     Ok(out)
 }
 
-fn delivered(
-    r: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
-    topic: &str,
-) -> anyhow::Result<()> {
-    match r {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(anyhow::Error::new(e).context(format!("delivering to {topic}"))),
-        Err(_) => anyhow::bail!("delivery to {topic} cancelled"),
+/// The events delivered; a refused one fails the load test, naming its line (the
+/// reference would count an event the pipeline never saw).
+fn refused(settled: Settled<u64>, trace: &std::path::Path) -> anyhow::Result<u64> {
+    if let Some(r) = settled.rejected.first() {
+        anyhow::bail!("{}:{}: refused by the broker: {}", trace.display(), r.tag, r.error);
     }
+    Ok(settled.delivered)
 }
 
 /// Follows the totals topic, sending each total with its broker timestamp (ms).
-fn follow_totals(kafka: &KafkaArgs, topic: &str, cancel: &CancellationToken, tx: &mpsc::Sender<(i64, WindowTotal)>) -> anyhow::Result<()> {
+fn follow_totals(kafka: &KafkaConfig, topic: &str, cancel: &CancellationToken, tx: &mpsc::Sender<(i64, WindowTotal)>) -> anyhow::Result<()> {
     let reader = TopicReader::open(kafka, topic)?;
     while !cancel.is_cancelled() {
         if let Some(m) = reader.poll(Duration::from_millis(200))? {
@@ -471,7 +452,7 @@ fn follow_totals(kafka: &KafkaArgs, topic: &str, cancel: &CancellationToken, tx:
 
 /// Samples, four times a second, how many records the enricher and the aggregator groups
 /// have yet to commit (high watermarks minus committed offsets).
-fn sample_lag(kafka: &KafkaArgs, topics: &TopicArgs, cancel: &CancellationToken, started: Instant, tx: &mpsc::Sender<(u64, i64, i64)>) {
+fn sample_lag(kafka: &KafkaConfig, topics: &Topics, cancel: &CancellationToken, started: Instant, tx: &mpsc::Sender<(u64, i64, i64)>) {
     let client = |group: &str| -> anyhow::Result<BaseConsumer> {
         Ok(kafka.config(&[("group.id", group), ("enable.auto.commit", "false")])?.create()?)
     };
@@ -495,10 +476,10 @@ fn sample_lag(kafka: &KafkaArgs, topics: &TopicArgs, cancel: &CancellationToken,
 
 /// Produces the trace's events (keyed as the replay keys them) to a scratch topic, then
 /// consumes them back; times both, excluding the JSON parsing.
-async fn broker_baseline(kafka: &KafkaArgs, topics: &TopicArgs, args: &LoadtestArgs) -> anyhow::Result<Baseline> {
+async fn broker_baseline(kafka: &KafkaConfig, topics: &Topics, args: &LoadtestArgs) -> anyhow::Result<Baseline> {
     let topic = format!("{}.loadtest.baseline", topics.topic_prefix);
     topics::ensure(kafka, &[topics.wide(topic.clone())]).await?;
-    let producer = kafka.producer()?;
+    let mut outbox: Outbox<u64> = Outbox::new(kafka.producer()?);
     let file = std::fs::File::open(&args.trace).with_context(|| format!("opening {}", args.trace.display()))?;
     let mut lines = std::io::BufReader::with_capacity(1 << 20, file).lines();
     let (mut events, mut produce) = (0u64, Duration::ZERO);
@@ -518,21 +499,17 @@ async fn broker_baseline(kafka: &KafkaArgs, topics: &TopicArgs, args: &LoadtestA
             break;
         }
         let t = Instant::now();
-        let mut pending = VecDeque::with_capacity(IN_FLIGHT);
         for (k, v) in &chunk {
-            let fut = orderflow_runtime::kafka::send(&producer, FutureRecord::to(&topic).key(k.as_str()).payload(v.as_slice())).await?;
-            pending.push_back(fut);
-            if pending.len() >= IN_FLIGHT {
-                delivered(pending.pop_front().expect("non-empty").await, &topic)?;
+            outbox.send(FutureRecord::to(&topic).key(k.as_str()).payload(v.as_slice()), 0).await?;
+            if outbox.pending() >= IN_FLIGHT {
+                refused(outbox.settle_ready(IN_FLIGHT - 1).await?, &args.trace)?;
             }
         }
-        for f in pending {
-            delivered(f.await, &topic)?;
-        }
+        refused(outbox.settle().await?, &args.trace)?;
         produce += t.elapsed();
         events += chunk.len() as u64;
     }
-    producer.flush(Duration::from_secs(30))?;
+    outbox.close(Duration::from_secs(30)).await?;
     let (kafka2, topic2) = (kafka.clone(), topic.clone());
     let t = Instant::now();
     let consumed = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {

@@ -1,16 +1,16 @@
-//! Trace replay.
+//! Trace replay: publishes every event of a trace file, paced or flat out.
 
 use std::path::Path;
 use std::time::Duration;
 
-use futures::future::join_all;
+use orderflow_producer::{PublishBatch, Publisher};
+use orderflow_runtime::outbox::Settled;
 use orderflow_runtime::telemetry;
-use rdkafka::producer::DeliveryFuture;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::trace::TraceReader;
-use crate::{Error, Publisher, Result};
+use crate::{Error, Result};
 
 /// How to replay.
 #[derive(Debug, Clone, Default)]
@@ -30,20 +30,23 @@ pub struct ReplayReport {
     pub published: u64,
     /// Lines that were not an `OrderEvent` in JSON: (line number, error).
     pub invalid_lines: Vec<(u64, String)>,
+    /// Events the broker refused for good (too large, say): (line number, reason).
+    pub refused: Vec<(u64, String)>,
     /// Whether the replay stopped early on shutdown.
     pub interrupted: bool,
 }
 
-/// How many deliveries may be outstanding before the replay waits for them.
+/// How many deliveries may be outstanding before the replay waits for the oldest.
 const IN_FLIGHT: usize = 20_000;
 
-/// Publishes every event of the trace at `path`. Lines that do not parse are reported
-/// (on stderr and in the report, with their line numbers) and skipped.
+/// Publishes every event of the trace at `path`. Lines that do not parse, and events
+/// the broker refuses, are reported (on stderr and in the report, with their line
+/// numbers) and skipped; the replay goes on.
 pub async fn replay(path: &Path, publisher: &Publisher, opts: &ReplayOptions, cancel: &CancellationToken) -> Result<ReplayReport> {
     let trace_err = |source| Error::Trace { path: path.display().to_string(), source };
     let mut lines = TraceReader::open(path, opts.progress, "replay").map_err(trace_err)?;
     let mut report = ReplayReport::default();
-    let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(IN_FLIGHT);
+    let mut batch: PublishBatch<'_, u64> = publisher.batch();
     let start = Instant::now();
     let mut sent = 0u64;
     loop {
@@ -68,36 +71,25 @@ pub async fn replay(path: &Path, publisher: &Publisher, opts: &ReplayOptions, ca
                 tokio::time::sleep_until(due).await;
             }
         }
-        pending.push(publisher.enqueue(&event).await?);
+        batch.enqueue(&event, line.number).await?;
         sent += 1;
-        if pending.len() >= IN_FLIGHT {
-            report.published += settle_all(publisher, &mut pending).await?;
+        if batch.pending() >= IN_FLIGHT {
+            account(path, &lines, &mut report, batch.settle_ready(IN_FLIGHT / 2).await?);
             lines.bar().set_message(format!("{} events", report.published));
         }
     }
-    report.published += settle_all(publisher, &mut pending).await?;
+    account(path, &lines, &mut report, batch.settle().await?);
     lines.bar().finish_with_message(format!("{} events", report.published));
     Ok(report)
 }
 
-async fn settle_all(publisher: &Publisher, pending: &mut Vec<DeliveryFuture>) -> Result<u64> {
-    let results = join_all(pending.drain(..)).await;
-    let mut ok = 0;
-    let mut first_err = None;
-    for r in results {
-        match r {
-            Ok(Ok(_)) => ok += 1,
-            Ok(Err((e, _))) => {
-                first_err.get_or_insert(Error::Delivery { topic: publisher.topic().to_owned(), source: e });
-            }
-            Err(_) => {
-                first_err.get_or_insert(Error::Cancelled);
-            }
-        }
-    }
-    metrics::counter!(telemetry::PRODUCER_EVENTS, "outcome" => "sent").increment(ok);
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(ok),
+fn account(path: &Path, lines: &TraceReader, report: &mut ReplayReport, settled: Settled<u64>) {
+    report.published += settled.delivered;
+    metrics::counter!(telemetry::PRODUCER_EVENTS, "outcome" => "sent").increment(settled.delivered);
+    for r in settled.rejected {
+        let reason = r.error.to_string();
+        lines.bar().suspend(|| eprintln!("{}:{}: refused by the broker: {reason}", path.display(), r.tag));
+        metrics::counter!(telemetry::PRODUCER_EVENTS, "outcome" => "refused").increment(1);
+        report.refused.push((r.tag, reason));
     }
 }

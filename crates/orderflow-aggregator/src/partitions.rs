@@ -1,0 +1,393 @@
+//! Stage 1: per-partition aggregation. [`Partitions`] holds the owned partitions'
+//! state (taking partitions over from their checkpoints, forgetting revoked ones,
+//! checkpoint bookkeeping); [`Aggregator`] is the loop: receive a batch, then for each
+//! record decode → apply → route ([`crate::router`]); settle; now and then write idle
+//! ticks and checkpoints.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use orderflow_core::partition::{Outcome, PartitionState, Prepared};
+use orderflow_core::validate::InvalidReason;
+use orderflow_core::window::{ClosedWindow, WindowSpec};
+use orderflow_core::wire::{undecodable, EnrichedKind, EnrichedView};
+use orderflow_proto::timestamp_millis;
+use orderflow_proto::v1::EnrichedRecord;
+use orderflow_runtime::kafka::{recv_batch, KafkaConfig, RevocationLog};
+use orderflow_runtime::outbox::Outbox;
+use orderflow_runtime::records;
+use orderflow_runtime::telemetry;
+use orderflow_runtime::topics::{Topics, CHECKPOINT_MAX_BYTES};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::idle::{self, Quiet};
+use crate::router::{Route, Router};
+use crate::upstream::Watch;
+use crate::{checkpoint, AggregatorConfig, Result};
+
+/// Records parsed and prepared ahead of processing at a time (benches/README.md: the
+/// `decode_apply_batched` benchmark uses the same chunk).
+const PREPARE_CHUNK: usize = 32;
+
+/// A record parsed ahead of processing.
+#[allow(missing_debug_implementations)] // views of a payload; nothing to show
+pub struct Parsed<'a> {
+    record: std::result::Result<Option<EnrichedKind<'a>>, InvalidReason>,
+    /// For an event of a partition owned when parsed.
+    prepared: Option<Prepared>,
+}
+
+/// One owned input partition.
+#[derive(Debug)]
+struct Owned {
+    state: PartitionState,
+    /// First input offset not yet reflected in `state`.
+    next_offset: i64,
+    /// `next_offset` of the last checkpoint written.
+    checkpointed: i64,
+    /// When the partition last delivered a record (or was taken over).
+    last_input: Instant,
+    /// When an idle tick was last sent.
+    tick_sent: Option<Instant>,
+}
+
+impl Owned {
+    fn new(state: PartitionState, next_offset: i64, checkpointed: i64) -> Self {
+        Self { state, next_offset, checkpointed, last_input: Instant::now(), tick_sent: None }
+    }
+}
+
+/// What applying one record did to its partition.
+#[derive(Debug)]
+pub struct Applied {
+    pub route: Route,
+    /// Windows the record closed on the partition, and the partition's new
+    /// closed-through frontier when it moved.
+    pub closed: Vec<ClosedWindow>,
+    pub moved_through: Option<i64>,
+}
+
+/// The owned partitions' state.
+#[derive(Debug)]
+pub struct Partitions {
+    kafka: KafkaConfig,
+    spec: WindowSpec,
+    horizon: i64,
+    input: String,
+    checkpoints: String,
+    idle_close: Duration,
+    owned: HashMap<i32, Owned>,
+    /// When input last came back to a partition after `--idle-close` without any
+    /// (see [`idle::ticks`]).
+    last_resumed: Option<Instant>,
+}
+
+impl Partitions {
+    pub fn new(kafka: &KafkaConfig, topics: &Topics, spec: WindowSpec, horizon: i64, idle_close: Duration) -> Self {
+        Self {
+            kafka: kafka.clone(),
+            spec,
+            horizon,
+            input: topics.enriched(),
+            checkpoints: topics.checkpoints(),
+            idle_close,
+            owned: HashMap::new(),
+            last_resumed: None,
+        }
+    }
+
+    /// Whether partition `p` is owned.
+    pub fn owns(&self, p: i32) -> bool {
+        self.owned.contains_key(&p)
+    }
+
+    /// Drops the state of partitions taken away: their next owner restores the last
+    /// checkpoint and re-processes from its offset.
+    pub fn forget(&mut self, revoked: Vec<i32>) {
+        for p in revoked {
+            self.owned.remove(&p);
+            metrics::gauge!(telemetry::AGGREGATOR_WATERMARK, "partition" => p.to_string()).set(f64::NAN);
+        }
+    }
+
+    /// Restores newly owned partitions from their checkpoints (or starts them from
+    /// scratch when they have none).
+    pub async fn take_over(&mut self, mut partitions: Vec<i32>) -> Result<()> {
+        partitions.retain(|p| !self.owned.contains_key(p));
+        partitions.sort_unstable();
+        partitions.dedup();
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let (kafka, topic, ps) = (self.kafka.clone(), self.checkpoints.clone(), partitions.clone());
+        let started = Instant::now();
+        let mut found =
+            tokio::task::spawn_blocking(move || checkpoint::restore(&kafka, &topic, &ps)).await.expect("restore task panicked")?;
+        for p in partitions {
+            let owned = match found.remove(&p) {
+                Some(cp) => {
+                    metrics::counter!(telemetry::AGGREGATOR_RESTORES, "from" => "checkpoint").increment(1);
+                    let state = PartitionState::restore(&cp, self.spec, self.horizon)?;
+                    tracing::info!(
+                        partition = p,
+                        next_offset = cp.next_offset,
+                        open_windows = state.open_windows(),
+                        "Partition restored from checkpoint."
+                    );
+                    Owned::new(state, cp.next_offset, cp.next_offset)
+                }
+                None => {
+                    metrics::counter!(telemetry::AGGREGATOR_RESTORES, "from" => "scratch").increment(1);
+                    tracing::info!(partition = p, "Partition starts from scratch.");
+                    Owned::new(PartitionState::new(self.spec, self.horizon), 0, -1)
+                }
+            };
+            self.owned.insert(p, owned);
+        }
+        metrics::histogram!(telemetry::AGGREGATOR_RESTORE_SECONDS).record(started.elapsed().as_secs_f64());
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "Take-over done.");
+        Ok(())
+    }
+
+    /// Parses a record as a view borrowing its payload (no allocation per event) and,
+    /// for an event of an owned partition, prepares it (see [`PartitionState::prepare`]).
+    pub fn parse<'a>(&self, m: &'a BorrowedMessage<'_>) -> Parsed<'a> {
+        let payload = m.payload().unwrap_or_default();
+        let record = EnrichedView::parse(payload).map(|r| r.kind).map_err(|e| undecodable::<EnrichedRecord>(payload, &e));
+        let prepared = match (&record, self.owned.get(&m.partition())) {
+            (Ok(Some(EnrichedKind::Event(e))), Some(owned)) => Some(owned.state.prepare(e)),
+            _ => None,
+        };
+        Parsed { record, prepared }
+    }
+
+    /// Applies a parsed record to its partition; `None` when the partition is not
+    /// owned or the record is already in the restored state.
+    pub fn apply(&mut self, p: i32, offset: i64, parsed: Parsed<'_>) -> Option<Applied> {
+        let owned = self.owned.get_mut(&p)?;
+        let now = Instant::now();
+        // Our own ticks read back are not input coming back.
+        let tick = matches!(parsed.record, Ok(Some(EnrichedKind::IdleTick(_))));
+        if !tick && idle::resumed(now, owned.last_input, self.idle_close) {
+            self.last_resumed = Some(now);
+        }
+        owned.last_input = now;
+        if offset < owned.next_offset {
+            return None; // already in the restored state
+        }
+        if offset > owned.next_offset && owned.checkpointed >= 0 {
+            tracing::warn!(partition = p, expected = owned.next_offset, got = offset, "Input offsets skipped ahead of the checkpoint.");
+        }
+        owned.next_offset = offset + 1;
+        let before = owned.state.closed_through_ms();
+        let mut closed = Vec::new();
+        let Parsed { record, prepared } = parsed;
+        let route = match record {
+            Ok(Some(EnrichedKind::IdleTick(Some(t)))) => {
+                owned.state.idle_close(timestamp_millis(&t), &mut closed);
+                Route::Applied(None)
+            }
+            Ok(Some(EnrichedKind::Event(e))) => {
+                // Prepared when parsed if this partition was owned then, as it is now.
+                let prepared = prepared.unwrap_or_else(|| owned.state.prepare(&e));
+                match owned.state.apply_prepared(&e, prepared, &mut closed) {
+                    Outcome::Late { window_start_ms, closed_through_ms } => Route::Late { window_start_ms, closed_through_ms },
+                    Outcome::Invalid => Route::DeadLetter(InvalidReason::MissingEventTime),
+                    outcome => Route::Applied(Some(outcome)),
+                }
+            }
+            Ok(_) => Route::DeadLetter(InvalidReason::Undecodable("empty EnrichedRecord".into())),
+            Err(reason) => Route::DeadLetter(reason),
+        };
+        let (through, watermark) = (owned.state.closed_through_ms(), owned.state.watermark_ms());
+        if watermark != i64::MIN {
+            metrics::gauge!(telemetry::AGGREGATOR_WATERMARK, "partition" => p.to_string()).set(watermark as f64 / 1000.0);
+        }
+        Some(Applied { route, closed, moved_through: (through != before).then_some(through) })
+    }
+
+    /// Open windows over the owned partitions.
+    pub fn open_windows(&self) -> usize {
+        self.owned.values().map(|o| o.state.open_windows()).sum()
+    }
+
+    /// The partitions quiet enough for an idle tick now, and the target to close them
+    /// through (see [`idle::ticks`]); marks them ticked.
+    pub fn due_ticks(&mut self, watch: &Watch) -> Option<(i64, Vec<i32>)> {
+        let quiet: Vec<Quiet> = self
+            .owned
+            .iter()
+            .map(|(&partition, o)| Quiet {
+                partition,
+                last_input: o.last_input,
+                tick_sent: o.tick_sent,
+                closed_through_ms: o.state.closed_through_ms(),
+                last_open_end_ms: o.state.last_open_end_ms(),
+            })
+            .collect();
+        let (target, ticks) = idle::ticks(Instant::now(), self.idle_close, &watch.get(), self.last_resumed, &quiet)?;
+        for p in &ticks {
+            if let Some(o) = self.owned.get_mut(p) {
+                o.tick_sent = Some(Instant::now());
+            }
+        }
+        Some((target, ticks))
+    }
+
+    /// Writes the checkpoint of every partition that progressed, then commits the
+    /// offsets they belong to. The caller settles outputs first, so a checkpoint never
+    /// claims input whose results might be lost.
+    pub async fn checkpoint(&mut self, outbox: &mut Outbox<(i32, i64, usize)>, consumer: &StreamConsumer<RevocationLog>) -> Result<()> {
+        let mut written = Vec::new();
+        for (&p, owned) in &self.owned {
+            if owned.next_offset <= owned.checkpointed {
+                continue;
+            }
+            let bytes = checkpoint::encode(&owned.state.checkpoint(&self.input, p, owned.next_offset));
+            metrics::histogram!(telemetry::AGGREGATOR_CHECKPOINT_BYTES).record(bytes.len() as f64);
+            let key = records::checkpoint_key(p);
+            outbox.send(FutureRecord::to(&self.checkpoints).partition(p).key(&key).payload(&bytes), (p, owned.next_offset, bytes.len())).await?;
+            written.push((p, owned.next_offset));
+        }
+        // A checkpoint the broker refuses (too large for the topic's max.message.bytes,
+        // say) must not stop aggregation: the previous checkpoint and its committed
+        // offset stay valid, so exactness holds and only a restart would re-process
+        // more. Say so loudly.
+        let refused = outbox.settle().await?.rejected;
+        for r in &refused {
+            let (p, _, size) = r.tag;
+            metrics::counter!(telemetry::AGGREGATOR_CHECKPOINT_FAILURES).increment(1);
+            tracing::error!(
+                partition = p,
+                bytes = size,
+                error = %r.error,
+                topic = %self.checkpoints,
+                "Checkpoint not written; the previous one stays in force. If the record is too large, raise the \
+                 topic's max.message.bytes (orderflow creates it with {CHECKPOINT_MAX_BYTES}) or shorten --dedup-horizon."
+            );
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in written {
+            if refused.iter().any(|r| r.tag.0 == p) {
+                continue;
+            }
+            tpl.add_partition_offset(&self.input, p, Offset::Offset(next))?;
+            if let Some(o) = self.owned.get_mut(&p) {
+                o.checkpointed = next;
+            }
+            metrics::counter!(telemetry::AGGREGATOR_CHECKPOINTS).increment(1);
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!(error = %e, "Offset commit failed; the checkpoint is what counts.");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The partitions loop.
+pub struct Aggregator {
+    config: AggregatorConfig,
+    consumer: StreamConsumer<RevocationLog>,
+    partitions: Partitions,
+    router: Router,
+    /// Checkpoints, tagged with (partition, next offset, bytes).
+    checkpoints: Outbox<(i32, i64, usize)>,
+    last_checkpoint: Instant,
+    watch: Watch,
+}
+
+impl std::fmt::Debug for Aggregator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregator").field("partitions", &self.partitions).finish_non_exhaustive()
+    }
+}
+
+impl Aggregator {
+    /// Joins the aggregator group on the enriched topic.
+    pub fn new(
+        kafka: &KafkaConfig,
+        topics: &Topics,
+        config: &AggregatorConfig,
+        spec: WindowSpec,
+        horizon: i64,
+        partition_count: i32,
+        watch: Watch,
+    ) -> Result<Self> {
+        let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("aggregator"), RevocationLog::default())?;
+        consumer.subscribe(&[&topics.enriched()])?;
+        let producer = kafka.producer()?;
+        Ok(Self {
+            config: config.clone(),
+            consumer,
+            partitions: Partitions::new(kafka, topics, spec, horizon, config.idle_close),
+            router: Router::new(producer.clone(), topics, partition_count),
+            checkpoints: Outbox::new(producer),
+            last_checkpoint: Instant::now(),
+            watch,
+        })
+    }
+
+    /// Aggregates until `cancel`, then settles and writes a last checkpoint.
+    pub async fn run(self, cancel: CancellationToken) -> Result<()> {
+        let Self { config, consumer, mut partitions, mut router, mut checkpoints, mut last_checkpoint, watch } = self;
+        tracing::info!(window_ms = partitions.spec.size_ms(), lateness_ms = partitions.spec.lateness_ms(), "Aggregator running.");
+        let mut housekeeping = Instant::now();
+        while !cancel.is_cancelled() {
+            let batch = recv_batch(&consumer, config.batch, &cancel, Duration::from_millis(200)).await;
+            partitions.forget(consumer.context().take());
+            if !batch.is_empty() {
+                partitions.take_over(batch.iter().map(|m| m.partition()).collect()).await?;
+                // A few dozen records at a time: parse them and prepare their events
+                // (the dedup look-ups' cache misses overlap), then process them in
+                // order. Small chunks keep what was prepared in cache until it is used.
+                for chunk in batch.chunks(PREPARE_CHUNK) {
+                    let parsed: Vec<Parsed<'_>> = chunk.iter().map(|m| partitions.parse(m)).collect();
+                    for (m, parsed) in chunk.iter().zip(parsed) {
+                        let Some(applied) = partitions.apply(m.partition(), m.offset(), parsed) else { continue };
+                        router.route(m, applied.route).await?;
+                        if let Some(through) = applied.moved_through {
+                            router.emit(m.partition(), &applied.closed, through).await?;
+                            metrics::gauge!(telemetry::AGGREGATOR_OPEN_WINDOWS).set(partitions.open_windows() as f64);
+                        }
+                    }
+                }
+                drop(batch);
+                router.settle().await?;
+            }
+            if housekeeping.elapsed() >= Duration::from_millis(500) {
+                housekeeping = Instant::now();
+                let assigned: Vec<i32> = match consumer.assignment() {
+                    Ok(tpl) => tpl.elements().iter().map(|e| e.partition()).collect(),
+                    Err(_) => Vec::new(),
+                };
+                partitions.take_over(assigned).await?;
+                if let Some((target, ticks)) = partitions.due_ticks(&watch) {
+                    for p in ticks {
+                        router.tick(p, target).await?;
+                    }
+                }
+            }
+            if last_checkpoint.elapsed() >= config.checkpoint_interval {
+                last_checkpoint = Instant::now();
+                router.settle().await?;
+                if !config.no_checkpoints {
+                    partitions.checkpoint(&mut checkpoints, &consumer).await?;
+                }
+            }
+        }
+        router.settle().await?;
+        if !config.no_checkpoints {
+            partitions.checkpoint(&mut checkpoints, &consumer).await?;
+        }
+        checkpoints.close(Duration::from_secs(10)).await?;
+        tracing::info!("Partitions loop stopped.");
+        Ok(())
+    }
+}

@@ -1,0 +1,151 @@
+//! What an applied record turns into: the records the partitions loop writes (partial
+//! totals and progress, late events, dead letters, idle ticks), all through one
+//! [`Outbox`], with the outcome counted in the metrics.
+
+use orderflow_core::partition::Outcome;
+use orderflow_core::validate::InvalidReason;
+use orderflow_core::window::ClosedWindow;
+use orderflow_core::wire::{EnrichedKind, EnrichedView};
+use orderflow_proto::v1::{enriched_record, partial_record, EnrichedRecord, IdleTick, PartialRecord, PartialTotal, PartitionProgress};
+use orderflow_proto::{millis_timestamp, Message as _};
+use orderflow_runtime::outbox::{Outbox, Settled};
+use orderflow_runtime::records::{self, dead_letter, late};
+use orderflow_runtime::telemetry;
+use orderflow_runtime::topics::Topics;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message as _;
+
+use crate::Result;
+
+/// Where one applied record goes.
+#[derive(Debug)]
+pub enum Route {
+    /// Counted, or a duplicate, or an idle tick: nothing to write for the record itself.
+    Applied(Option<Outcome>),
+    /// Its window had closed: to the late topic.
+    Late { window_start_ms: i64, closed_through_ms: i64 },
+    /// Not usable: to the dead-letter topic with the reason.
+    DeadLetter(InvalidReason),
+}
+
+/// Writes the partitions loop's records.
+#[derive(Debug)]
+pub struct Router {
+    /// Tagged with whether the totals depend on the record (partials and progress).
+    outbox: Outbox<bool>,
+    input: String,
+    partials: String,
+    late: String,
+    dead_letter: String,
+    /// Input partitions, stated in every progress record (the merger waits for all).
+    partition_count: i32,
+}
+
+impl Router {
+    pub fn new(producer: FutureProducer, topics: &Topics, partition_count: i32) -> Self {
+        Self {
+            outbox: Outbox::new(producer),
+            input: topics.enriched(),
+            partials: topics.partials(),
+            late: topics.late(),
+            dead_letter: topics.dead_letter(),
+            partition_count,
+        }
+    }
+
+    /// Counts the record's outcome and writes what it calls for.
+    pub async fn route(&mut self, m: &BorrowedMessage<'_>, route: Route) -> Result<()> {
+        match route {
+            Route::Applied(None) => {}
+            Route::Applied(Some(outcome)) => {
+                let label = match outcome {
+                    Outcome::Counted { .. } => "counted",
+                    Outcome::Duplicate => "duplicate",
+                    Outcome::Late { .. } | Outcome::Invalid => unreachable!("routed as late or dead letter"),
+                };
+                metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => label).increment(1);
+            }
+            Route::Late { window_start_ms, closed_through_ms } => {
+                metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "late").increment(1);
+                self.late(m, window_start_ms, closed_through_ms).await?;
+            }
+            Route::DeadLetter(reason) => self.dead_letter(m, &reason).await?,
+        }
+        Ok(())
+    }
+
+    /// A late event, decoded into an owned event (late events are rare) and written to
+    /// the late topic keyed by its event id.
+    async fn late(&mut self, m: &BorrowedMessage<'_>, window_start_ms: i64, closed_through_ms: i64) -> Result<()> {
+        let payload = m.payload().unwrap_or_default();
+        // Decoded by prost (which the view matches; the view is the fallback should
+        // they ever differ).
+        let e = match EnrichedRecord::decode(payload) {
+            Ok(EnrichedRecord { kind: Some(enriched_record::Kind::Event(e)) }) => e,
+            _ => match EnrichedView::parse(payload).map(|r| r.kind) {
+                Ok(Some(EnrichedKind::Event(view))) => view.to_event(),
+                _ => unreachable!("a late record was applied as an event"),
+            },
+        };
+        let key = e.event.as_ref().map(|e| e.event_id.clone()).unwrap_or_default();
+        let headers = late::headers(window_start_ms, closed_through_ms, m.partition(), m.offset());
+        let value = e.encode_to_vec();
+        Ok(self.outbox.send(FutureRecord::to(&self.late).key(&key).payload(&value).headers(headers), false).await?)
+    }
+
+    async fn dead_letter(&mut self, m: &BorrowedMessage<'_>, reason: &InvalidReason) -> Result<()> {
+        metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "invalid").increment(1);
+        metrics::counter!(telemetry::DEAD_LETTER_EVENTS, "stage" => "aggregator", "reason" => reason.code()).increment(1);
+        let source = dead_letter::Source { topic: m.topic(), partition: m.partition(), offset: m.offset() };
+        let key = dead_letter::key(source);
+        let record = FutureRecord::to(&self.dead_letter)
+            .key(&key)
+            .payload(m.payload().unwrap_or_default())
+            .headers(dead_letter::headers("aggregator", reason, source));
+        Ok(self.outbox.send(record, false).await?)
+    }
+
+    /// The partials of windows closed on partition `p`, then `p`'s progress.
+    pub async fn emit(&mut self, p: i32, closed: &[ClosedWindow], through: i64) -> Result<()> {
+        for w in closed {
+            metrics::counter!(telemetry::AGGREGATOR_PARTITION_WINDOWS_CLOSED).increment(1);
+            for total in w.to_window_totals() {
+                let key = records::partial_key(w.start_ms, &total.region, &total.tier, &total.currency, p);
+                let value = PartialRecord { kind: Some(partial_record::Kind::Partial(PartialTotal { total: Some(total), partition: p })) }
+                    .encode_to_vec();
+                self.outbox.send(FutureRecord::to(&self.partials).key(&key).payload(&value), true).await?;
+            }
+        }
+        let progress =
+            PartitionProgress { partition: p, closed_through: Some(millis_timestamp(through)), partition_count: self.partition_count };
+        let value = PartialRecord { kind: Some(partial_record::Kind::Progress(progress)) }.encode_to_vec();
+        let key = records::progress_key(p);
+        Ok(self.outbox.send(FutureRecord::to(&self.partials).key(&key).payload(&value), true).await?)
+    }
+
+    /// An idle tick into input partition `p`, closing it through `target` when read back.
+    pub async fn tick(&mut self, p: i32, target: i64) -> Result<()> {
+        metrics::counter!(telemetry::AGGREGATOR_IDLE_TICKS).increment(1);
+        tracing::debug!(partition = p, close_through_ms = target, "Writing idle tick.");
+        let value = EnrichedRecord { kind: Some(enriched_record::Kind::IdleTick(IdleTick { close_through: Some(millis_timestamp(target)) })) }
+            .encode_to_vec();
+        Ok(self.outbox.send(FutureRecord::<str, [u8]>::to(&self.input).partition(p).payload(&value), false).await?)
+    }
+
+    /// Waits until every record written so far is on the broker. A late event, dead
+    /// letter or tick refused for good is logged and counted, and aggregation goes on;
+    /// a refused partial or progress record stops the aggregator
+    /// ([`Error::Refused`](crate::Error::Refused)), since a total without it would be wrong.
+    pub async fn settle(&mut self) -> Result<()> {
+        let Settled { rejected, .. } = self.outbox.settle().await?;
+        for r in rejected {
+            if r.tag {
+                return Err(crate::Error::Refused(r.reason()));
+            }
+            metrics::counter!(telemetry::DEAD_LETTER_REFUSED, "stage" => "aggregator").increment(1);
+            tracing::error!(topic = %r.topic, error = %r.error, "Record refused by the broker for good; not written.");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,67 @@
+//! Why a record is not counted: the dead-letter reasons, shared by validation
+//! ([`crate::validate`]) and the wire views ([`crate::wire`]), which both produce them.
+
+/// Why an event was rejected. `code()` is a bounded label for metrics and headers;
+/// `Display` is the human explanation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidReason {
+    #[error("payload is not a protobuf OrderEvent: {0}")]
+    Undecodable(String),
+    #[error("event_id is missing")]
+    MissingEventId,
+    #[error("order_id is missing")]
+    MissingOrderId,
+    #[error("merchant_id is missing")]
+    MissingMerchantId,
+    #[error("event_time is missing")]
+    MissingEventTime,
+    #[error("event_time is out of range ({seconds}s, {nanos}ns)")]
+    InvalidEventTime { seconds: i64, nanos: i32 },
+    #[error("type is ORDER_EVENT_TYPE_UNSPECIFIED")]
+    UnspecifiedType,
+    #[error("type {0} is not a known OrderEventType")]
+    UnknownType(i32),
+    #[error("amount_minor is negative ({0})")]
+    NegativeAmount(i64),
+    #[error("currency `{0}` is not a three-letter ISO 4217 code")]
+    BadCurrency(String),
+    /// A record derived from the event (the enriched record, say) was refused by the
+    /// broker for good, e.g. too large for the topic.
+    #[error("{0}")]
+    RefusedByBroker(String),
+}
+
+impl InvalidReason {
+    /// Every code, for describing metrics up front.
+    pub const CODES: &'static [&'static str] = &[
+        "undecodable",
+        "missing_event_id",
+        "missing_order_id",
+        "missing_merchant_id",
+        "missing_event_time",
+        "invalid_event_time",
+        "unspecified_type",
+        "unknown_type",
+        "negative_amount",
+        "bad_currency",
+        "refused_by_broker",
+    ];
+
+    /// A short, stable, bounded identifier of the reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Undecodable(_) => "undecodable",
+            Self::MissingEventId => "missing_event_id",
+            Self::MissingOrderId => "missing_order_id",
+            Self::MissingMerchantId => "missing_merchant_id",
+            Self::MissingEventTime => "missing_event_time",
+            Self::InvalidEventTime { .. } => "invalid_event_time",
+            Self::UnspecifiedType => "unspecified_type",
+            Self::UnknownType(_) => "unknown_type",
+            Self::NegativeAmount(_) => "negative_amount",
+            Self::BadCurrency(_) => "bad_currency",
+            Self::RefusedByBroker(_) => "refused_by_broker",
+        }
+    }
+}
+

@@ -1,0 +1,248 @@
+//! The one way orderflow produces records and learns what became of them.
+//!
+//! Every stage (the `Publisher`, replay, the enricher, the aggregator's partitions and
+//! merger, the load test) hands its records to an [`Outbox`] and later *settles* it:
+//! waits until each record sent so far is on the broker or has failed. An error is
+//! sorted once, here ([`classify`]), into one of three fates:
+//!
+//! - **retry** (`QueueFull`): the producer's local queue is full; [`Outbox::send`]
+//!   waits for deliveries to drain and tries again. Back-pressure, not a failure.
+//! - **rejected**: the broker (or librdkafka, before sending) refuses *this record*
+//!   (too large for the topic, an invalid record or timestamp). Sending it again would
+//!   fail again, so it is returned to the caller in [`Settled::rejected`], with its
+//!   bytes and the caller's tag, to dead-letter with its reason. Never a reason to stop.
+//! - **fatal**: anything else once librdkafka has given up retrying on its own (it
+//!   retries transient broker errors for `message.timeout.ms`, 5 minutes by default):
+//!   the brokers are gone, authorization failed, the topic does not exist. The stage
+//!   stops with [`Error::Delivery`]; its input offsets were not committed, so a
+//!   restarted process re-does the work (at-least-once; the aggregator's dedup and the
+//!   keyed outputs absorb the repeat).
+//!
+//! The tag (`T`) is whatever the caller needs to act on a rejection: the index of the
+//! input record an output belongs to, a trace line number, nothing at all (`()`).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures::FutureExt as _;
+
+use futures::future::join_all;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{OwnedMessage, ToBytes};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::Message as _;
+
+use crate::{Error, Result};
+
+/// How long to wait before offering a record again while the producer's queue is full.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
+
+/// What an error means for the record it happened to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Back-pressure: offer the same record again shortly.
+    Retry,
+    /// This record can never be written as it is: dead-letter it, go on.
+    Rejected,
+    /// The stage cannot go on (after librdkafka's own retries).
+    Fatal,
+}
+
+/// Sorts a produce or delivery error (see the module docs).
+pub fn classify(e: &KafkaError) -> Fate {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(C::QueueFull) => Fate::Retry,
+        Some(
+            C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::InvalidMessage
+            | C::InvalidRecord
+            | C::InvalidTimestamp
+            | C::MessageBatchTooLarge,
+        ) => Fate::Rejected,
+        _ => Fate::Fatal,
+    }
+}
+
+/// A record the broker refused for good.
+#[derive(Debug)]
+pub struct Rejected<T> {
+    /// The caller's tag given to [`Outbox::send`].
+    pub tag: T,
+    /// The topic it was for.
+    pub topic: String,
+    /// Its key, if it had one.
+    pub key: Option<Vec<u8>>,
+    /// Its payload, if it had one.
+    pub payload: Option<Vec<u8>>,
+    /// Why, in words (e.g. `Broker: Message size too large`).
+    pub error: KafkaError,
+}
+
+impl<T> Rejected<T> {
+    /// The reason in words, for a dead letter's header or a report.
+    pub fn reason(&self) -> String {
+        format!("{} refused the record: {}", self.topic, self.error)
+    }
+}
+
+/// What a [`Outbox::settle`] found.
+#[derive(Debug)]
+pub struct Settled<T> {
+    /// Records now on the broker.
+    pub delivered: u64,
+    /// Records refused for good, in the order they were sent.
+    pub rejected: Vec<Rejected<T>>,
+}
+
+impl<T> Default for Settled<T> {
+    fn default() -> Self {
+        Self { delivered: 0, rejected: Vec::new() }
+    }
+}
+
+/// Records sent and not yet settled, over one producer.
+pub struct Outbox<T = ()> {
+    producer: FutureProducer,
+    pending: VecDeque<(T, DeliveryFuture)>,
+    /// Rejected before they were even queued (librdkafka's own size check).
+    rejected_early: Vec<Rejected<T>>,
+}
+
+impl<T> std::fmt::Debug for Outbox<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").field("pending", &self.pending.len()).finish_non_exhaustive()
+    }
+}
+
+impl<T> Outbox<T> {
+    /// An outbox over `producer` (make it with [`crate::kafka::KafkaConfig::producer`]).
+    pub fn new(producer: FutureProducer) -> Self {
+        Self { producer, pending: VecDeque::new(), rejected_early: Vec::new() }
+    }
+
+    /// The producer underneath (for `flush`, or a second outbox over the same client).
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    /// Records sent and not yet settled.
+    pub fn pending(&self) -> usize {
+        self.pending.len() + self.rejected_early.len()
+    }
+
+    /// Hands `record` to the producer, waiting while its queue is full. A record
+    /// rejected on the spot is kept for the next [`Outbox::settle`]; only a fatal error
+    /// is returned here.
+    pub async fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(&mut self, mut record: FutureRecord<'_, K, P>, tag: T) -> Result<()> {
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    self.pending.push_back((tag, delivery));
+                    return Ok(());
+                }
+                Err((e, r)) => match classify(&e) {
+                    Fate::Retry => {
+                        record = r;
+                        tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                    }
+                    Fate::Rejected => {
+                        self.rejected_early.push(Rejected {
+                            tag,
+                            topic: r.topic.to_owned(),
+                            key: r.key.map(|k| k.to_bytes().to_vec()),
+                            payload: r.payload.map(|p| p.to_bytes().to_vec()),
+                            error: e,
+                        });
+                        return Ok(());
+                    }
+                    Fate::Fatal => return Err(Error::Delivery { topic: r.topic.to_owned(), source: e }),
+                },
+            }
+        }
+    }
+
+    /// Waits until every record sent so far is on the broker or refused for good.
+    /// Returns the refused ones (with their tags) for the caller to dead-letter; fails
+    /// on the first fatal error.
+    pub async fn settle(&mut self) -> Result<Settled<T>> {
+        let mut settled = Settled { delivered: 0, rejected: std::mem::take(&mut self.rejected_early) };
+        let results = join_all(self.pending.drain(..).map(|(tag, f)| async move { (tag, f.await) })).await;
+        let mut fatal = None;
+        for (tag, result) in results {
+            if let Err(e) = judge(tag, result, &mut settled) {
+                fatal.get_or_insert(e);
+            }
+        }
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(settled),
+        }
+    }
+
+    /// Settles, in the order sent, the records already delivered (or refused), and
+    /// waits for the oldest ones while more than `max_pending` are outstanding. For
+    /// loops that keep many records in flight and count them as they land.
+    pub async fn settle_ready(&mut self, max_pending: usize) -> Result<Settled<T>> {
+        let mut settled = Settled { delivered: 0, rejected: std::mem::take(&mut self.rejected_early) };
+        loop {
+            let over = self.pending.len() > max_pending;
+            let Some((_, front)) = self.pending.front_mut() else { break };
+            let result = if over {
+                front.await
+            } else {
+                match front.now_or_never() {
+                    Some(r) => r,
+                    None => break,
+                }
+            };
+            let (tag, _) = self.pending.pop_front().expect("front exists");
+            judge(tag, result, &mut settled)?;
+        }
+        Ok(settled)
+    }
+
+    /// Settles, then waits up to `timeout` for anything else the producer holds.
+    pub async fn close(&mut self, timeout: Duration) -> Result<Settled<T>> {
+        let settled = self.settle().await?;
+        self.producer.flush(timeout).map_err(|source| Error::Delivery { topic: "(flush)".into(), source })?;
+        Ok(settled)
+    }
+}
+
+type DeliveryResult = std::result::Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>;
+
+/// Files one delivery's result into `settled`, or returns the fatal error.
+fn judge<T>(tag: T, result: DeliveryResult, settled: &mut Settled<T>) -> Result<()> {
+    match result {
+        Ok(Ok(_)) => settled.delivered += 1,
+        Ok(Err((error, message))) => match classify(&error) {
+            Fate::Rejected | Fate::Retry => settled.rejected.push(rejected(tag, error, &message)),
+            Fate::Fatal => return Err(Error::Delivery { topic: message.topic().to_owned(), source: error }),
+        },
+        Err(_) => return Err(Error::ProducerGone),
+    }
+    Ok(())
+}
+
+fn rejected<T>(tag: T, error: KafkaError, m: &OwnedMessage) -> Rejected<T> {
+    Rejected { tag, topic: m.topic().to_owned(), key: m.key().map(<[u8]>::to_vec), payload: m.payload().map(<[u8]>::to_vec), error }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_sorted_once() {
+        let production = |c| KafkaError::MessageProduction(c);
+        assert_eq!(classify(&production(RDKafkaErrorCode::QueueFull)), Fate::Retry);
+        assert_eq!(classify(&production(RDKafkaErrorCode::MessageSizeTooLarge)), Fate::Rejected);
+        assert_eq!(classify(&production(RDKafkaErrorCode::InvalidRecord)), Fate::Rejected);
+        assert_eq!(classify(&production(RDKafkaErrorCode::MessageTimedOut)), Fate::Fatal);
+        assert_eq!(classify(&production(RDKafkaErrorCode::TopicAuthorizationFailed)), Fate::Fatal);
+        assert_eq!(classify(&KafkaError::Canceled), Fate::Fatal);
+    }
+}

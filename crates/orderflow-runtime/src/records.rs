@@ -1,0 +1,149 @@
+//! Keys and headers of every record orderflow writes, in one place (the topics and
+//! their values are listed in [`crate::topics`]).
+//!
+//! Windows are named by their start in RFC 3339 (`2019-11-11T00:00:00Z`) wherever a key
+//! or header carries one. Keys that several writers may produce for the same thing
+//! (a partial re-emitted after a restart, a total re-published by a new merger) are
+//! equal, so compaction and readers treat the repeat as the same record.
+
+use orderflow_core::proto::millis_timestamp;
+use orderflow_core::validate::InvalidReason;
+use rdkafka::message::{Header, OwnedHeaders};
+
+/// The name of a window in keys and headers: its start, RFC 3339.
+pub fn window_name(start_ms: i64) -> String {
+    millis_timestamp(start_ms).to_string()
+}
+
+/// Partial-totals topic: one key's partial total of a window on one input partition.
+pub fn partial_key(window_start_ms: i64, region: &str, tier: &str, currency: &str, partition: i32) -> String {
+    format!("{}/{region}/{tier}/{currency}/{partition}", window_name(window_start_ms))
+}
+
+/// Partial-totals topic: an input partition's progress (closed-through frontier).
+pub fn progress_key(partition: i32) -> String {
+    format!("progress/{partition}")
+}
+
+/// Totals topic (compacted): one merged total.
+pub fn total_key(window_start_ms: i64, region: &str, tier: &str, currency: &str) -> String {
+    format!("{}/{region}/{tier}/{currency}", window_name(window_start_ms))
+}
+
+/// Checkpoint topic (compacted): the input partition the checkpoint belongs to.
+pub fn checkpoint_key(partition: i32) -> String {
+    partition.to_string()
+}
+
+/// Merchants topic (compacted): `merchant_id@effective_from`, one key per version.
+pub use orderflow_core::merchant::{merchant_key, parse_merchant_key};
+
+/// The dead-letter record: the original bytes, keyed by where they came from, with the
+/// reason in headers. Keys are the source coordinates, so a record dead-lettered twice
+/// (a stage re-processing after a crash) is recognisably the same record.
+pub mod dead_letter {
+    use super::*;
+
+    /// Header with the human-readable reason.
+    pub const REASON: &str = "orderflow-reason";
+    /// Header with the reason's stable code (e.g. `missing_event_id`).
+    pub const REASON_CODE: &str = "orderflow-reason-code";
+    /// Header naming the stage that rejected the record (`enricher`, `aggregator`).
+    pub const STAGE: &str = "orderflow-stage";
+    /// Headers with the source topic, partition and offset.
+    pub const SOURCE_TOPIC: &str = "orderflow-source-topic";
+    pub const SOURCE_PARTITION: &str = "orderflow-source-partition";
+    pub const SOURCE_OFFSET: &str = "orderflow-source-offset";
+
+    /// Where a record came from.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Source<'a> {
+        pub topic: &'a str,
+        pub partition: i32,
+        pub offset: i64,
+    }
+
+    /// Longest reason text written in a header, in bytes (a reason can quote the
+    /// record's own fields, which a sender controls).
+    pub const MAX_REASON_BYTES: usize = 1024;
+
+    /// Key of a dead-letter record: `topic/partition/offset` of its source.
+    pub fn key(source: Source<'_>) -> String {
+        format!("{}/{}/{}", source.topic, source.partition, source.offset)
+    }
+
+    /// Headers of a dead-letter record.
+    pub fn headers(stage: &str, reason: &InvalidReason, source: Source<'_>) -> OwnedHeaders {
+        let (partition, offset) = (source.partition.to_string(), source.offset.to_string());
+        let mut reason_text = reason.to_string();
+        truncate(&mut reason_text, MAX_REASON_BYTES);
+        OwnedHeaders::new_with_capacity(6)
+            .insert(Header { key: REASON, value: Some(reason_text.as_bytes()) })
+            .insert(Header { key: REASON_CODE, value: Some(reason.code().as_bytes()) })
+            .insert(Header { key: STAGE, value: Some(stage.as_bytes()) })
+            .insert(Header { key: SOURCE_TOPIC, value: Some(source.topic.as_bytes()) })
+            .insert(Header { key: SOURCE_PARTITION, value: Some(partition.as_bytes()) })
+            .insert(Header { key: SOURCE_OFFSET, value: Some(offset.as_bytes()) })
+    }
+}
+
+/// Cuts `s` to at most `max` bytes, at a character boundary, marking the cut with `…`.
+pub fn truncate(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+}
+
+/// The late record: an event whose window had closed when it arrived, keyed by its
+/// event id, with the window it missed and where it came from in headers.
+pub mod late {
+    use super::*;
+
+    /// Header: start of the window it missed (RFC 3339).
+    pub const WINDOW_START: &str = "orderflow-window-start";
+    /// Header: the partition's closed-through frontier when it arrived (RFC 3339).
+    pub const CLOSED_THROUGH: &str = "orderflow-closed-through";
+
+    /// Headers of a late record.
+    pub fn headers(window_start_ms: i64, closed_through_ms: i64, partition: i32, offset: i64) -> OwnedHeaders {
+        let (start, through) = (window_name(window_start_ms), window_name(closed_through_ms));
+        let (p, o) = (partition.to_string(), offset.to_string());
+        OwnedHeaders::new_with_capacity(4)
+            .insert(Header { key: WINDOW_START, value: Some(start.as_bytes()) })
+            .insert(Header { key: CLOSED_THROUGH, value: Some(through.as_bytes()) })
+            .insert(Header { key: dead_letter::SOURCE_PARTITION, value: Some(p.as_bytes()) })
+            .insert(Header { key: dead_letter::SOURCE_OFFSET, value: Some(o.as_bytes()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_named_alike_in_partial_and_total_keys() {
+        let start = 1_573_430_400_000; // 2019-11-11T00:00:00Z
+        assert_eq!(partial_key(start, "cn-east", "taobao", "CNY", 3), "2019-11-11T00:00:00Z/cn-east/taobao/CNY/3");
+        assert_eq!(total_key(start, "cn-east", "taobao", "CNY"), "2019-11-11T00:00:00Z/cn-east/taobao/CNY");
+        assert_eq!(progress_key(3), "progress/3");
+        assert_eq!(checkpoint_key(3), "3");
+        let source = dead_letter::Source { topic: "orderflow.orders", partition: 2, offset: 41 };
+        assert_eq!(dead_letter::key(source), "orderflow.orders/2/41");
+    }
+
+    #[test]
+    fn reasons_are_bounded_at_a_character_boundary() {
+        let mut s = "é".repeat(2000);
+        truncate(&mut s, dead_letter::MAX_REASON_BYTES);
+        assert!(s.len() <= dead_letter::MAX_REASON_BYTES && s.ends_with('…'), "{}", s.len());
+        let mut short = "fine".to_owned();
+        truncate(&mut short, 10);
+        assert_eq!(short, "fine");
+    }
+}
