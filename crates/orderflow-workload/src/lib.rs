@@ -7,16 +7,18 @@
 //! - [`sample`]: a small generated peak minute, for the demo.
 //! - [`trace`]: reading a trace file (one canonical-JSON `OrderEvent` a line) with line
 //!   numbers and a progress bar.
-//! - [`replay`]: publishes a trace at a fixed rate or flat out through a
-//!   [`Publisher`](orderflow_producer::Publisher), reporting unreadable lines and
-//!   events the broker refuses by line number and going on.
+//! - [`replay`]: the one replayer (used by `orderflow replay`, the load test and the
+//!   demo): publishes a trace file or events in memory through a
+//!   [`Publisher`](orderflow_producer::Publisher)'s batch, flat out, at a rate or at the
+//!   pace of event time, with a bounded number in flight; unreadable lines and refused
+//!   events are reported by number, and an [`Observer`] hears of every step.
 
 pub mod replay;
 pub mod sample;
 pub mod synth;
 pub mod trace;
 
-pub use replay::{replay, ReplayOptions, ReplayReport};
+pub use replay::{replay, Observer, OnRefused, Pace, ReplayOptions, ReplayReport, Source};
 
 /// Errors of the workloads.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An event the broker refused for good, with the replay told to stop on one;
+    /// `at` names it (`trace.jsonl:17`, or `event 17` in memory).
+    #[error("{at}: refused by the broker: {reason}")]
+    Refused { at: String, reason: String },
 }
 
 /// Result with the workloads' [`Error`].

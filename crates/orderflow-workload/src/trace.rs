@@ -2,7 +2,7 @@
 //! shared by `replay`, the load test and `trace synth`.
 
 use std::io::BufRead as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use orderflow_proto::v1::OrderEvent;
 
@@ -18,6 +18,7 @@ pub struct TraceLine {
 /// A trace file read line by line, with a progress bar over its bytes.
 #[derive(Debug)]
 pub struct TraceReader {
+    path: PathBuf,
     reader: std::io::BufReader<std::fs::File>,
     line: String,
     number: u64,
@@ -31,7 +32,7 @@ impl TraceReader {
         let file = std::fs::File::open(path)?;
         let size = file.metadata()?.len();
         let bar = progress_bar(progress, size, &format!("{label} [{{elapsed_precise}}] {{wide_bar}} {{bytes}}/{{total_bytes}} {{msg}}"));
-        Ok(Self { reader: std::io::BufReader::with_capacity(1 << 20, file), line: String::new(), number: 0, bar })
+        Ok(Self { path: path.to_owned(), reader: std::io::BufReader::with_capacity(1 << 20, file), line: String::new(), number: 0, bar })
     }
 
     /// The next non-blank line, `None` at the end of the file.
@@ -51,6 +52,11 @@ impl TraceReader {
             let event = serde_json::from_str(text).map_err(|e| format!("not an OrderEvent in JSON: {e}"));
             return Ok(Some(TraceLine { number: self.number, event }));
         }
+    }
+
+    /// The file read.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The progress bar (to print around it with `suspend`, or to set its message).

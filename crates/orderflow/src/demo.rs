@@ -18,7 +18,7 @@ use orderflow_runtime::kafka::KafkaConfig;
 use orderflow_runtime::supervisor::Supervisor;
 use orderflow_runtime::topics::{Stage, Topics};
 use orderflow_runtime::{shutdown, telemetry, CancellationToken};
-use orderflow_workload::sample;
+use orderflow_workload::{replay, sample, OnRefused, Pace, ReplayOptions, Source};
 use rdkafka::mocking::MockCluster;
 
 use crate::inspect::total_line;
@@ -99,18 +99,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let publisher = Publisher::new(&kafka, topics.orders())?;
     let started = std::time::Instant::now();
-    let mut batch = publisher.batch::<()>();
-    for (i, e) in sample.events.iter().enumerate() {
-        if let Some(rate) = args.rate {
-            let due = started + Duration::from_secs_f64(i as f64 / rate);
-            tokio::time::sleep_until(due.into()).await;
-        }
-        batch.enqueue(e, ()).await?;
-        if batch.pending() >= 10_000 {
-            anyhow::ensure!(batch.settle().await?.rejected.is_empty(), "the mock broker refused a sample event");
-        }
-    }
-    anyhow::ensure!(batch.settle().await?.rejected.is_empty(), "the mock broker refused a sample event");
+    let mut batch = publisher.batch();
+    // At most 10,000 deliveries in flight; a refused sample event ends the demo (its
+    // reference totals count every event).
+    let opts = ReplayOptions {
+        pace: args.rate.map_or(Pace::Max, Pace::Rate),
+        in_flight: 10_000,
+        on_refused: OnRefused::Fail,
+        started: Some(started.into()),
+    };
+    replay(Source::Events(&sample.events), &mut batch, &opts, &mut (), &CancellationToken::new()).await?;
     println!("Published {} events in {:.1?}; totals appear as windows close:\n", sample.events.len(), started.elapsed());
 
     // Follow the totals topic until every expected total has arrived.

@@ -26,9 +26,13 @@ use orderflow_producer::Publisher;
 use orderflow_runtime::kafka::KafkaConfig;
 use orderflow_runtime::topics::{self, Stage, Topics};
 use orderflow_runtime::{shutdown, telemetry};
-use orderflow_workload::ReplayOptions;
+use orderflow_workload::trace::TraceReader;
+use orderflow_workload::{replay, OnRefused, Pace, ReplayOptions, Source};
 
 use args::{AggregatorArgs, EnricherArgs, KafkaArgs, TopicArgs};
+
+/// Deliveries `orderflow replay` keeps in flight before it waits for the oldest.
+const REPLAY_IN_FLIGHT: usize = 20_000;
 
 /// Event-sourced order pipeline: storefront events in, exact windowed GMV totals out.
 #[derive(Debug, Parser)]
@@ -154,8 +158,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             topics::ensure(&kafka, &topics.specs(Stage::Publisher)).await?;
             let publisher = Publisher::new(&kafka, topics.orders())?;
             let cancel = shutdown::on_signal();
-            let opts = ReplayOptions { rate, progress: !no_progress && is_terminal::is_terminal(std::io::stderr()) };
-            let report = orderflow_workload::replay(&file, &publisher, &opts, &cancel).await?;
+            let progress = !no_progress && is_terminal::is_terminal(std::io::stderr());
+            let mut trace = TraceReader::open(&file, progress, "replay").with_context(|| format!("opening {}", file.display()))?;
+            let opts = ReplayOptions {
+                pace: rate.map_or(Pace::Max, Pace::Rate),
+                in_flight: REPLAY_IN_FLIGHT,
+                on_refused: OnRefused::Report,
+                started: None,
+            };
+            let report = replay(Source::Trace(&mut trace), &mut publisher.batch(), &opts, &mut (), &cancel).await?;
+            trace.bar().finish();
             println!(
                 "Published {} events from {} lines of {}; {} invalid lines skipped; {} events refused by the broker{}.",
                 report.published,

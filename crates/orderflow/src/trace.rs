@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use orderflow_workload::synth::{self, SynthOptions, MERCHANTS_FILE, TRACE_FILE};
 use orderflow_proto::{timestamp_millis, Timestamp};
+use orderflow_workload::synth::{self, SynthOptions, MERCHANTS_FILE, TRACE_FILE};
 
 #[derive(Debug, Subcommand)]
 pub enum TraceCommand {

@@ -14,22 +14,24 @@ pub(crate) mod check;
 mod timeline;
 
 use std::io::BufRead as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use orderflow_core::merchant::MerchantTable;
 use orderflow_core::window::WindowSpec;
 use orderflow_enricher::merchants::MerchantStore;
-use orderflow_producer::{event_key, PublishBatch, Publisher};
-use orderflow_workload::trace::TraceReader;
+use orderflow_producer::{event_key, Publisher};
 use orderflow_proto::v1::{EnrichedOrderEvent, OrderEvent, WindowTotal};
 use orderflow_proto::{timestamp_millis, Message as _};
 use orderflow_runtime::kafka::{group_positions, KafkaConfig, TopicReader};
 use orderflow_runtime::outbox::{Outbox, Settled};
 use orderflow_runtime::shutdown;
 use orderflow_runtime::topics::{self, Topics};
+use orderflow_workload::trace::TraceReader;
+use orderflow_workload::{replay, Observer, OnRefused, Pace, ReplayOptions, ReplayReport, Source};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::FutureRecord;
 use rdkafka::Message as _;
@@ -158,6 +160,29 @@ struct Baseline {
 
 /// Runs the load test; fails (exit code 1) when the totals do not match the trace.
 pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> anyhow::Result<ExitCode> {
+    let spec = check_inputs(kafka, topics, &args).await?;
+    let cancel = shutdown::on_signal();
+    let table = read_merchants(kafka, topics).await?;
+    let baseline = if args.broker_baseline { Some(broker_baseline(kafka, topics, &args).await?) } else { None };
+
+    let watchers = Watchers::start(kafka, topics, &cancel);
+    let mut reference = Reference::new(spec, table);
+    let mut timeline = Timeline::default();
+    let replayed = replay_trace(kafka, topics, &args, &mut reference, &mut timeline, watchers.started, &cancel).await?;
+
+    let mut observed = Observed::default();
+    let caught_up_ms = wait_for_totals(watchers, &reference, &mut timeline, &mut observed, args.settle_timeout, &cancel).await?;
+    read_late(kafka, topics, &spec, &mut observed).await?;
+
+    let (report, differences) = build_report(&args, &replayed, &reference, &observed, timeline, caught_up_ms, baseline);
+    let (json_path, svg_path) = write_report(&report, &args.report)?;
+    print_report(&report, &differences, &json_path, &svg_path);
+    Ok(if report.totals.matched { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Checks the trace and the brokers, creates the topics if missing and makes sure the
+/// totals topic is fresh; returns the window spec the reference is computed with.
+async fn check_inputs(kafka: &KafkaConfig, topics: &Topics, args: &LoadtestArgs) -> anyhow::Result<WindowSpec> {
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let spec = WindowSpec::new(ms(args.window), 0)?;
     anyhow::ensure!(args.trace.is_file(), "the trace `{}` is not a readable file", args.trace.display());
@@ -172,54 +197,152 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> an
         "the totals topic `{}` already holds {existing} totals: run the load test on a fresh --topic-prefix",
         topics.totals()
     );
-    let cancel = shutdown::on_signal();
+    Ok(spec)
+}
+
+/// The merchant table as the enricher sees it (the reference joins with it).
+async fn read_merchants(kafka: &KafkaConfig, topics: &Topics) -> anyhow::Result<MerchantTable> {
     let (store, _follower) = MerchantStore::load(kafka, &topics.merchants()).await?;
     let table = store.read().clone();
     eprintln!("loadtest: {} merchants read from {}.", table.len(), topics.merchants());
+    Ok(table)
+}
 
-    let baseline = if args.broker_baseline { Some(broker_baseline(kafka, topics, &args).await?) } else { None };
+/// The threads that watch the pipeline while the trace is replayed: the totals topic
+/// (with broker timestamps) and the consumer groups' lag.
+struct Watchers {
+    /// When the run started: the clock of the replay, the timeline and the lag samples.
+    started: Instant,
+    /// The same moment on the wall clock (ms), for the broker timestamps of totals.
+    started_wall: i64,
+    /// Stops both watchers.
+    watch: CancellationToken,
+    totals: mpsc::Receiver<(i64, WindowTotal)>,
+    totals_thread: std::thread::JoinHandle<anyhow::Result<()>>,
+    lag: mpsc::Receiver<(u64, i64, i64)>,
+    lag_thread: std::thread::JoinHandle<()>,
+}
 
-    // Watchers: the totals topic (with broker timestamps) and the consumer groups' lag.
-    let started_wall = now_ms();
-    let started = Instant::now();
-    let watch = cancel.child_token();
-    let (totals_tx, totals_rx) = mpsc::channel::<(i64, WindowTotal)>();
-    let totals_thread = {
-        let (kafka, topic, watch) = (kafka.clone(), topics.totals(), watch.clone());
-        std::thread::spawn(move || follow_totals(&kafka, &topic, &watch, &totals_tx))
-    };
-    let (lag_tx, lag_rx) = mpsc::channel::<(u64, i64, i64)>();
-    let lag_thread = {
-        let (kafka, topics, watch) = (kafka.clone(), topics.clone(), watch.clone());
-        std::thread::spawn(move || sample_lag(&kafka, &topics, &watch, started, &lag_tx))
-    };
+impl Watchers {
+    /// Starts the clock and both watchers.
+    fn start(kafka: &KafkaConfig, topics: &Topics, cancel: &CancellationToken) -> Self {
+        let started_wall = now_ms();
+        let started = Instant::now();
+        let watch = cancel.child_token();
+        let (totals_tx, totals) = mpsc::channel::<(i64, WindowTotal)>();
+        let totals_thread = {
+            let (kafka, topic, watch) = (kafka.clone(), topics.totals(), watch.clone());
+            std::thread::spawn(move || follow_totals(&kafka, &topic, &watch, &totals_tx))
+        };
+        let (lag_tx, lag) = mpsc::channel::<(u64, i64, i64)>();
+        let lag_thread = {
+            let (kafka, topics, watch) = (kafka.clone(), topics.clone(), watch.clone());
+            std::thread::spawn(move || sample_lag(&kafka, &topics, &watch, started, &lag_tx))
+        };
+        Self { started, started_wall, watch, totals, totals_thread, lag, lag_thread }
+    }
+}
 
-    let mut reference = Reference::new(spec, table);
-    let mut timeline = Timeline::default();
+/// What the replay did, and how long it took (seconds from the first send to the last
+/// acknowledgement).
+struct Replayed {
+    report: ReplayReport,
+    seconds: f64,
+}
+
+/// Deliveries kept in flight before the replay waits for the oldest.
+const IN_FLIGHT: usize = 50_000;
+
+/// Replays the trace at the chosen speed, counting each event into the reference and
+/// the timeline. An event the broker refuses fails the load test, naming its line (the
+/// reference would count an event the pipeline never saw).
+async fn replay_trace(
+    kafka: &KafkaConfig,
+    topics: &Topics,
+    args: &LoadtestArgs,
+    reference: &mut Reference,
+    timeline: &mut Timeline,
+    started: Instant,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Replayed> {
     let publisher = Publisher::new(kafka, topics.orders())?;
     let progress = !args.no_progress && is_terminal::is_terminal(std::io::stderr());
-    let replayed = replay(&args, &publisher, &mut reference, &mut timeline, started, progress, &cancel).await?;
-    let replay_seconds = started.elapsed().as_secs_f64();
+    let mut trace = TraceReader::open(&args.trace, progress, "loadtest").with_context(|| format!("opening {}", args.trace.display()))?;
+    let opts = ReplayOptions {
+        pace: match args.speed {
+            Speed::Max => Pace::Max,
+            Speed::Factor(f) => Pace::EventTime(f),
+        },
+        in_flight: IN_FLIGHT,
+        on_refused: OnRefused::Fail,
+        started: Some(started.into()),
+    };
+    let mut accounting = Accounting { reference, timeline, started };
+    let report = replay(Source::Trace(&mut trace), &mut publisher.batch(), &opts, &mut accounting, cancel).await?;
+    trace.bar().finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
     eprintln!(
-        "loadtest: published {} events in {replay_seconds:.1}s ({:.0}/s); waiting for the last windows.",
-        replayed.published,
-        replayed.published as f64 / replay_seconds
+        "loadtest: published {} events in {seconds:.1}s ({:.0}/s); waiting for the last windows.",
+        report.published,
+        report.published as f64 / seconds
     );
+    Ok(Replayed { report, seconds })
+}
 
-    // Wait until every window with a counted event has a total (or nothing moves).
-    let mut observed = Observed::default();
+/// The load test's bookkeeping of the replay: every event offered goes into the
+/// reference totals and the timeline (offered at its due time, sent now if counted),
+/// every batch of deliveries into the timeline.
+struct Accounting<'a> {
+    reference: &'a mut Reference,
+    timeline: &'a mut Timeline,
+    started: Instant,
+}
+
+impl Accounting<'_> {
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+impl Observer for Accounting<'_> {
+    fn offered(&mut self, _line: u64, event: &OrderEvent, due: Duration) {
+        self.timeline.offered(due.as_millis() as u64);
+        if let Counted::Window(w) = self.reference.add(event) {
+            self.timeline.sent(w, self.elapsed_ms());
+        }
+    }
+
+    fn delivered(&mut self, n: u64) {
+        let ms = self.elapsed_ms();
+        self.timeline.achieved(ms, n);
+    }
+}
+
+/// Waits until every window with a counted event has a total (or nothing moves for 30
+/// seconds after the last window's total, or the settle timeout passes), then stops the
+/// watchers. Returns when the enricher and the aggregator had caught up (ms since the
+/// start), if they did after the replay.
+async fn wait_for_totals(
+    watchers: Watchers,
+    reference: &Reference,
+    timeline: &mut Timeline,
+    observed: &mut Observed,
+    settle_timeout: Duration,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<u64>> {
+    let Watchers { started, started_wall, watch, totals, totals_thread, lag, lag_thread } = watchers;
     let mut last_change = Instant::now();
     let replay_done_ms = started.elapsed().as_millis() as u64;
     let mut caught_up_ms: Option<u64> = None;
-    let deadline = Instant::now() + args.settle_timeout;
+    let deadline = Instant::now() + settle_timeout;
     loop {
         let mut moved = false;
-        while let Ok((ts, t)) = totals_rx.try_recv() {
+        while let Ok((ts, t)) = totals.try_recv() {
             timeline.published(t.window_start.as_ref().map_or(i64::MIN, timestamp_millis), ts - started_wall);
             observed.total(&t);
             moved = true;
         }
-        while let Ok((at, e, a)) = lag_rx.try_recv() {
+        while let Ok((at, e, a)) = lag.try_recv() {
             timeline.lag(at, e, a);
             if at >= replay_done_ms && e == 0 && a == 0 {
                 caught_up_ms.get_or_insert(at);
@@ -241,24 +364,42 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> an
     watch.cancel();
     totals_thread.join().expect("totals watcher panicked")?;
     let _ = lag_thread.join();
-    while let Ok((at, e, a)) = lag_rx.try_recv() {
+    while let Ok((at, e, a)) = lag.try_recv() {
         timeline.lag(at, e, a);
     }
-    {
-        let (kafka, topic) = (kafka.clone(), topics.late());
-        let late: Vec<EnrichedOrderEvent> = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let mut out = Vec::new();
-            TopicReader::open(&kafka, &topic)?.read_to_end(|m| {
-                if let Some(Ok(e)) = m.payload().map(EnrichedOrderEvent::decode) {
-                    out.push(e);
-                }
-            })?;
-            Ok(out)
-        })
-        .await??;
-        late.iter().for_each(|e| observed.late(&spec, e));
-    }
+    Ok(caught_up_ms)
+}
 
+/// Reads the late topic: events the pipeline reported late instead of counting them.
+async fn read_late(kafka: &KafkaConfig, topics: &Topics, spec: &WindowSpec, observed: &mut Observed) -> anyhow::Result<()> {
+    let (kafka, topic) = (kafka.clone(), topics.late());
+    let late: Vec<EnrichedOrderEvent> = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut out = Vec::new();
+        TopicReader::open(&kafka, &topic)?.read_to_end(|m| {
+            if let Some(Ok(e)) = m.payload().map(EnrichedOrderEvent::decode) {
+                out.push(e);
+            }
+        })?;
+        Ok(out)
+    })
+    .await??;
+    late.iter().for_each(|e| observed.late(spec, e));
+    Ok(())
+}
+
+/// The report, and every difference between the totals and the reference (the report
+/// keeps the first 50).
+fn build_report(
+    args: &LoadtestArgs,
+    replayed: &Replayed,
+    reference: &Reference,
+    observed: &Observed,
+    timeline: Timeline,
+    caught_up_ms: Option<u64>,
+    baseline: Option<Baseline>,
+) -> (Report, Vec<String>) {
+    let Replayed { report: replayed, seconds: replay_seconds } = replayed;
+    let replay_seconds = *replay_seconds;
     let differences = observed.differences(reference.totals());
     let windows = reference.totals().keys().map(|(w, _)| *w).collect::<std::collections::BTreeSet<_>>().len();
     let last_total_seconds = timeline.last_published_ms().map(|ms| ms as f64 / 1000.0);
@@ -274,7 +415,7 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> an
         events: Events {
             lines: replayed.lines,
             published: replayed.published,
-            unparsable_lines: replayed.unparsable,
+            unparsable_lines: replayed.invalid_lines.len() as u64,
             valid_unique: reference.valid_unique(),
             duplicates: reference.duplicates,
             invalid: reference.invalid,
@@ -304,13 +445,23 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> an
         broker_baseline: baseline,
         seconds,
     };
-    std::fs::create_dir_all(&args.report).with_context(|| format!("creating {}", args.report.display()))?;
-    let json_path = args.report.join("report.json");
-    std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", json_path.display()))?;
-    let svg_path = args.report.join("report.svg");
+    (report, differences)
+}
+
+/// Writes `report.json` and `report.svg` into `dir` (created if missing); returns their
+/// paths.
+fn write_report(report: &Report, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json_path = dir.join("report.json");
+    std::fs::write(&json_path, serde_json::to_vec_pretty(report)?).with_context(|| format!("writing {}", json_path.display()))?;
+    let svg_path = dir.join("report.svg");
     let title = format!("orderflow load test: {} at {} ({} events)", report.trace, report.speed, report.events.published);
     chart::draw(&svg_path, &title, &report.seconds)?;
+    Ok((json_path, svg_path))
+}
 
+/// Prints the report's summary on stdout.
+fn print_report(report: &Report, differences: &[String], json_path: &Path, svg_path: &Path) {
     println!(
         "Published {} events in {:.1}s: {:.0} events/s achieved, peak {}/s.",
         report.events.published,
@@ -318,10 +469,10 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> an
         report.throughput.achieved_events_per_second,
         report.throughput.peak_events_per_second
     );
-    if let (Some(s), Some(r)) = (pipeline_seconds, pipeline_rate) {
+    if let (Some(s), Some(r)) = (report.pipeline_seconds, report.throughput.pipeline_events_per_second) {
         println!("Enricher and aggregator caught up {s:.1}s after the first send: {r:.0} events/s through the pipeline.");
     }
-    if let Some(s) = last_total_seconds {
+    if let Some(s) = report.last_total_seconds {
         println!("Last window's total published {s:.1}s after the first send.");
     }
     if let Some(b) = &report.broker_baseline {
@@ -348,85 +499,13 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> an
         differences.iter().take(10).for_each(|d| println!("  {d}"));
     }
     println!("Report: {} and {}.", json_path.display(), svg_path.display());
-    Ok(if report.totals.matched { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// What the replay did.
-#[derive(Debug, Default)]
-struct Replayed {
-    lines: u64,
-    published: u64,
-    unparsable: u64,
-}
-
-/// Deliveries kept in flight before the replay waits for the oldest.
-const IN_FLIGHT: usize = 50_000;
-
-async fn replay(
-    args: &LoadtestArgs,
-    publisher: &Publisher,
-    reference: &mut Reference,
-    timeline: &mut Timeline,
-    started: Instant,
-    progress: bool,
-    cancel: &CancellationToken,
-) -> anyhow::Result<Replayed> {
-    let mut lines = TraceReader::open(&args.trace, progress, "loadtest").with_context(|| format!("opening {}", args.trace.display()))?;
-    let mut batch: PublishBatch<'_, u64> = publisher.batch();
-    let mut out = Replayed::default();
-    let mut first_event_ms: Option<i64> = None;
-    let mut max_event_ms = i64::MIN;
-    let elapsed_ms = || started.elapsed().as_millis() as u64;
-    loop {
-        if cancel.is_cancelled() {
-            break;
-        }
-        let Some(line) = lines.next_line().with_context(|| format!("reading {}", args.trace.display()))? else { break };
-        out.lines += 1;
-        let event = match line.event {
-            Ok(e) => e,
-            Err(msg) => {
-                lines.bar().suspend(|| eprintln!("{}:{}: {msg}", args.trace.display(), line.number));
-                out.unparsable += 1;
-                continue;
-            }
-        };
-        if let (Speed::Factor(f), Some(t)) = (args.speed, event.event_time.as_ref().map(timestamp_millis)) {
-            max_event_ms = max_event_ms.max(t);
-            let first = *first_event_ms.get_or_insert(t);
-            let due = Duration::from_secs_f64(((max_event_ms - first) as f64 / 1000.0 / f).max(0.0));
-            if due > started.elapsed() + Duration::from_millis(1) {
-                tokio::time::sleep_until((started + due).into()).await;
-            }
-            timeline.offered(due.as_millis() as u64);
-        } else {
-            timeline.offered(elapsed_ms());
-        }
-        let counted = reference.add(&event);
-        batch.enqueue(&event, line.number).await?;
-        if let Counted::Window(w) = counted {
-            timeline.sent(w, elapsed_ms());
-        }
-        // Count deliveries as they complete; wait for the oldest when too many are out.
-        let done = refused(batch.settle_ready(IN_FLIGHT - 1).await?, &args.trace)?;
-        if done > 0 {
-            out.published += done;
-            timeline.achieved(elapsed_ms(), done);
-        }
-    }
-    let done = refused(batch.settle().await?, &args.trace)?;
-    out.published += done;
-    timeline.achieved(elapsed_ms(), done);
-    lines.bar().finish_and_clear();
-    Ok(out)
-}
-
-/// The events delivered; a refused one fails the load test, naming its line (the
-/// reference would count an event the pipeline never saw).
+/// The events delivered; a refused one fails the broker baseline, naming its line.
 fn refused(settled: Settled<u64>, trace: &std::path::Path) -> anyhow::Result<u64> {
     if let Some(r) = settled.rejected.first() {
         anyhow::bail!("{}:{}: refused by the broker: {}", trace.display(), r.tag, r.error);
@@ -435,7 +514,12 @@ fn refused(settled: Settled<u64>, trace: &std::path::Path) -> anyhow::Result<u64
 }
 
 /// Follows the totals topic, sending each total with its broker timestamp (ms).
-fn follow_totals(kafka: &KafkaConfig, topic: &str, cancel: &CancellationToken, tx: &mpsc::Sender<(i64, WindowTotal)>) -> anyhow::Result<()> {
+fn follow_totals(
+    kafka: &KafkaConfig,
+    topic: &str,
+    cancel: &CancellationToken,
+    tx: &mpsc::Sender<(i64, WindowTotal)>,
+) -> anyhow::Result<()> {
     let reader = TopicReader::open(kafka, topic)?;
     while !cancel.is_cancelled() {
         if let Some(m) = reader.poll(Duration::from_millis(200))? {
