@@ -42,5 +42,5 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "cargo test (everything but the fault test)"
 cargo test --workspace "$@" -- --skip fault_
-log "fault test: crashes, restarts, scale-out and a broker restart against the undisturbed run"
-cargo test -p orderflow --test faults "$@" -- --nocapture
+log "fault tests: crashes, restarts, scale-out and a broker restart against the undisturbed run"
+cargo test -p orderflow --test faults "$@" -- --nocapture --test-threads=1

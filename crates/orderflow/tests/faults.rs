@@ -3,12 +3,18 @@
 //! out then kill one of each, a broker restart on SQLite storage). Every run's totals
 //! must equal the undisturbed run's field for field, with the same dead-letter and late
 //! records. Prints per scenario: events in, totals checked, differences.
+//!
+//! One test per scenario (`fault_1_...` to `fault_4_...`; cargo's filter picks some:
+//! `cargo test -p orderflow --test faults fault_2`). The first to run makes the
+//! undisturbed run for all of them; they run one at a time.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::{free_port, wait_until, Broker, Orderflow, Service};
@@ -299,21 +305,43 @@ enum Expect {
     Repeats,
 }
 
-/// The scenarios to run: all, or those listed in `$ORDERFLOW_FAULTS` (e.g. `1,3`).
-fn selected(n: u32) -> bool {
-    std::env::var("ORDERFLOW_FAULTS").map_or(true, |v| v.split(',').any(|s| s.trim() == n.to_string()))
+/// The undisturbed run, which every scenario's outcome must equal.
+struct Baseline {
+    outcome: Outcome,
+    evidence: Evidence,
 }
 
-#[test]
-fn fault_totals_are_exact_through_crashes_restarts_and_scale_out() {
-    let trace = make_trace();
-    assert!(trace.events >= 200_000, "trace has {} events", trace.events);
+/// Made once, by the first scenario to run in this process; a failure is kept, so the
+/// other scenarios fail with it instead of making it again.
+static BASELINE: OnceLock<Result<Baseline, String>> = OnceLock::new();
 
-    // Undisturbed.
+/// Held for the whole of a scenario (the undisturbed run included): each starts a broker
+/// and several processes and reports timings, so they run one at a time, whatever the
+/// test harness's thread count. A scenario that fails poisons it; the next one goes on.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Starts a scenario: waits for the others to finish, makes the trace (the same one on
+/// every call: the sample is seeded) and the undisturbed run, if it is not made yet.
+fn scenario() -> (MutexGuard<'static, ()>, Trace, &'static Baseline) {
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    let trace = make_trace();
+    let baseline = BASELINE.get_or_init(|| {
+        std::panic::catch_unwind(AssertUnwindSafe(|| undisturbed(&trace))).map_err(|panic| {
+            panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default()
+        })
+    });
+    match baseline {
+        Ok(baseline) => (guard, trace, baseline),
+        Err(e) => panic!("the undisturbed run failed: {e}"),
+    }
+}
+
+fn undisturbed(trace: &Trace) -> Baseline {
+    assert!(trace.events >= 200_000, "trace has {} events", trace.events);
     let broker = Broker::start();
-    let (baseline, waited, baseline_evidence) = Run::start(&broker, &trace).finish(None);
+    let (baseline, waited, baseline_evidence) = Run::start(&broker, trace).finish(None);
     drop(broker);
-    report("undisturbed", &trace, &baseline, &baseline, waited, &baseline_evidence);
+    report("undisturbed", trace, &baseline, &baseline, waited, &baseline_evidence);
     // Every valid event is counted once or reported late; every invalid one is dead-lettered.
     assert_eq!(count(&baseline.totals) + baseline.late.len() as i64, trace.valid_unique as i64);
     assert_eq!(baseline.dead_letters.len(), trace.invalid);
@@ -324,75 +352,89 @@ fn fault_totals_are_exact_through_crashes_restarts_and_scale_out() {
     let relocated: Vec<&Value> = baseline.totals.iter().filter(|t| t["region"] == "relocated").collect();
     assert!(!relocated.is_empty(), "no totals for merchants after their move");
     assert!(relocated.iter().all(|t| t["windowStart"].as_str().unwrap() >= moved.as_str()), "a move applied before its time");
+    Baseline { outcome: baseline, evidence: baseline_evidence }
+}
 
+/// Reports a scenario's run and fails the test if its outcome differs from the
+/// undisturbed run's or it lacks what `expect` asks for.
+fn check(name: &str, trace: &Trace, baseline: &Baseline, (got, waited, evidence): (Outcome, Duration, Evidence), expect: Expect) {
     let mut failed = Vec::new();
-    let mut check = |name: &str, (got, waited, evidence): (Outcome, Duration, Evidence), expect: Expect| {
-        if report(name, &trace, &got, &baseline, waited, &evidence) {
-            failed.push(name.to_owned());
-        }
-        if expect == Expect::Restores && evidence.restored_from_checkpoint == 0.0 {
-            failed.push(format!("{name}: no partition was restored from a checkpoint"));
-        }
-        if expect == Expect::Repeats && evidence.enriched_records <= baseline_evidence.enriched_records {
-            failed.push(format!("{name}: the restarted enricher sent nothing again"));
-        }
-    };
-
-    if selected(1) {
-        let broker = Broker::start();
-        let mut run = Run::start(&broker, &trace);
-        run.wait_for_progress(0.3);
-        // Kill the enricher at a moment when some of its outputs are on the broker but
-        // the input offsets they belong to are not committed, so that its successor
-        // must send them again. Freeze it until a backlog builds (it keeps up with the
-        // replay otherwise), then let it work on the backlog in short slices, looking
-        // while it is frozen, and kill it frozen when the moment has come.
-        run.services[0].signal("STOP");
-        let paused_at = records_so_far(&run.of, "orders");
-        wait_until("a backlog of 30,000 orders", Duration::from_secs(120), || {
-            (records_so_far(&run.of, "orders") >= paused_at + 30_000).then_some(())
-        });
-        wait_until("the enricher to hold delivered but uncommitted outputs", Duration::from_secs(120), || {
-            run.services[0].signal("CONT");
-            std::thread::sleep(Duration::from_millis(10));
-            run.services[0].signal("STOP");
-            // A commit sent just before the freeze may still land: look twice, apart.
-            (delivered_beyond_commit(&run.of) && {
-                std::thread::sleep(Duration::from_millis(300));
-                delivered_beyond_commit(&run.of)
-            })
-            .then_some(())
-        });
-        run.kill(0);
-        run.enricher();
-        check("1. SIGKILL enricher, restart", run.finish(Some(&baseline)), Expect::Repeats);
+    if report(name, trace, &got, &baseline.outcome, waited, &evidence) {
+        failed.push(name.to_owned());
     }
-    if selected(2) {
-        let broker = Broker::start();
-        let mut run = Run::start(&broker, &trace);
-        run.wait_for_progress(0.4);
-        run.kill(1);
-        run.aggregator();
-        check("2. SIGKILL aggregator, restart", run.finish(Some(&baseline)), Expect::Restores);
+    if expect == Expect::Restores && evidence.restored_from_checkpoint == 0.0 {
+        failed.push(format!("{name}: no partition was restored from a checkpoint"));
     }
-    if selected(3) {
-        let broker = Broker::start();
-        let mut run = Run::start(&broker, &trace);
-        run.wait_for_progress(0.25);
-        run.enricher();
-        run.aggregator();
-        run.wait_for_progress(0.6);
-        run.kill(0);
-        run.kill(1);
-        check("3. scale out to 2+2, SIGKILL one of each", run.finish(Some(&baseline)), Expect::Restores);
-    }
-    if selected(4) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut broker = Broker::nisshi_in(dir.path(), "sqlite://broker.db");
-        let run = Run::start(&broker, &trace);
-        run.wait_for_progress(0.4);
-        broker.restart();
-        check("4. broker restart (SQLite storage)", run.finish(Some(&baseline)), Expect::Nothing);
+    if expect == Expect::Repeats && evidence.enriched_records <= baseline.evidence.enriched_records {
+        failed.push(format!("{name}: the restarted enricher sent nothing again"));
     }
     assert!(failed.is_empty(), "outcomes differ from the undisturbed run in: {failed:?}");
+}
+
+#[test]
+fn fault_1_sigkill_enricher_restart() {
+    let (_one_at_a_time, trace, baseline) = scenario();
+    let broker = Broker::start();
+    let mut run = Run::start(&broker, &trace);
+    run.wait_for_progress(0.3);
+    // Kill the enricher at a moment when some of its outputs are on the broker but
+    // the input offsets they belong to are not committed, so that its successor
+    // must send them again. Freeze it until a backlog builds (it keeps up with the
+    // replay otherwise), then let it work on the backlog in short slices, looking
+    // while it is frozen, and kill it frozen when the moment has come.
+    run.services[0].signal("STOP");
+    let paused_at = records_so_far(&run.of, "orders");
+    wait_until("a backlog of 30,000 orders", Duration::from_secs(120), || {
+        (records_so_far(&run.of, "orders") >= paused_at + 30_000).then_some(())
+    });
+    wait_until("the enricher to hold delivered but uncommitted outputs", Duration::from_secs(120), || {
+        run.services[0].signal("CONT");
+        std::thread::sleep(Duration::from_millis(10));
+        run.services[0].signal("STOP");
+        // A commit sent just before the freeze may still land: look twice, apart.
+        (delivered_beyond_commit(&run.of) && {
+            std::thread::sleep(Duration::from_millis(300));
+            delivered_beyond_commit(&run.of)
+        })
+        .then_some(())
+    });
+    run.kill(0);
+    run.enricher();
+    check("1. SIGKILL enricher, restart", &trace, baseline, run.finish(Some(&baseline.outcome)), Expect::Repeats);
+}
+
+#[test]
+fn fault_2_sigkill_aggregator_restart() {
+    let (_one_at_a_time, trace, baseline) = scenario();
+    let broker = Broker::start();
+    let mut run = Run::start(&broker, &trace);
+    run.wait_for_progress(0.4);
+    run.kill(1);
+    run.aggregator();
+    check("2. SIGKILL aggregator, restart", &trace, baseline, run.finish(Some(&baseline.outcome)), Expect::Restores);
+}
+
+#[test]
+fn fault_3_scale_out_then_sigkill_one_of_each() {
+    let (_one_at_a_time, trace, baseline) = scenario();
+    let broker = Broker::start();
+    let mut run = Run::start(&broker, &trace);
+    run.wait_for_progress(0.25);
+    run.enricher();
+    run.aggregator();
+    run.wait_for_progress(0.6);
+    run.kill(0);
+    run.kill(1);
+    check("3. scale out to 2+2, SIGKILL one of each", &trace, baseline, run.finish(Some(&baseline.outcome)), Expect::Restores);
+}
+
+#[test]
+fn fault_4_broker_restart_sqlite() {
+    let (_one_at_a_time, trace, baseline) = scenario();
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::nisshi_in(dir.path(), "sqlite://broker.db");
+    let run = Run::start(&broker, &trace);
+    run.wait_for_progress(0.4);
+    broker.restart();
+    check("4. broker restart (SQLite storage)", &trace, baseline, run.finish(Some(&baseline.outcome)), Expect::Nothing);
 }
