@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use orderflow_proto::v1::PartitionCheckpoint;
 use orderflow_proto::Message as _;
-use orderflow_runtime::kafka::KafkaConfig;
+use orderflow_runtime::kafka::{is_fatal_read, KafkaConfig};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -39,7 +39,8 @@ pub fn restore(kafka: &KafkaConfig, topic: &str, partitions: &[i32]) -> Result<H
     while !remaining.is_empty() {
         match consumer.poll(Duration::from_millis(200)) {
             None | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
-            Some(Err(e)) => return Err(e.into()),
+            Some(Err(e)) if is_fatal_read(&e) => return Err(e.into()),
+            Some(Err(e)) => tracing::debug!(error = %e, "Transient error reading checkpoints; retrying."),
             Some(Ok(m)) => {
                 let p = m.partition();
                 match m.payload().map(PartitionCheckpoint::decode) {

@@ -251,7 +251,9 @@ impl Partitions {
             let bytes = checkpoint::encode(&owned.state.checkpoint(&self.input, p, owned.next_offset));
             metrics::histogram!(telemetry::AGGREGATOR_CHECKPOINT_BYTES).record(bytes.len() as f64);
             let key = records::checkpoint_key(p);
-            outbox.send(FutureRecord::to(&self.checkpoints).partition(p).key(&key).payload(&bytes), (p, owned.next_offset, bytes.len())).await?;
+            outbox
+                .send(FutureRecord::to(&self.checkpoints).partition(p).key(&key).payload(&bytes), (p, owned.next_offset, bytes.len()))
+                .await?;
             written.push((p, owned.next_offset));
         }
         // A checkpoint the broker refuses (too large for the topic's max.message.bytes,

@@ -99,10 +99,11 @@ impl Router {
         metrics::counter!(telemetry::DEAD_LETTER_EVENTS, "stage" => "aggregator", "reason" => reason.code()).increment(1);
         let source = dead_letter::Source { topic: m.topic(), partition: m.partition(), offset: m.offset() };
         let key = dead_letter::key(source);
-        let record = FutureRecord::to(&self.dead_letter)
-            .key(&key)
-            .payload(m.payload().unwrap_or_default())
-            .headers(dead_letter::headers("aggregator", reason, source));
+        let record = FutureRecord::to(&self.dead_letter).key(&key).payload(m.payload().unwrap_or_default()).headers(dead_letter::headers(
+            "aggregator",
+            reason,
+            source,
+        ));
         Ok(self.outbox.send(record, false).await?)
     }
 
@@ -128,8 +129,9 @@ impl Router {
     pub async fn tick(&mut self, p: i32, target: i64) -> Result<()> {
         metrics::counter!(telemetry::AGGREGATOR_IDLE_TICKS).increment(1);
         tracing::debug!(partition = p, close_through_ms = target, "Writing idle tick.");
-        let value = EnrichedRecord { kind: Some(enriched_record::Kind::IdleTick(IdleTick { close_through: Some(millis_timestamp(target)) })) }
-            .encode_to_vec();
+        let value =
+            EnrichedRecord { kind: Some(enriched_record::Kind::IdleTick(IdleTick { close_through: Some(millis_timestamp(target)) })) }
+                .encode_to_vec();
         Ok(self.outbox.send(FutureRecord::<str, [u8]>::to(&self.input).partition(p).payload(&value), false).await?)
     }
 

@@ -51,6 +51,12 @@ pub enum Error {
     Runtime(#[from] orderflow_runtime::Error),
     #[error("kafka client")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("following the merchants topic `{topic}`")]
+    Follow {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
 }
 
 /// Result with the enricher's [`Error`].

@@ -6,13 +6,13 @@ use std::time::Duration;
 use orderflow_core::merchant::MerchantTable;
 use orderflow_proto::v1::Merchant;
 use orderflow_proto::Message as _;
-use orderflow_runtime::kafka::{KafkaConfig, TopicReader};
+use orderflow_runtime::kafka::{is_fatal_read, KafkaConfig, TopicReader};
 use orderflow_runtime::records::parse_merchant_key;
 use orderflow_runtime::telemetry;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// The table shared by the enrich loop (readers) and the follower (writer).
 #[derive(Debug, Clone, Default)]
@@ -29,13 +29,19 @@ pub struct MerchantFollower {
 }
 
 impl MerchantFollower {
-    /// Applies merchant records as they arrive until `cancel`. Read errors are logged
-    /// and retried (librdkafka reconnects by itself); it returns only on cancellation.
+    /// Applies merchant records as they arrive until `cancel`. Transient read errors
+    /// are logged and retried (librdkafka reconnects by itself); a topic that cannot be
+    /// read any more (deleted, access revoked) fails the follower, and with it the
+    /// enricher: enriching on with a table that can no longer change would be wrong
+    /// without anyone noticing.
     pub fn run(self, cancel: CancellationToken) -> Result<()> {
         while !cancel.is_cancelled() {
             match self.reader.poll(Duration::from_millis(250)) {
                 Ok(Some(m)) => self.store.apply(&m),
                 Ok(None) => {}
+                Err(orderflow_runtime::Error::Kafka(e)) if is_fatal_read(&e) => {
+                    return Err(Error::Follow { topic: self.reader.topic().to_owned(), source: e });
+                }
                 Err(e) => tracing::warn!(error = %e, topic = self.reader.topic(), "Reading merchant updates failed; retrying."),
             }
         }

@@ -58,10 +58,11 @@ impl KafkaConfig {
     /// it once at start, after checking their local inputs.
     pub fn check_reachable(&self) -> Result<()> {
         let client: BaseConsumer = self.config(&[])?.create()?;
-        client
-            .fetch_metadata(None, self.connect_timeout)
-            .map(drop)
-            .map_err(|source| Error::Unreachable { brokers: self.brokers.clone(), waited: self.connect_timeout, source })
+        client.fetch_metadata(None, self.connect_timeout).map(drop).map_err(|source| Error::Unreachable {
+            brokers: self.brokers.clone(),
+            waited: self.connect_timeout,
+            source,
+        })
     }
 
     /// An idempotent producer: retries never duplicate or reorder a partition's records.
@@ -188,6 +189,8 @@ impl TopicReader {
     }
 
     /// Calls `f` on every record up to the end each partition had when called.
+    /// Transient errors (a broker away for a moment) are logged and waited out; a
+    /// topic that cannot be read any more fails the read (see [`is_fatal_read`]).
     pub fn read_to_end(&self, mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>)) -> Result<u64> {
         use rdkafka::Message as _;
         let mut remaining = std::collections::HashMap::new();
@@ -199,15 +202,11 @@ impl TopicReader {
         }
         let mut n = 0;
         while !remaining.is_empty() {
-            match self.consumer.poll(Duration::from_millis(200)) {
-                None | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(m)) => {
-                    n += 1;
-                    f(&m);
-                    if remaining.get(&m.partition()).is_some_and(|high| m.offset() + 1 >= *high) {
-                        remaining.remove(&m.partition());
-                    }
+            if let Some(m) = self.poll(Duration::from_millis(200))? {
+                n += 1;
+                f(&m);
+                if remaining.get(&m.partition()).is_some_and(|high| m.offset() + 1 >= *high) {
+                    remaining.remove(&m.partition());
                 }
             }
         }
@@ -215,10 +214,16 @@ impl TopicReader {
     }
 
     /// The next record, if one arrives within `timeout` (for following a topic).
+    /// Transient errors are logged and read as "nothing yet"; only a topic that cannot
+    /// be read any more is an error (see [`is_fatal_read`]).
     pub fn poll(&self, timeout: Duration) -> Result<Option<rdkafka::message::BorrowedMessage<'_>>> {
         match self.consumer.poll(timeout) {
             None | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => Ok(None),
-            Some(Err(e)) => Err(e.into()),
+            Some(Err(e)) if is_fatal_read(&e) => Err(e.into()),
+            Some(Err(e)) => {
+                tracing::debug!(topic = %self.topic, error = %e, "Transient read error; retrying.");
+                Ok(None)
+            }
             Some(Ok(m)) => Ok(Some(m)),
         }
     }
@@ -228,6 +233,17 @@ impl TopicReader {
 pub fn header<'a>(m: &'a impl rdkafka::Message, name: &str) -> Option<&'a str> {
     use rdkafka::message::Headers as _;
     m.headers()?.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok())
+}
+
+/// Whether a consumer error means the topic cannot be read at all any more (it was
+/// deleted, or access to it was revoked), as opposed to a broker being away for a
+/// while, which librdkafka recovers from by itself. Followers stop on the former.
+pub fn is_fatal_read(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::TopicAuthorizationFailed | C::GroupAuthorizationFailed | C::Fatal)
+    )
 }
 
 /// Records the ids of partitions a rebalance takes away, for loops that keep

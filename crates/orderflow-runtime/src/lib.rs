@@ -16,6 +16,8 @@
 //!   becomes the process's exit status.
 //! - [`telemetry`]: every metric name, described once; the Prometheus exporter; tracing.
 //! - [`shutdown`]: SIGTERM/Ctrl-C to a cancellation token.
+//! - `testing` (feature `testing`, for other crates' tests): librdkafka's mock cluster
+//!   with every topic created, and helpers to read topics and wait for outcomes.
 
 pub mod kafka;
 pub mod outbox;
@@ -23,6 +25,8 @@ pub mod records;
 pub mod shutdown;
 pub mod supervisor;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topics;
 
 pub use tokio_util::sync::CancellationToken;

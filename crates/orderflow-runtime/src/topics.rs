@@ -76,8 +76,7 @@ impl Topics {
 
     /// The topics `stage` needs, to create when missing (see [`ensure`]).
     pub fn specs(&self, stage: Stage) -> Vec<TopicSpec> {
-        let (orders, merchants, enriched) =
-            (self.wide(self.orders()), self.narrow(self.merchants(), true), self.wide(self.enriched()));
+        let (orders, merchants, enriched) = (self.wide(self.orders()), self.narrow(self.merchants(), true), self.wide(self.enriched()));
         let (dead_letter, late) = (self.wide(self.dead_letter()), self.wide(self.late()));
         let (partials, totals) = (self.narrow(self.partials(), false), self.narrow(self.totals(), true));
         match stage {

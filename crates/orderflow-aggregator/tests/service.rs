@@ -1,0 +1,274 @@
+//! The aggregator's service, merger and upstream watch, in process, against librdkafka's
+//! mock cluster: exact totals, where late and bad records go, the metrics, and that a
+//! failing task stops the service.
+
+use std::time::{Duration, Instant};
+
+use metrics_util::debugging::DebuggingRecorder;
+use orderflow_aggregator::upstream::Watcher;
+use orderflow_aggregator::AggregatorConfig;
+use orderflow_proto::v1::{
+    enriched_record, partial_record, EnrichedOrderEvent, EnrichedRecord, OrderEvent, OrderEventType, PartialRecord, PartialTotal,
+    PartitionProgress, TypeTotal, WindowTotal,
+};
+use orderflow_proto::{millis_timestamp, Message as _};
+use orderflow_runtime::kafka::{header, KafkaConfig};
+use orderflow_runtime::outbox::Outbox;
+use orderflow_runtime::records::{dead_letter, late};
+use orderflow_runtime::telemetry;
+use orderflow_runtime::testing::{eventually, Counters, MockKafka};
+use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::producer::FutureRecord;
+use tokio_util::sync::CancellationToken;
+
+/// 2019-11-11T00:00:00Z.
+const MIDNIGHT: i64 = 1_573_430_400_000;
+const MINUTE: i64 = 60_000;
+
+fn paid(id: &str, at_ms: i64, amount: i64) -> Vec<u8> {
+    let event = OrderEvent {
+        event_id: id.into(),
+        order_id: format!("o-{id}"),
+        merchant_id: "m1".into(),
+        r#type: OrderEventType::Paid as i32,
+        amount_minor: amount,
+        currency: "CNY".into(),
+        event_time: Some(millis_timestamp(at_ms)),
+        ..Default::default()
+    };
+    let enriched = EnrichedOrderEvent { region: "cn-east".into(), tier: "tmall".into(), merchant_known: true, event: Some(event) };
+    EnrichedRecord { kind: Some(enriched_record::Kind::Event(enriched)) }.encode_to_vec()
+}
+
+/// Writes `(partition, payload)` records to `topic`, in order, and waits for them.
+async fn write(kafka: &KafkaConfig, topic: &str, records: &[(i32, Vec<u8>)]) {
+    let mut outbox: Outbox = Outbox::new(kafka.producer().unwrap());
+    for (p, payload) in records {
+        outbox.send(FutureRecord::<str, [u8]>::to(topic).partition(*p).key("k").payload(payload), ()).await.unwrap();
+    }
+    let settled = outbox.settle().await.unwrap();
+    assert_eq!((settled.delivered as usize, settled.rejected.len()), (records.len(), 0));
+}
+
+fn total(t: &WindowTotal) -> (i64, i64, i64) {
+    let p = t.paid.unwrap_or_default();
+    (t.window_start.as_ref().map_or(0, orderflow_proto::timestamp_millis), p.count, p.amount_minor)
+}
+
+/// No idle ticks during the test: only event time closes windows.
+fn no_idle() -> AggregatorConfig {
+    AggregatorConfig { idle_close: Duration::from_secs(3600), ..AggregatorConfig::default() }
+}
+
+#[tokio::test]
+async fn partitions_and_merger_publish_exact_totals_and_route_late_and_bad_records() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mock = MockKafka::start(1, 2);
+    let (kafka, topics) = (&mock.kafka, &mock.topics);
+    write(
+        kafka,
+        &topics.enriched(),
+        &[
+            (0, paid("a", MIDNIGHT + 1_000, 100)),
+            (1, paid("b", MIDNIGHT + 2_000, 200)),
+            (0, paid("a", MIDNIGHT + 1_000, 100)), // a retry: counted once
+            (1, b"\x0a\xff not an enriched record".to_vec()),
+            (0, paid("c", MIDNIGHT + MINUTE + 10_000, 400)), // partition 0 closes 00:00
+            (1, paid("d", MIDNIGHT + MINUTE + 10_000, 800)), // partition 1 closes 00:00
+            (0, paid("late", MIDNIGHT + 30_000, 1_600)),     // after its window closed
+            (0, paid("e", MIDNIGHT + 2 * MINUTE + 10_000, 1)),
+            (1, paid("f", MIDNIGHT + 2 * MINUTE + 10_000, 1)), // both close 00:01
+        ],
+    )
+    .await;
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard(); // also on a failed assertion
+    let service = tokio::spawn({
+        let (kafka, topics, cancel) = (kafka.clone(), topics.clone(), cancel.clone());
+        async move { orderflow_aggregator::run(&kafka, &topics, &no_idle(), cancel).await }
+    });
+    let totals = eventually(Duration::from_secs(30), || {
+        let totals = orderflow_aggregator::totals::read(kafka, &topics.totals()).unwrap();
+        (totals.len() == 2).then_some(totals)
+    })
+    .await
+    .expect("two windows' totals");
+    assert_eq!(totals.iter().map(total).collect::<Vec<_>>(), [(MIDNIGHT, 2, 300), (MIDNIGHT + MINUTE, 2, 1_200)]);
+
+    let late_records = mock.read_all(&topics.late());
+    assert_eq!(late_records.len(), 1);
+    assert_eq!(header(&late_records[0], late::WINDOW_START), Some("2019-11-11T00:00:00Z"));
+    let dead = mock.read_all(&topics.dead_letter());
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (header(&dead[0], dead_letter::STAGE), header(&dead[0], dead_letter::REASON_CODE)),
+        (Some("aggregator"), Some("undecodable"))
+    );
+    assert_eq!(header(&dead[0], dead_letter::SOURCE_PARTITION), Some("1"));
+
+    let counters = Counters::of(&snapshotter);
+    let events = |outcome| counters.get(telemetry::AGGREGATOR_EVENTS, &[("outcome", outcome)]);
+    assert_eq!((events("counted"), events("duplicate"), events("late"), events("invalid")), (6, 1, 1, 1));
+    let labels = [("stage", "aggregator"), ("reason", "undecodable")];
+    assert_eq!(counters.get(telemetry::DEAD_LETTER_EVENTS, &labels), 1);
+    assert_eq!(counters.get(telemetry::WINDOWS_CLOSED, &[]), 2);
+    let paid_events = [("region", "cn-east"), ("tier", "tmall"), ("type", "paid")];
+    assert_eq!(counters.get(telemetry::WINDOW_EVENTS, &paid_events), 4);
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(30), service).await.expect("stops on cancel").unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_merger_sums_partials_once_every_partition_has_passed_and_flags_conflicts() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mock = MockKafka::start(1, 2);
+    let (kafka, topics) = (&mock.kafka, &mock.topics);
+    let partial = |partition, count, amount| {
+        let t = WindowTotal {
+            window_start: Some(millis_timestamp(MIDNIGHT)),
+            window_end: Some(millis_timestamp(MIDNIGHT + MINUTE)),
+            region: "cn-east".into(),
+            tier: "tmall".into(),
+            currency: "CNY".into(),
+            paid: Some(TypeTotal { count, amount_minor: amount }),
+            ..Default::default()
+        };
+        (0, PartialRecord { kind: Some(partial_record::Kind::Partial(PartialTotal { total: Some(t), partition })) }.encode_to_vec())
+    };
+    let progress = |partition, through| {
+        let p = PartitionProgress { partition, closed_through: Some(millis_timestamp(through)), partition_count: 2 };
+        (0, PartialRecord { kind: Some(partial_record::Kind::Progress(p)) }.encode_to_vec())
+    };
+    write(
+        kafka,
+        &topics.partials(),
+        &[
+            partial(0, 1, 100),
+            progress(0, MIDNIGHT + MINUTE),
+            partial(0, 1, 100), // re-emitted after a restart: same partial
+            partial(0, 9, 900), // a different one for the same key: a conflict, the first stays
+            partial(1, 2, 250),
+            progress(1, MIDNIGHT + MINUTE),
+        ],
+    )
+    .await;
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), cancel.clone()));
+    let totals = eventually(Duration::from_secs(30), || {
+        let totals = orderflow_aggregator::totals::read(kafka, &topics.totals()).unwrap();
+        (!totals.is_empty()).then_some(totals)
+    })
+    .await
+    .expect("the window's total");
+    assert_eq!(totals.iter().map(total).collect::<Vec<_>>(), [(MIDNIGHT, 3, 350)]);
+    let counters = Counters::of(&snapshotter);
+    let partials = |outcome| counters.get(telemetry::MERGER_PARTIALS, &[("outcome", outcome)]);
+    assert_eq!((partials("accepted"), partials("repeated"), partials("conflict")), (2, 1, 1));
+    cancel.cancel();
+    merger.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_upstream_watch_sees_what_the_enricher_owes_and_the_global_frontier() {
+    let mock = MockKafka::start(1, 2);
+    let (kafka, topics) = (&mock.kafka, &mock.topics);
+    let (watch, watcher) = Watcher::new(kafka, topics);
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let task = tokio::task::spawn_blocking({
+        let cancel = cancel.clone();
+        move || watcher.run(cancel)
+    });
+    // Nothing in the orders topic: nothing owed, settled.
+    eventually(Duration::from_secs(10), || {
+        let u = watch.get();
+        (u.checked_at.is_some() && !u.stalled && u.owing.is_empty() && u.settled_since.is_some()).then_some(())
+    })
+    .await
+    .expect("settled on an empty input");
+
+    // Three orders on partition 1 that the enricher has not committed: owed.
+    write(kafka, &topics.orders(), &[(1, b"x".to_vec()), (1, b"y".to_vec()), (1, b"z".to_vec())]).await;
+    eventually(Duration::from_secs(10), || {
+        let u = watch.get();
+        (u.owing == [1] && u.settled_since.is_none()).then_some(())
+    })
+    .await
+    .expect("partition 1 owed");
+    // Not moving for two seconds: stalled.
+    eventually(Duration::from_secs(10), || watch.get().stalled.then_some(())).await.expect("stalled");
+
+    // The enricher group commits past them: settled again.
+    let group: rdkafka::consumer::BaseConsumer =
+        kafka.config(&[("group.id", &topics.group("enricher")), ("enable.auto.commit", "false")]).unwrap().create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topics.orders(), 1, rdkafka::Offset::Offset(3)).unwrap();
+    group.commit(&tpl, CommitMode::Sync).unwrap();
+    eventually(Duration::from_secs(10), || {
+        let u = watch.get();
+        (u.owing.is_empty() && !u.stalled && u.settled_since.is_some()).then_some(())
+    })
+    .await
+    .expect("settled after the commit");
+
+    // Progress published by any partition moves the global frontier.
+    let p = PartitionProgress { partition: 0, closed_through: Some(millis_timestamp(MIDNIGHT + MINUTE)), partition_count: 2 };
+    write(kafka, &topics.partials(), &[(0, PartialRecord { kind: Some(partial_record::Kind::Progress(p)) }.encode_to_vec())]).await;
+    eventually(Duration::from_secs(10), || (watch.get().global_frontier_ms == MIDNIGHT + MINUTE).then_some(()))
+        .await
+        .expect("global frontier");
+
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// Starts the aggregator with `topic` on broker 2 alone and waits until it has
+/// published a window's total, then takes broker 2 down, feeds it events that close
+/// the next window, and returns its error and how long it took to stop after the last
+/// record was written (the writes give up after 300 ms).
+async fn fail_writing_to(topic: impl Fn(&orderflow_runtime::topics::Topics) -> String) -> (String, Duration) {
+    let mock = MockKafka::start(2, 2);
+    let (kafka, topics) = (&mock.kafka, &mock.topics);
+    mock.lead(&topic(topics), 2);
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let service = tokio::spawn({
+        let (kafka, topics, cancel) = (mock.impatient(300), topics.clone(), cancel.clone());
+        async move { orderflow_aggregator::run(&kafka, &topics, &no_idle(), cancel).await }
+    });
+    let window = |minute: i64| -> Vec<(i32, Vec<u8>)> {
+        (0..2).map(|p| (p, paid(&format!("{minute}-{p}"), MIDNIGHT + minute * MINUTE + 1_000, 100))).collect()
+    };
+    // Window 0 is closed by window 2's events: running, with a total published.
+    write(kafka, &topics.enriched(), &[window(0), window(2)].concat()).await;
+    eventually(Duration::from_secs(30), || {
+        (!orderflow_aggregator::totals::read(kafka, &topics.totals()).unwrap().is_empty()).then_some(())
+    })
+    .await
+    .expect("a first total");
+    mock.cluster.broker_down(2).unwrap();
+    write(kafka, &topics.enriched(), &window(4)).await;
+    let written = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(60), service).await.expect("the aggregator stops by itself").unwrap().unwrap_err();
+    (format!("{:#}", anyhow::Error::new(err)), written.elapsed())
+}
+
+#[tokio::test]
+async fn a_failing_partitions_task_stops_the_aggregator_with_its_error() {
+    let (chain, stopped) = fail_writing_to(|t| t.partials()).await;
+    assert!(chain.starts_with("task `partitions` failed: producing to `orderflow.totals.partial`"), "{chain}");
+    eprintln!("aggregator stopped {stopped:?} after the records were written");
+}
+
+#[tokio::test]
+async fn a_failing_merger_stops_the_aggregator_with_its_error() {
+    let (chain, stopped) = fail_writing_to(|t| t.totals()).await;
+    assert!(chain.starts_with("task `merger` failed: producing to `orderflow.totals`"), "{chain}");
+    eprintln!("aggregator stopped {stopped:?} after the records were written");
+}

@@ -1,0 +1,130 @@
+//! Helpers for the services' in-process tests: librdkafka's mock cluster (an in-memory
+//! Kafka inside the test process, with fault injection) with every orderflow topic
+//! created, and ways to read topics and wait for outcomes.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::message::OwnedMessage;
+use rdkafka::mocking::{MockCluster, MockCoordinator};
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::Message as _;
+
+use crate::kafka::{KafkaConfig, TopicReader};
+use crate::topics::{Stage, Topics};
+
+/// A mock cluster with every topic of `topics` created.
+pub struct MockKafka {
+    pub cluster: MockCluster<'static, DefaultProducerContext>,
+    pub kafka: KafkaConfig,
+    pub topics: Topics,
+}
+
+impl std::fmt::Debug for MockKafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockKafka").field("brokers", &self.kafka.brokers).finish_non_exhaustive()
+    }
+}
+
+impl MockKafka {
+    /// `brokers` mock brokers; the topics under prefix `orderflow`, wide ones with
+    /// `partitions` partitions, all led by broker 1.
+    pub fn start(brokers: i32, partitions: i32) -> Self {
+        let cluster = MockCluster::new(brokers).expect("starting librdkafka's mock cluster");
+        let kafka = KafkaConfig::new(cluster.bootstrap_servers());
+        let topics = Topics::new("orderflow", partitions);
+        for spec in topics.specs(Stage::All) {
+            cluster.create_topic(&spec.name, spec.partitions, 1).expect("creating a mock topic");
+            for p in 0..spec.partitions {
+                cluster.partition_leader(&spec.name, p, Some(1)).expect("placing a mock partition");
+            }
+        }
+        for service in ["enricher", "aggregator", "merger"] {
+            cluster.coordinator(MockCoordinator::Group(topics.group(service)), 1).expect("placing a mock coordinator");
+        }
+        cluster.coordinator(MockCoordinator::Group("orderflow-reader".into()), 1).expect("placing a mock coordinator");
+        Self { cluster, kafka, topics }
+    }
+
+    /// Moves every partition of `topic` to broker `broker` (to fail it alone, with
+    /// [`MockCluster::broker_down`]).
+    pub fn lead(&self, topic: &str, broker: i32) {
+        let partitions = crate::kafka::partition_count(&self.kafka.reader().expect("a reader"), topic).expect("a topic");
+        for p in 0..partitions {
+            self.cluster.partition_leader(topic, p, Some(broker)).expect("placing a mock partition");
+        }
+    }
+
+    /// Settings for a client whose deliveries give up after `ms` (the default is 5
+    /// minutes of retries), so that a broker taken down fails them quickly.
+    pub fn impatient(&self, ms: u64) -> KafkaConfig {
+        let mut kafka = self.kafka.clone();
+        kafka.options.push(format!("message.timeout.ms={ms}"));
+        kafka
+    }
+
+    /// Every record of `topic` so far.
+    pub fn read_all(&self, topic: &str) -> Vec<OwnedMessage> {
+        let reader = TopicReader::open(&self.kafka, topic).expect("opening a topic reader");
+        let mut out = Vec::new();
+        reader.read_to_end(|m| out.push(m.detach())).expect("reading a topic");
+        out
+    }
+
+    /// Every record of `topic` so far, as (key, payload) text/bytes pairs.
+    pub fn keys(&self, topic: &str) -> Vec<String> {
+        self.read_all(topic).iter().map(|m| String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned()).collect()
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The counters of one snapshot of `metrics_util`'s debugging recorder (taking a
+/// snapshot resets its counters, so take one and ask it several things).
+#[derive(Debug)]
+pub struct Counters(Vec<(String, Labels, u64)>);
+
+type Labels = Vec<(String, String)>;
+
+impl Counters {
+    /// Takes a snapshot.
+    pub fn of(snapshotter: &metrics_util::debugging::Snapshotter) -> Self {
+        use metrics_util::debugging::DebugValue;
+        Self(
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .filter_map(|(key, _, _, value)| match value {
+                    DebugValue::Counter(c) => {
+                        let labels = key.key().labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
+                        Some((key.key().name().to_owned(), labels, c))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// A counter's value by name and exact label set (0 when never incremented).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.0
+            .iter()
+            .filter(|(n, ls, _)| {
+                n == name && ls.len() == labels.len() && labels.iter().all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, _, c)| c)
+            .sum()
+    }
+}
