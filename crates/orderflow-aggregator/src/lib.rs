@@ -54,12 +54,18 @@ pub enum Error {
     Runtime(#[from] orderflow_runtime::Error),
     #[error(transparent)]
     Core(#[from] orderflow_core::Error),
-    #[error("kafka client")]
-    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("kafka client: {0}")]
+    Kafka(rdkafka::error::KafkaError),
     #[error("{0}")]
     Config(String),
     #[error("a record the totals depend on was refused: {0}")]
     Refused(String),
+}
+
+impl From<rdkafka::error::KafkaError> for Error {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        Self::Kafka(e)
+    }
 }
 
 /// Result with the aggregator's [`Error`].

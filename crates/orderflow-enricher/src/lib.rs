@@ -49,14 +49,16 @@ impl Default for EnricherConfig {
 pub enum Error {
     #[error(transparent)]
     Runtime(#[from] orderflow_runtime::Error),
-    #[error("kafka client")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("following the merchants topic `{topic}`")]
-    Follow {
-        topic: String,
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
+    #[error("kafka client: {0}")]
+    Kafka(rdkafka::error::KafkaError),
+    #[error("following the merchants topic `{topic}`: {error}")]
+    Follow { topic: String, error: rdkafka::error::KafkaError },
+}
+
+impl From<rdkafka::error::KafkaError> for Error {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        Self::Kafka(e)
+    }
 }
 
 /// Result with the enricher's [`Error`].

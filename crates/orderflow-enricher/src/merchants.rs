@@ -40,7 +40,7 @@ impl MerchantFollower {
                 Ok(Some(m)) => self.store.apply(&m),
                 Ok(None) => {}
                 Err(orderflow_runtime::Error::Kafka(e)) if is_fatal_read(&e) => {
-                    return Err(Error::Follow { topic: self.reader.topic().to_owned(), source: e });
+                    return Err(Error::Follow { topic: self.reader.topic().to_owned(), error: e });
                 }
                 Err(e) => tracing::warn!(error = %e, topic = self.reader.topic(), "Reading merchant updates failed; retrying."),
             }

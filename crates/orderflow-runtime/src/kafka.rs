@@ -58,10 +58,10 @@ impl KafkaConfig {
     /// it once at start, after checking their local inputs.
     pub fn check_reachable(&self) -> Result<()> {
         let client: BaseConsumer = self.config(&[])?.create()?;
-        client.fetch_metadata(None, self.connect_timeout).map(drop).map_err(|source| Error::Unreachable {
+        client.fetch_metadata(None, self.connect_timeout).map(drop).map_err(|error| Error::Unreachable {
             brokers: self.brokers.clone(),
             waited: self.connect_timeout,
-            source,
+            error,
         })
     }
 

@@ -32,22 +32,20 @@ pub mod topics;
 pub use tokio_util::sync::CancellationToken;
 
 /// Errors of the shared plumbing. Each cause appears once in a chain: a variant's
-/// message says what was being done, its source says what went wrong.
+/// message says what was being done and, for librdkafka's errors, what went wrong in
+/// librdkafka's words (a `KafkaError` is never also given as the source: its own
+/// source repeats its message).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("kafka client")]
-    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("kafka client: {0}")]
+    Kafka(rdkafka::error::KafkaError),
     #[error(
         "cannot reach the Kafka brokers at {brokers} (waited {}; set them with --brokers or ORDERFLOW_BROKERS, \
-         the wait with --connect-timeout)",
-        humantime::format_duration(*.waited)
+         the wait with --connect-timeout): {}",
+        humantime::format_duration(*.waited),
+        kafka_cause(.error)
     )]
-    Unreachable {
-        brokers: String,
-        waited: std::time::Duration,
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
+    Unreachable { brokers: String, waited: std::time::Duration, error: rdkafka::error::KafkaError },
     #[error("creating topic `{topic}`: {reason}")]
     CreateTopic { topic: String, reason: String },
     #[error("topic `{0}` does not exist (yet)")]
@@ -56,12 +54,8 @@ pub enum Error {
     BadOption(String),
     #[error("metrics exporter on {addr}: {reason}")]
     Metrics { addr: std::net::SocketAddr, reason: String },
-    #[error("producing to `{topic}`")]
-    Delivery {
-        topic: String,
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
+    #[error("producing to `{topic}`: {error}")]
+    Delivery { topic: String, error: rdkafka::error::KafkaError },
     #[error("the producer shut down with deliveries outstanding")]
     ProducerGone,
     #[error("task `{task}` failed")]
@@ -76,6 +70,18 @@ pub enum Error {
     TaskEnded { task: String },
     #[error("tasks {tasks:?} still running {} after shutdown began; abandoned", humantime::format_duration(*.grace))]
     ShutdownTimeout { tasks: Vec<String>, grace: std::time::Duration },
+}
+
+impl From<rdkafka::error::KafkaError> for Error {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        Self::Kafka(e)
+    }
+}
+
+/// librdkafka's own words for an error (`Local: Broker transport failure`), without
+/// the operation `KafkaError` wraps them in.
+pub fn kafka_cause(e: &rdkafka::error::KafkaError) -> String {
+    e.rdkafka_error_code().map_or_else(|| e.to_string(), |c| c.to_string())
 }
 
 /// Result with the plumbing's [`Error`].

@@ -158,7 +158,7 @@ impl<T> Outbox<T> {
                         });
                         return Ok(());
                     }
-                    Fate::Fatal => return Err(Error::Delivery { topic: r.topic.to_owned(), source: e }),
+                    Fate::Fatal => return Err(Error::Delivery { topic: r.topic.to_owned(), error: e }),
                 },
             }
         }
@@ -207,7 +207,7 @@ impl<T> Outbox<T> {
     /// Settles, then waits up to `timeout` for anything else the producer holds.
     pub async fn close(&mut self, timeout: Duration) -> Result<Settled<T>> {
         let settled = self.settle().await?;
-        self.producer.flush(timeout).map_err(|source| Error::Delivery { topic: "(flush)".into(), source })?;
+        self.producer.flush(timeout).map_err(|source| Error::Delivery { topic: "(flush)".into(), error: source })?;
         Ok(settled)
     }
 }
@@ -220,7 +220,7 @@ fn judge<T>(tag: T, result: DeliveryResult, settled: &mut Settled<T>) -> Result<
         Ok(Ok(_)) => settled.delivered += 1,
         Ok(Err((error, message))) => match classify(&error) {
             Fate::Rejected | Fate::Retry => settled.rejected.push(rejected(tag, error, &message)),
-            Fate::Fatal => return Err(Error::Delivery { topic: message.topic().to_owned(), source: error }),
+            Fate::Fatal => return Err(Error::Delivery { topic: message.topic().to_owned(), error }),
         },
         Err(_) => return Err(Error::ProducerGone),
     }

@@ -146,7 +146,8 @@ mod tests {
         Ok(())
     }
 
-    #[tokio::test(start_paused = true)]
+    // Real time: a running blocking task holds back the paused clock's auto-advance.
+    #[tokio::test]
     async fn the_first_failure_stops_every_task_and_names_itself() {
         let mut s = Supervisor::new(CancellationToken::new());
         let (a, b) = (s.token(), s.token());
@@ -158,7 +159,7 @@ mod tests {
             Ok::<_, Boom>(())
         });
         s.spawn("merger", async {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
             Err(Boom)
         });
         let err = s.run(Duration::from_secs(5)).await.unwrap_err();
