@@ -8,7 +8,7 @@
 //!   steady rate, with storefront retries, small out-of-order steps and very late events,
 //!   as the aggregator receives it.
 
-use orderflow_core::window::WindowSpec;
+use orderflow_core::window::{WindowSpec, DEFAULT_LATENESS_MS, DEFAULT_WINDOW_MS};
 
 /// Regions, most traffic first (as in the demo's sample).
 pub const REGIONS: &[&str] = &["cn-east", "cn-south", "cn-north", "cn-west", "intl"];
@@ -21,10 +21,10 @@ pub const CURRENCIES: &[&str] = &["CNY", "CNY", "CNY", "CNY", "USD", "HKD"];
 pub const MIDNIGHT_MS: i64 = 1_794_326_400_000;
 
 /// The aggregator's defaults: window 1m, lateness 5s, and the dedup horizon
-/// `AggregatorArgs::spec` derives when `--dedup-horizon` is not given (window +
-/// lateness). Spelled out here so the benchmarks need only the pure core.
+/// `AggregatorConfig::spec` derives when `--dedup-horizon` is not given (window +
+/// lateness), from the core's constants, so the benchmarks need only the pure core.
 pub fn aggregator_default_spec() -> (WindowSpec, i64) {
-    let spec = WindowSpec::new(60_000, 5_000).expect("valid window spec");
+    let spec = WindowSpec::new(DEFAULT_WINDOW_MS, DEFAULT_LATENESS_MS).expect("valid window spec");
     (spec, spec.size_ms() + spec.lateness_ms())
 }
 

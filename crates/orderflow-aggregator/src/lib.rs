@@ -100,8 +100,10 @@ pub struct AggregatorConfig {
 pub mod defaults {
     use std::time::Duration;
 
-    pub const WINDOW: Duration = Duration::from_secs(60);
-    pub const LATENESS: Duration = Duration::from_secs(5);
+    use orderflow_core::window::{DEFAULT_LATENESS_MS, DEFAULT_WINDOW_MS};
+
+    pub const WINDOW: Duration = Duration::from_millis(DEFAULT_WINDOW_MS as u64);
+    pub const LATENESS: Duration = Duration::from_millis(DEFAULT_LATENESS_MS as u64);
     pub const IDLE_CLOSE: Duration = Duration::from_secs(10);
     pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
     pub const BATCH: usize = 5_000;

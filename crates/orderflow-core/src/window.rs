@@ -6,6 +6,12 @@ use orderflow_proto::v1::{OrderEventType, TypeTotal, WindowTotal};
 
 use crate::{Error, Result};
 
+/// The aggregator's default window size (1 minute), in milliseconds: the one place it
+/// is written (the command line and the benchmarks read it from here).
+pub const DEFAULT_WINDOW_MS: i64 = 60_000;
+/// The aggregator's default lateness (5 seconds), in milliseconds.
+pub const DEFAULT_LATENESS_MS: i64 = 5_000;
+
 /// Window size and allowed lateness, in milliseconds.
 ///
 /// A window `[start, start + size)` closes on a partition once the partition's
