@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use orderflow_core::partition::{Outcome, PartitionState, Prepared};
+use orderflow_core::partition::{PartitionState, Prepared};
 use orderflow_core::validate::InvalidReason;
 use orderflow_core::window::{ClosedWindow, WindowSpec};
 use orderflow_core::wire::{undecodable, EnrichedKind, EnrichedView};
@@ -190,16 +190,12 @@ impl Partitions {
         let route = match record {
             Ok(Some(EnrichedKind::IdleTick(Some(t)))) => {
                 owned.state.idle_close(timestamp_millis(&t), &mut closed);
-                Route::Applied(None)
+                Route::Tick
             }
             Ok(Some(EnrichedKind::Event(e))) => {
                 // Prepared when parsed if this partition was owned then, as it is now.
                 let prepared = prepared.unwrap_or_else(|| owned.state.prepare(&e));
-                match owned.state.apply_prepared(&e, prepared, &mut closed) {
-                    Outcome::Late { window_start_ms, closed_through_ms } => Route::Late { window_start_ms, closed_through_ms },
-                    Outcome::Invalid => Route::DeadLetter(InvalidReason::MissingEventTime),
-                    outcome => Route::Applied(Some(outcome)),
-                }
+                Route::of(owned.state.apply_prepared(&e, prepared, &mut closed))
             }
             Ok(_) => Route::DeadLetter(InvalidReason::Undecodable("empty EnrichedRecord".into())),
             Err(reason) => Route::DeadLetter(reason),

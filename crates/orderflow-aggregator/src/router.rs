@@ -21,8 +21,12 @@ use crate::Result;
 /// Where one applied record goes.
 #[derive(Debug)]
 pub enum Route {
-    /// Counted, or a duplicate, or an idle tick: nothing to write for the record itself.
-    Applied(Option<Outcome>),
+    /// Counted in its window: nothing to write for the record itself.
+    Counted,
+    /// Its event id was already counted: nothing to write.
+    Duplicate,
+    /// An idle tick read back: nothing to write.
+    Tick,
     /// Its window had closed: to the late topic.
     Late { window_start_ms: i64, closed_through_ms: i64 },
     /// Not usable: to the dead-letter topic with the reason.
@@ -42,6 +46,20 @@ pub struct Router {
     partition_count: i32,
 }
 
+impl Route {
+    /// The route of an event's outcome.
+    pub fn of(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Counted { .. } => Self::Counted,
+            Outcome::Duplicate => Self::Duplicate,
+            Outcome::Late { window_start_ms, closed_through_ms } => Self::Late { window_start_ms, closed_through_ms },
+            // Not a countable event (no event, time or type): the enricher's validation
+            // lets none through, so only a record written by something else gets here.
+            Outcome::Invalid => Self::DeadLetter(InvalidReason::MissingEventTime),
+        }
+    }
+}
+
 impl Router {
     pub fn new(producer: FutureProducer, topics: &Topics, partition_count: i32) -> Self {
         Self {
@@ -57,15 +75,9 @@ impl Router {
     /// Counts the record's outcome and writes what it calls for.
     pub async fn route(&mut self, m: &BorrowedMessage<'_>, route: Route) -> Result<()> {
         match route {
-            Route::Applied(None) => {}
-            Route::Applied(Some(outcome)) => {
-                let label = match outcome {
-                    Outcome::Counted { .. } => "counted",
-                    Outcome::Duplicate => "duplicate",
-                    Outcome::Late { .. } | Outcome::Invalid => unreachable!("routed as late or dead letter"),
-                };
-                metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => label).increment(1);
-            }
+            Route::Tick => {}
+            Route::Counted => metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "counted").increment(1),
+            Route::Duplicate => metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "duplicate").increment(1),
             Route::Late { window_start_ms, closed_through_ms } => {
                 metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "late").increment(1);
                 self.late(m, window_start_ms, closed_through_ms).await?;

@@ -56,6 +56,8 @@ pub enum Error {
     Metrics { addr: std::net::SocketAddr, reason: String },
     #[error("producing to `{topic}`: {error}")]
     Delivery { topic: String, error: rdkafka::error::KafkaError },
+    #[error("records still unsent after waiting {} for the producer to flush: {error}", humantime::format_duration(*.waited))]
+    Flush { waited: std::time::Duration, error: rdkafka::error::KafkaError },
     #[error("the producer shut down with deliveries outstanding")]
     ProducerGone,
     #[error("task `{task}` failed")]

@@ -207,7 +207,7 @@ impl<T> Outbox<T> {
     /// Settles, then waits up to `timeout` for anything else the producer holds.
     pub async fn close(&mut self, timeout: Duration) -> Result<Settled<T>> {
         let settled = self.settle().await?;
-        self.producer.flush(timeout).map_err(|source| Error::Delivery { topic: "(flush)".into(), error: source })?;
+        self.producer.flush(timeout).map_err(|error| Error::Flush { waited: timeout, error })?;
         Ok(settled)
     }
 }
