@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use orderflow_core::partition::{PartitionState, Prepared};
+use orderflow_core::partition::{invalid_reason, PartitionState, Prepared};
 use orderflow_core::validate::InvalidReason;
 use orderflow_core::window::{ClosedWindow, WindowSpec};
 use orderflow_core::wire::{undecodable, EnrichedKind, EnrichedView};
@@ -195,7 +195,7 @@ impl Partitions {
             Ok(Some(EnrichedKind::Event(e))) => {
                 // Prepared when parsed if this partition was owned then, as it is now.
                 let prepared = prepared.unwrap_or_else(|| owned.state.prepare(&e));
-                Route::of(owned.state.apply_prepared(&e, prepared, &mut closed))
+                Route::of(owned.state.apply_prepared(&e, prepared, &mut closed), || invalid_reason(&e))
             }
             Ok(_) => Route::DeadLetter(InvalidReason::Undecodable("empty EnrichedRecord".into())),
             Err(reason) => Route::DeadLetter(reason),

@@ -47,15 +47,13 @@ pub struct Router {
 }
 
 impl Route {
-    /// The route of an event's outcome.
-    pub fn of(outcome: Outcome) -> Self {
+    /// The route of an event's outcome; `why` names an invalid one.
+    pub fn of(outcome: Outcome, why: impl FnOnce() -> InvalidReason) -> Self {
         match outcome {
             Outcome::Counted { .. } => Self::Counted,
             Outcome::Duplicate => Self::Duplicate,
             Outcome::Late { window_start_ms, closed_through_ms } => Self::Late { window_start_ms, closed_through_ms },
-            // Not a countable event (no event, time or type): the enricher's validation
-            // lets none through, so only a record written by something else gets here.
-            Outcome::Invalid => Self::DeadLetter(InvalidReason::MissingEventTime),
+            Outcome::Invalid => Self::DeadLetter(why()),
         }
     }
 }

@@ -122,6 +122,39 @@ async fn partitions_and_merger_publish_exact_totals_and_route_late_and_bad_recor
 }
 
 #[tokio::test]
+async fn an_enriched_event_the_aggregator_cannot_count_is_dead_lettered_with_what_it_lacks() {
+    let mock = MockKafka::start(1, 1);
+    let (kafka, topics) = (&mock.kafka, &mock.topics);
+    let untyped = {
+        let mut record = EnrichedRecord::decode(paid("untyped", MIDNIGHT, 100).as_slice()).unwrap();
+        let Some(enriched_record::Kind::Event(e)) = record.kind.as_mut() else { unreachable!() };
+        e.event.as_mut().unwrap().r#type = 0;
+        record.encode_to_vec()
+    };
+    let eventless = EnrichedRecord {
+        kind: Some(enriched_record::Kind::Event(EnrichedOrderEvent { region: "r".into(), tier: "t".into(), ..Default::default() })),
+    }
+    .encode_to_vec();
+    write(kafka, &topics.enriched(), &[(0, untyped), (0, eventless)]).await;
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let service = tokio::spawn({
+        let (kafka, topics, cancel) = (kafka.clone(), topics.clone(), cancel.clone());
+        async move { orderflow_aggregator::run(&kafka, &topics, &no_idle(), cancel).await }
+    });
+    let dead = eventually(Duration::from_secs(30), || {
+        let dead = mock.read_all(&topics.dead_letter());
+        (dead.len() == 2).then_some(dead)
+    })
+    .await
+    .expect("two dead letters");
+    let reasons: Vec<&str> = dead.iter().map(|m| header(m, dead_letter::REASON_CODE).unwrap()).collect();
+    assert_eq!(reasons, ["unspecified_type", "missing_event"]);
+    cancel.cancel();
+    service.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn the_merger_sums_partials_once_every_partition_has_passed_and_flags_conflicts() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();

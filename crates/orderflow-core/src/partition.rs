@@ -30,6 +30,21 @@ pub enum Outcome {
     Invalid,
 }
 
+/// Why [`PartitionState::apply`] found an event [`Outcome::Invalid`], as the reason its
+/// dead letter carries. (The enricher's validation lets no such event through; only a
+/// record written to the enriched topic by something else gets here.)
+pub fn invalid_reason(e: &EnrichedEventView<'_>) -> crate::reason::InvalidReason {
+    use crate::reason::InvalidReason;
+    let Some(event) = e.event.as_ref() else { return InvalidReason::MissingEvent };
+    if event.event_time.is_none() {
+        return InvalidReason::MissingEventTime;
+    }
+    match orderflow_proto::v1::OrderEventType::try_from(event.r#type) {
+        Ok(orderflow_proto::v1::OrderEventType::Unspecified) => InvalidReason::UnspecifiedType,
+        _ => InvalidReason::UnknownType(event.r#type),
+    }
+}
+
 /// An event's dedup fingerprint, computed by [`PartitionState::prepare`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prepared(u128);
@@ -310,6 +325,30 @@ mod tests {
         assert!(!s.idle_close(2 * MIN, &mut closed));
         assert!(matches!(s.apply(&ev("c", 119_000, OrderEventType::Paid, 5, "r"), &mut closed), Outcome::Late { .. }));
         assert_eq!(s.apply(&ev("d", 120_000, OrderEventType::Paid, 5, "r"), &mut closed), Outcome::Counted { window_start_ms: 2 * MIN });
+    }
+
+    #[test]
+    fn invalid_events_are_named_by_what_they_lack() {
+        use crate::reason::InvalidReason;
+        use orderflow_proto::Message as _;
+
+        let reason = |e: &EnrichedOrderEvent| {
+            let record = orderflow_proto::v1::EnrichedRecord { kind: Some(orderflow_proto::v1::enriched_record::Kind::Event(e.clone())) };
+            let bytes = record.encode_to_vec();
+            let Some(crate::wire::EnrichedKind::Event(view)) = crate::wire::EnrichedView::parse(&bytes).unwrap().kind else {
+                panic!("an event")
+            };
+            invalid_reason(&view)
+        };
+        let mut e = ev("a", 0, OrderEventType::Paid, 1, "r");
+        e.event.as_mut().unwrap().r#type = 0;
+        assert_eq!(reason(&e), InvalidReason::UnspecifiedType);
+        e.event.as_mut().unwrap().r#type = 42;
+        assert_eq!(reason(&e), InvalidReason::UnknownType(42));
+        e.event.as_mut().unwrap().event_time = None;
+        assert_eq!(reason(&e), InvalidReason::MissingEventTime);
+        e.event = None;
+        assert_eq!(reason(&e), InvalidReason::MissingEvent);
     }
 
     #[test]

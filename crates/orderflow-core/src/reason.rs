@@ -25,6 +25,12 @@ pub enum InvalidReason {
     NegativeAmount(i64),
     #[error("currency `{0}` is not a three-letter ISO 4217 code")]
     BadCurrency(String),
+    #[error("event_time is {ahead_ms} ms ahead of the enricher's clock (at most {max_ms} ms allowed)")]
+    EventTimeInFuture { ahead_ms: i64, max_ms: i64 },
+    #[error("amount_minor {amount} is above the maximum of {max}")]
+    AmountTooLarge { amount: i64, max: i64 },
+    #[error("the enriched record has no event")]
+    MissingEvent,
     /// A record derived from the event (the enriched record, say) was refused by the
     /// broker for good, e.g. too large for the topic.
     #[error("{0}")]
@@ -45,6 +51,9 @@ impl InvalidReason {
         "negative_amount",
         "bad_currency",
         "refused_by_broker",
+        "event_time_in_future",
+        "amount_too_large",
+        "missing_event",
     ];
 
     /// A short, stable, bounded identifier of the reason.
@@ -61,6 +70,9 @@ impl InvalidReason {
             Self::NegativeAmount(_) => "negative_amount",
             Self::BadCurrency(_) => "bad_currency",
             Self::RefusedByBroker(_) => "refused_by_broker",
+            Self::EventTimeInFuture { .. } => "event_time_in_future",
+            Self::AmountTooLarge { .. } => "amount_too_large",
+            Self::MissingEvent => "missing_event",
         }
     }
 }

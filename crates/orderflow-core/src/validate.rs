@@ -6,6 +6,49 @@ use orderflow_proto::v1::{OrderEvent, OrderEventType};
 pub use crate::reason::InvalidReason;
 use crate::wire::{undecodable, OrderEventView};
 
+/// Limits on what one event may claim, checked by the enricher against its own clock
+/// ([`check_bounds`]). Its decision is recorded in the log (the event is enriched or
+/// dead-lettered), so the aggregator stays a function of the log on replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// The enricher's clock, ms since the epoch.
+    pub now_ms: i64,
+    /// How far ahead of `now_ms` an event time may be. An event dated further ahead (a
+    /// storefront with a wrong clock) would raise its partition's watermark, close every
+    /// open window there and send the partition's ordinary traffic to the late topic.
+    pub max_future_skew_ms: i64,
+    /// The largest `amount_minor` accepted, so that sums cannot overflow in practice.
+    pub max_amount_minor: i64,
+}
+
+/// How far ahead of the enricher's clock an event time may be, when not told otherwise
+/// (5 minutes).
+pub const DEFAULT_MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
+/// The largest amount accepted, in minor units, when not told otherwise: 10^12 (ten
+/// billion yuan in fen). About 9.2 million such events would fit in one total.
+pub const DEFAULT_MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
+
+impl Bounds {
+    /// The default limits at the clock reading `now_ms`.
+    pub fn at(now_ms: i64) -> Self {
+        Self { now_ms, max_future_skew_ms: DEFAULT_MAX_FUTURE_SKEW_MS, max_amount_minor: DEFAULT_MAX_AMOUNT_MINOR }
+    }
+}
+
+/// Checks an event (already [`validate_view`]ed) against [`Bounds`].
+pub fn check_bounds(event: &OrderEventView<'_>, bounds: &Bounds) -> Result<(), InvalidReason> {
+    if let Some(t) = event.event_time.as_ref() {
+        let ahead_ms = orderflow_proto::timestamp_millis(t).saturating_sub(bounds.now_ms);
+        if ahead_ms > bounds.max_future_skew_ms {
+            return Err(InvalidReason::EventTimeInFuture { ahead_ms, max_ms: bounds.max_future_skew_ms });
+        }
+    }
+    if event.amount_minor > bounds.max_amount_minor {
+        return Err(InvalidReason::AmountTooLarge { amount: event.amount_minor, max: bounds.max_amount_minor });
+    }
+    Ok(())
+}
+
 /// Checks the rules every counted event must meet.
 pub fn validate(event: &OrderEvent) -> Result<(), InvalidReason> {
     validate_view(&OrderEventView::from_event(event))
@@ -150,5 +193,31 @@ mod tests {
     fn decodes_valid_bytes() {
         let bytes = good().encode_to_vec();
         assert_eq!(decode_and_validate(&bytes).unwrap(), good());
+    }
+
+    #[test]
+    fn bounds_refuse_events_dated_too_far_ahead_and_amounts_too_large() {
+        use crate::wire::OrderEventView;
+        use orderflow_proto::Message as _;
+
+        let now = 1_573_430_400_000;
+        let at = |ahead_ms: i64, amount: i64| {
+            let mut e = good();
+            e.event_time = Some(orderflow_proto::millis_timestamp(now + ahead_ms));
+            e.amount_minor = amount;
+            e.encode_to_vec()
+        };
+        let check = |payload: &[u8]| check_bounds(&OrderEventView::parse(payload).unwrap(), &Bounds::at(now));
+        assert_eq!(check(&at(DEFAULT_MAX_FUTURE_SKEW_MS, 1)), Ok(()));
+        assert_eq!(check(&at(-10 * DEFAULT_MAX_FUTURE_SKEW_MS, 1)), Ok(()), "the past is the late topic's business");
+        let day = 86_400_000;
+        let err = check(&at(day, 1)).unwrap_err();
+        assert_eq!(err, InvalidReason::EventTimeInFuture { ahead_ms: day, max_ms: DEFAULT_MAX_FUTURE_SKEW_MS });
+        assert_eq!(err.code(), "event_time_in_future");
+        assert_eq!(check(&at(DEFAULT_MAX_FUTURE_SKEW_MS + 1, 1)).unwrap_err().code(), "event_time_in_future");
+        assert_eq!(check(&at(0, DEFAULT_MAX_AMOUNT_MINOR)), Ok(()));
+        let err = check(&at(0, i64::MAX)).unwrap_err();
+        assert_eq!(err, InvalidReason::AmountTooLarge { amount: i64::MAX, max: DEFAULT_MAX_AMOUNT_MINOR });
+        assert_eq!(err.code(), "amount_too_large");
     }
 }

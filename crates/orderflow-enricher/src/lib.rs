@@ -33,6 +33,12 @@ pub struct EnricherConfig {
     /// How long the enricher's tasks may take to stop once one has failed or a
     /// shutdown was requested.
     pub shutdown_grace: Duration,
+    /// How far ahead of the enricher's clock an event time may be; events dated
+    /// further ahead are dead-lettered (`event_time_in_future`).
+    pub max_event_time_skew: Duration,
+    /// The largest `amount_minor` accepted; larger ones are dead-lettered
+    /// (`amount_too_large`).
+    pub max_amount_minor: i64,
 }
 
 /// Records per batch when not told otherwise.
@@ -40,7 +46,12 @@ pub const DEFAULT_BATCH: usize = 5_000;
 
 impl Default for EnricherConfig {
     fn default() -> Self {
-        Self { batch: DEFAULT_BATCH, shutdown_grace: orderflow_runtime::supervisor::DEFAULT_SHUTDOWN_GRACE }
+        Self {
+            batch: DEFAULT_BATCH,
+            shutdown_grace: orderflow_runtime::supervisor::DEFAULT_SHUTDOWN_GRACE,
+            max_event_time_skew: Duration::from_millis(orderflow_core::validate::DEFAULT_MAX_FUTURE_SKEW_MS as u64),
+            max_amount_minor: orderflow_core::validate::DEFAULT_MAX_AMOUNT_MINOR,
+        }
     }
 }
 

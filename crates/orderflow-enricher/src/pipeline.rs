@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use orderflow_core::validate::InvalidReason;
+use orderflow_core::validate::{Bounds, InvalidReason};
 use orderflow_runtime::kafka::{recv_batch, KafkaConfig, RevocationLog};
 use orderflow_runtime::outbox::{Outbox, Settled};
 use orderflow_runtime::records::dead_letter::{self, Source};
@@ -33,6 +33,8 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &EnricherConfig, 
         enriched_topic: topics.enriched(),
         dlq_topic: topics.dead_letter(),
         batch: config.batch,
+        max_future_skew_ms: i64::try_from(config.max_event_time_skew.as_millis()).unwrap_or(i64::MAX),
+        max_amount_minor: config.max_amount_minor,
     };
     tracing::info!(input = %topics.orders(), output = %topics.enriched(), "Enricher running.");
     let mut supervisor = Supervisor::new(cancel.child_token());
@@ -52,6 +54,8 @@ struct Enricher {
     enriched_topic: String,
     dlq_topic: String,
     batch: usize,
+    max_future_skew_ms: i64,
+    max_amount_minor: i64,
 }
 
 impl Enricher {
@@ -99,6 +103,8 @@ impl Enricher {
     /// Validates and joins every record of the batch and sends its output: the enriched
     /// record, or the original bytes to the dead-letter topic with the reason.
     async fn enrich(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<()> {
+        // One clock reading per batch: the bounds every event of it is held to.
+        let bounds = Bounds { now_ms: now_ms(), max_future_skew_ms: self.max_future_skew_ms, max_amount_minor: self.max_amount_minor };
         // Decide every output under the table's read lock, then send without it.
         let outputs: Vec<std::result::Result<(String, Vec<u8>), InvalidReason>> = {
             let table = self.merchants.read();
@@ -109,7 +115,7 @@ impl Enricher {
                     // the payload's own bytes (no re-encoding). Fields a newer storefront
                     // contract adds pass through to the enriched topic: orderflow's
                     // decoders skip them, as they would on the orders topic.
-                    table.enrich_payload(m.payload().unwrap_or_default()).map(|enriched| {
+                    table.enrich_payload(m.payload().unwrap_or_default(), &bounds).map(|enriched| {
                         if !enriched.merchant_known {
                             metrics::counter!(telemetry::ENRICHER_UNKNOWN_MERCHANT).increment(1);
                         }
@@ -165,6 +171,11 @@ impl Enricher {
         }
         Ok(())
     }
+}
+
+/// The wall clock, ms since the epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn refused_dead_letter(reason: &str) {

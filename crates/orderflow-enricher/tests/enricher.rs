@@ -136,3 +136,42 @@ async fn a_failing_merchant_follower_stops_the_service_with_its_error() {
     assert!(chain.starts_with("task `merchant-follower` failed: following the merchants topic `orderflow.merchants`"), "{chain}");
     eprintln!("enricher stopped {:?} after access was revoked", gone.elapsed());
 }
+
+#[tokio::test]
+async fn events_dated_too_far_ahead_or_too_large_are_dead_lettered_not_enriched() {
+    let mock = MockKafka::start(1, 2);
+    let (kafka, topics) = (&mock.kafka, &mock.topics);
+    load_merchants(kafka, &topics.merchants(), &[merchant("m1", "cn-east", "tmall")]).await.unwrap();
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let enricher = tokio::spawn({
+        let (kafka, topics, cancel) = (kafka.clone(), topics.clone(), cancel.clone());
+        async move { orderflow_enricher::run(&kafka, &topics, &EnricherConfig::default(), cancel).await }
+    });
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let at = |id: &str, ahead_ms: i64, amount: i64| OrderEvent {
+        event_time: Some(millis_timestamp(now + ahead_ms)),
+        ..paid(id, "m1", amount, "CNY")
+    };
+    let publisher = Publisher::new(kafka, topics.orders()).unwrap();
+    publisher.publish(&at("now", 0, 100)).await.unwrap();
+    publisher.publish(&at("in-a-minute", 60_000, 100)).await.unwrap(); // within the default 5 minutes
+    publisher.publish(&at("tomorrow", 86_400_000, 100)).await.unwrap(); // a storefront's clock a day fast
+    publisher.publish(&at("max", 0, i64::MAX)).await.unwrap();
+    publisher.publish(&at("big-but-fine", 0, 1_000_000_000_000)).await.unwrap();
+
+    let dead = eventually(Duration::from_secs(20), || {
+        let dead = mock.read_all(&topics.dead_letter());
+        (dead.len() == 2 && mock.read_all(&topics.enriched()).len() == 3).then_some(dead)
+    })
+    .await
+    .expect("3 enriched records and 2 dead letters");
+    let mut reasons: Vec<&str> = dead.iter().map(|m| header(m, dead_letter::REASON_CODE).unwrap()).collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, ["amount_too_large", "event_time_in_future"]);
+    let mut enriched = mock.keys(&topics.enriched());
+    enriched.sort_unstable();
+    assert_eq!(enriched, ["o-big-but-fine", "o-in-a-minute", "o-now"]);
+    cancel.cancel();
+    enricher.await.unwrap().unwrap();
+}

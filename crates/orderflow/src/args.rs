@@ -67,13 +67,27 @@ pub struct EnricherArgs {
     /// Most records enriched per batch (offsets are stored per batch).
     #[arg(long, env = "ORDERFLOW_ENRICHER_BATCH", default_value_t = orderflow_enricher::DEFAULT_BATCH)]
     pub batch: usize,
+    /// How far ahead of this enricher's clock an event time may be; events dated further
+    /// ahead (a storefront with a wrong clock) are dead-lettered as `event_time_in_future`.
+    #[arg(long, env = "ORDERFLOW_MAX_EVENT_TIME_SKEW",
+          default_value_t = Duration::from_millis(orderflow_core::validate::DEFAULT_MAX_FUTURE_SKEW_MS as u64).into())]
+    pub max_event_time_skew: humantime::Duration,
+    /// The largest amount_minor accepted; larger ones are dead-lettered as `amount_too_large`.
+    #[arg(long, env = "ORDERFLOW_MAX_AMOUNT_MINOR", default_value_t = orderflow_core::validate::DEFAULT_MAX_AMOUNT_MINOR,
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub max_amount_minor: i64,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
 }
 
 impl From<EnricherArgs> for EnricherConfig {
     fn from(a: EnricherArgs) -> Self {
-        Self { batch: a.batch, shutdown_grace: a.shutdown.shutdown_grace.into() }
+        Self {
+            batch: a.batch,
+            shutdown_grace: a.shutdown.shutdown_grace.into(),
+            max_event_time_skew: a.max_event_time_skew.into(),
+            max_amount_minor: a.max_amount_minor,
+        }
     }
 }
 
