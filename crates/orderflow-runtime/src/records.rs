@@ -15,8 +15,19 @@ pub fn window_name(start_ms: i64) -> String {
     millis_timestamp(start_ms).to_string()
 }
 
+/// A key component with `%` and `/` escaped (`%25`, `%2F`), so that components joined
+/// by `/` stay apart: region `a/b` with tier `c` and region `a` with tier `b/c` make two
+/// keys, not one (which compaction would merge into one total).
+fn component(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['%', '/']) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(s.replace('%', "%25").replace('/', "%2F"))
+}
+
 /// Partial-totals topic: one key's partial total of a window on one input partition.
 pub fn partial_key(window_start_ms: i64, region: &str, tier: &str, currency: &str, partition: i32) -> String {
+    let (region, tier, currency) = (component(region), component(tier), component(currency));
     format!("{}/{region}/{tier}/{currency}/{partition}", window_name(window_start_ms))
 }
 
@@ -27,6 +38,7 @@ pub fn progress_key(partition: i32) -> String {
 
 /// Totals topic (compacted): one merged total.
 pub fn total_key(window_start_ms: i64, region: &str, tier: &str, currency: &str) -> String {
+    let (region, tier, currency) = (component(region), component(tier), component(currency));
     format!("{}/{region}/{tier}/{currency}", window_name(window_start_ms))
 }
 
@@ -135,6 +147,15 @@ mod tests {
         assert_eq!(checkpoint_key(3), "3");
         let source = dead_letter::Source { topic: "orderflow.orders", partition: 2, offset: 41 };
         assert_eq!(dead_letter::key(source), "orderflow.orders/2/41");
+    }
+
+    #[test]
+    fn a_slash_in_a_region_or_tier_cannot_make_two_totals_share_a_key() {
+        let start = 1_573_430_400_000;
+        assert_ne!(total_key(start, "a/b", "c", "CNY"), total_key(start, "a", "b/c", "CNY"));
+        assert_ne!(total_key(start, "a%2Fb", "c", "CNY"), total_key(start, "a/b", "c", "CNY"));
+        assert_eq!(total_key(start, "a/b%", "c", "CNY"), "2019-11-11T00:00:00Z/a%2Fb%25/c/CNY");
+        assert_ne!(partial_key(start, "a/b", "c", "CNY", 1), partial_key(start, "a", "b/c", "CNY", 1));
     }
 
     #[test]
