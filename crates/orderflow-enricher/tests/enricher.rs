@@ -8,12 +8,12 @@ use orderflow_enricher::EnricherConfig;
 use orderflow_producer::{load_merchants, Publisher};
 use orderflow_proto::millis_timestamp;
 use orderflow_proto::v1::{Merchant, OrderEvent, OrderEventType};
-use orderflow_runtime::kafka::header;
+use orderflow_runtime::kafka::{header, KafkaConfig};
 use orderflow_runtime::records::dead_letter;
 use orderflow_runtime::telemetry;
 use orderflow_runtime::testing::{eventually, Counters, MockKafka};
 use rdkafka::Message as _;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 fn merchant(id: &str, region: &str, tier: &str) -> Merchant {
     Merchant { merchant_id: id.into(), region: region.into(), tier: tier.into(), effective_from: None }
@@ -32,6 +32,25 @@ fn paid(event_id: &str, merchant_id: &str, amount: i64, currency: &str) -> Order
     }
 }
 
+type Enricher = tokio::task::JoinHandle<orderflow_enricher::Result<()>>;
+
+/// Loads merchant `m1` and starts the enricher with `kafka`'s settings; the guard stops
+/// it when dropped (also on a failed assertion, so its blocking follower ends).
+async fn start(mock: &MockKafka, kafka: KafkaConfig) -> (Enricher, DropGuard, CancellationToken) {
+    load_merchants(&mock.kafka, &mock.topics.merchants(), &[merchant("m1", "cn-east", "tmall")]).await.unwrap();
+    let cancel = CancellationToken::new();
+    let topics = mock.topics.clone();
+    let token = cancel.clone();
+    let enricher = tokio::spawn(async move { orderflow_enricher::run(&kafka, &topics, &EnricherConfig::default(), token).await });
+    (enricher, cancel.clone().drop_guard(), cancel)
+}
+
+/// The error chain the enricher stops with by itself.
+async fn stopped_with(enricher: Enricher) -> String {
+    let err = tokio::time::timeout(Duration::from_secs(30), enricher).await.expect("the enricher stops by itself").unwrap().unwrap_err();
+    format!("{:#}", anyhow::Error::new(err))
+}
+
 #[tokio::test]
 async fn enriches_joins_and_dead_letters_each_event_with_its_reason() {
     let recorder = DebuggingRecorder::new();
@@ -39,14 +58,7 @@ async fn enriches_joins_and_dead_letters_each_event_with_its_reason() {
     let _guard = metrics::set_default_local_recorder(&recorder);
     let mock = MockKafka::start(1, 2);
     let (kafka, topics) = (&mock.kafka, &mock.topics);
-    load_merchants(kafka, &topics.merchants(), &[merchant("m1", "cn-east", "tmall")]).await.unwrap();
-
-    let cancel = CancellationToken::new();
-    let _stop = cancel.clone().drop_guard(); // also on a failed assertion
-    let enricher = tokio::spawn({
-        let (kafka, topics, cancel) = (kafka.clone(), topics.clone(), cancel.clone());
-        async move { orderflow_enricher::run(&kafka, &topics, &EnricherConfig::default(), cancel).await }
-    });
+    let (enricher, _stop, cancel) = start(&mock, kafka.clone()).await;
     let publisher = Publisher::new(kafka, topics.orders()).unwrap();
     publisher.publish(&paid("e1", "m1", 10_000, "CNY")).await.unwrap();
     publisher.publish(&paid("e2", "m-unknown", 500, "USD")).await.unwrap();
@@ -89,13 +101,7 @@ async fn a_failing_enricher_task_stops_the_service_with_its_error() {
     // The enriched topic lives on broker 2 alone; the enricher's deliveries give up
     // after 300 ms.
     mock.lead(&topics.enriched(), 2);
-    load_merchants(kafka, &topics.merchants(), &[merchant("m1", "cn-east", "tmall")]).await.unwrap();
-    let cancel = CancellationToken::new();
-    let _stop = cancel.clone().drop_guard();
-    let enricher = tokio::spawn({
-        let (kafka, topics, cancel) = (mock.impatient(300), topics.clone(), cancel.clone());
-        async move { orderflow_enricher::run(&kafka, &topics, &EnricherConfig::default(), cancel).await }
-    });
+    let (enricher, _stop, _) = start(&mock, mock.impatient(300)).await;
     let publisher = Publisher::new(kafka, topics.orders()).unwrap();
     publisher.publish(&paid("e1", "m1", 10_000, "CNY")).await.unwrap();
     eventually(Duration::from_secs(20), || (mock.read_all(&topics.enriched()).len() == 1).then_some(())).await.expect("running");
@@ -103,8 +109,7 @@ async fn a_failing_enricher_task_stops_the_service_with_its_error() {
     publisher.publish(&paid("e2", "m1", 10_000, "CNY")).await.unwrap();
     let published = Instant::now();
 
-    let err = tokio::time::timeout(Duration::from_secs(30), enricher).await.expect("the enricher stops by itself").unwrap().unwrap_err();
-    let chain = format!("{:#}", anyhow::Error::new(err));
+    let chain = stopped_with(enricher).await;
     assert!(chain.starts_with("task `enricher` failed: producing to `orderflow.orders.enriched`"), "{chain}");
     // 300 ms of the delivery's own timeout; the rest is the supervisor stopping the
     // loop and the merchant follower. Not asserted: a shared machine is noisy.
@@ -115,13 +120,7 @@ async fn a_failing_enricher_task_stops_the_service_with_its_error() {
 async fn a_failing_merchant_follower_stops_the_service_with_its_error() {
     let mock = MockKafka::start(1, 2);
     let (kafka, topics) = (&mock.kafka, &mock.topics);
-    load_merchants(kafka, &topics.merchants(), &[merchant("m1", "cn-east", "tmall")]).await.unwrap();
-    let cancel = CancellationToken::new();
-    let _stop = cancel.clone().drop_guard();
-    let enricher = tokio::spawn({
-        let (kafka, topics, cancel) = (kafka.clone(), topics.clone(), cancel.clone());
-        async move { orderflow_enricher::run(&kafka, &topics, &EnricherConfig::default(), cancel).await }
-    });
+    let (enricher, _stop, _) = start(&mock, kafka.clone()).await;
     // Running: an event comes out enriched.
     Publisher::new(kafka, topics.orders()).unwrap().publish(&paid("e1", "m1", 10_000, "CNY")).await.unwrap();
     eventually(Duration::from_secs(20), || (mock.read_all(&topics.enriched()).len() == 1).then_some(())).await.expect("enriched");
@@ -131,8 +130,7 @@ async fn a_failing_merchant_follower_stops_the_service_with_its_error() {
     mock.cluster.request_errors(rdkafka::types::RDKafkaApiKey::Fetch, &[denied; 50]);
     let gone = Instant::now();
 
-    let err = tokio::time::timeout(Duration::from_secs(30), enricher).await.expect("the enricher stops by itself").unwrap().unwrap_err();
-    let chain = format!("{:#}", anyhow::Error::new(err));
+    let chain = stopped_with(enricher).await;
     assert!(chain.starts_with("task `merchant-follower` failed: following the merchants topic `orderflow.merchants`"), "{chain}");
     eprintln!("enricher stopped {:?} after access was revoked", gone.elapsed());
 }
@@ -141,13 +139,7 @@ async fn a_failing_merchant_follower_stops_the_service_with_its_error() {
 async fn events_dated_too_far_ahead_or_too_large_are_dead_lettered_not_enriched() {
     let mock = MockKafka::start(1, 2);
     let (kafka, topics) = (&mock.kafka, &mock.topics);
-    load_merchants(kafka, &topics.merchants(), &[merchant("m1", "cn-east", "tmall")]).await.unwrap();
-    let cancel = CancellationToken::new();
-    let _stop = cancel.clone().drop_guard();
-    let enricher = tokio::spawn({
-        let (kafka, topics, cancel) = (kafka.clone(), topics.clone(), cancel.clone());
-        async move { orderflow_enricher::run(&kafka, &topics, &EnricherConfig::default(), cancel).await }
-    });
+    let (enricher, _stop, cancel) = start(&mock, kafka.clone()).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let at = |id: &str, ahead_ms: i64, amount: i64| OrderEvent {
         event_time: Some(millis_timestamp(now + ahead_ms)),
