@@ -62,6 +62,8 @@ pub enum Error {
     Runtime(#[from] orderflow_runtime::Error),
     #[error("kafka client: {0}")]
     Kafka(rdkafka::error::KafkaError),
+    #[error("{0}")]
+    Config(String),
     #[error("following the merchants topic `{topic}`: {error}")]
     Follow { topic: String, error: rdkafka::error::KafkaError },
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use orderflow_core::validate::{Bounds, InvalidReason};
-use orderflow_runtime::kafka::{recv_batch, KafkaConfig, RevocationLog};
+use orderflow_runtime::kafka::{partition_count, recv_batch, KafkaConfig, RevocationLog};
 use orderflow_runtime::outbox::{Outbox, Settled};
 use orderflow_runtime::records::dead_letter::{self, Source};
 use orderflow_runtime::supervisor::Supervisor;
@@ -17,13 +17,14 @@ use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::merchants::MerchantStore;
-use crate::{EnricherConfig, Result};
+use crate::{EnricherConfig, Error, Result};
 
 /// Creates missing topics, loads the merchant table, then enriches until `cancel`
 /// (or until a task fails: the error names it).
 pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &EnricherConfig, cancel: CancellationToken) -> Result<()> {
     kafka.check_reachable()?;
     topics::ensure(kafka, &topics.specs(Stage::Enricher)).await?;
+    same_partitions(kafka, topics)?;
     let (merchants, follower) = MerchantStore::load(kafka, &topics.merchants()).await?;
     let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("enricher"), RevocationLog::default())?;
     consumer.subscribe(&[&topics.orders()])?;
@@ -43,6 +44,22 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &EnricherConfig, 
     supervisor.spawn_blocking("merchant-follower", move || follower.run(token));
     supervisor.run(config.shutdown_grace).await?;
     tracing::info!("Enricher stopped.");
+    Ok(())
+}
+
+/// Fails unless the orders and enriched topics have as many partitions: each enriched
+/// record goes to its input's partition number.
+fn same_partitions(kafka: &KafkaConfig, topics: &Topics) -> Result<()> {
+    let probe = kafka.reader()?;
+    let (orders, enriched) = (partition_count(&probe, &topics.orders())?, partition_count(&probe, &topics.enriched())?);
+    if orders != enriched {
+        return Err(Error::Config(format!(
+            "`{}` has {orders} partitions but `{}` has {enriched}: they need as many (each enriched record goes to its \
+             order's partition number); recreate one of them, or use a new --topic-prefix",
+            topics.orders(),
+            topics.enriched()
+        )));
+    }
     Ok(())
 }
 
@@ -126,8 +143,12 @@ impl Enricher {
         };
         for (i, (m, out)) in batch.iter().zip(outputs).enumerate() {
             match out {
+                // The input's partition number, whatever partitioner the storefront used:
+                // the aggregator's idle ticks rely on an order's partition being the same
+                // in both topics.
                 Ok((key, value)) => {
-                    self.outbox.send(FutureRecord::to(&self.enriched_topic).key(key.as_str()).payload(value.as_slice()), i).await?
+                    let record = FutureRecord::to(&self.enriched_topic).key(key.as_str()).payload(value.as_slice());
+                    self.outbox.send(record.partition(m.partition()), i).await?
                 }
                 Err(reason) => self.dead_letter(m, &reason, i).await?,
             }

@@ -167,3 +167,29 @@ async fn events_dated_too_far_ahead_or_too_large_are_dead_lettered_not_enriched(
     cancel.cancel();
     enricher.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn each_enriched_record_goes_to_its_orders_partition_number() {
+    let mock = MockKafka::start(1, 4);
+    let (kafka, topics) = (&mock.kafka, &mock.topics);
+    let (_enricher, _stop, _) = start(&mock, kafka.clone()).await;
+    // A storefront whose client partitions keys its own way (Java's murmur2, say):
+    // order o-e{p} written to partition 3 - p, whatever librdkafka's partitioner thinks.
+    let mut outbox: orderflow_runtime::outbox::Outbox = orderflow_runtime::outbox::Outbox::new(kafka.producer().unwrap());
+    let orders = topics.orders();
+    for p in 0..4 {
+        let (key, payload) = (format!("o-e{p}"), orderflow_proto::Message::encode_to_vec(&paid(&format!("e{p}"), "m1", 100, "CNY")));
+        outbox.send(rdkafka::producer::FutureRecord::to(&orders).partition(3 - p).key(&key).payload(&payload), ()).await.unwrap();
+    }
+    assert_eq!(outbox.settle().await.unwrap().delivered, 4);
+    let enriched = eventually(Duration::from_secs(20), || {
+        let enriched = mock.read_all(&topics.enriched());
+        (enriched.len() == 4).then_some(enriched)
+    })
+    .await
+    .expect("4 enriched records");
+    let mut placed: Vec<(String, i32)> =
+        enriched.iter().map(|m| (String::from_utf8_lossy(m.key().unwrap()).into_owned(), m.partition())).collect();
+    placed.sort();
+    assert_eq!(placed, [("o-e0".into(), 3), ("o-e1".into(), 2), ("o-e2".into(), 1), ("o-e3".into(), 0)]);
+}
