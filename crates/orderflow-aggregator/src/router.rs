@@ -109,10 +109,12 @@ impl Router {
         metrics::counter!(telemetry::DEAD_LETTER_EVENTS, "stage" => "aggregator", "reason" => reason.code()).increment(1);
         let source = dead_letter::Source { topic: m.topic(), partition: m.partition(), offset: m.offset() };
         let key = dead_letter::key(source);
-        let record = FutureRecord::to(&self.dead_letter).key(&key).payload(m.payload().unwrap_or_default()).headers(dead_letter::headers(
+        let bytes = m.payload().unwrap_or_default();
+        let record = FutureRecord::to(&self.dead_letter).key(&key).payload(dead_letter::payload(bytes)).headers(dead_letter::headers(
             "aggregator",
             reason,
             source,
+            bytes.len(),
         ));
         Ok(self.outbox.send(record, false).await?)
     }

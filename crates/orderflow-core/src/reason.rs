@@ -31,6 +31,8 @@ pub enum InvalidReason {
     AmountTooLarge { amount: i64, max: i64 },
     #[error("the enriched record has no event")]
     MissingEvent,
+    #[error("the record is {bytes} bytes, above the maximum of {max}")]
+    EventTooLarge { bytes: usize, max: usize },
     /// A record derived from the event (the enriched record, say) was refused by the
     /// broker for good, e.g. too large for the topic.
     #[error("{0}")]
@@ -54,6 +56,7 @@ impl InvalidReason {
         "event_time_in_future",
         "amount_too_large",
         "missing_event",
+        "event_too_large",
     ];
 
     /// A short, stable, bounded identifier of the reason.
@@ -73,6 +76,7 @@ impl InvalidReason {
             Self::EventTimeInFuture { .. } => "event_time_in_future",
             Self::AmountTooLarge { .. } => "amount_too_large",
             Self::MissingEvent => "missing_event",
+            Self::EventTooLarge { .. } => "event_too_large",
         }
     }
 }

@@ -39,7 +39,14 @@ pub struct EnricherConfig {
     /// The largest `amount_minor` accepted; larger ones are dead-lettered
     /// (`amount_too_large`).
     pub max_amount_minor: i64,
+    /// The largest orders-topic record accepted, in bytes; larger ones are
+    /// dead-lettered (`event_too_large`) with their first 64 KiB.
+    pub max_event_bytes: usize,
 }
+
+/// The largest record accepted when not told otherwise (64 KiB: an order event is well
+/// under 1 KiB).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 << 10;
 
 /// Records per batch when not told otherwise.
 pub const DEFAULT_BATCH: usize = 5_000;
@@ -51,6 +58,7 @@ impl Default for EnricherConfig {
             shutdown_grace: orderflow_runtime::supervisor::DEFAULT_SHUTDOWN_GRACE,
             max_event_time_skew: Duration::from_millis(orderflow_core::validate::DEFAULT_MAX_FUTURE_SKEW_MS as u64),
             max_amount_minor: orderflow_core::validate::DEFAULT_MAX_AMOUNT_MINOR,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
         }
     }
 }

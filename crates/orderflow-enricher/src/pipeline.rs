@@ -36,6 +36,7 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &EnricherConfig, 
         batch: config.batch,
         max_future_skew_ms: i64::try_from(config.max_event_time_skew.as_millis()).unwrap_or(i64::MAX),
         max_amount_minor: config.max_amount_minor,
+        max_event_bytes: config.max_event_bytes,
     };
     tracing::info!(input = %topics.orders(), output = %topics.enriched(), "Enricher running.");
     let mut supervisor = Supervisor::new(cancel.child_token());
@@ -73,6 +74,7 @@ struct Enricher {
     batch: usize,
     max_future_skew_ms: i64,
     max_amount_minor: i64,
+    max_event_bytes: usize,
 }
 
 impl Enricher {
@@ -132,7 +134,11 @@ impl Enricher {
                     // the payload's own bytes (no re-encoding). Fields a newer storefront
                     // contract adds pass through to the enriched topic: orderflow's
                     // decoders skip them, as they would on the orders topic.
-                    table.enrich_payload(m.payload().unwrap_or_default(), &bounds).map(|enriched| {
+                    let payload = m.payload().unwrap_or_default();
+                    if payload.len() > self.max_event_bytes {
+                        return Err(InvalidReason::EventTooLarge { bytes: payload.len(), max: self.max_event_bytes });
+                    }
+                    table.enrich_payload(payload, &bounds).map(|enriched| {
                         if !enriched.merchant_known {
                             metrics::counter!(telemetry::ENRICHER_UNKNOWN_MERCHANT).increment(1);
                         }
@@ -161,10 +167,11 @@ impl Enricher {
         metrics::counter!(telemetry::DEAD_LETTER_EVENTS, "stage" => "enricher", "reason" => reason.code()).increment(1);
         let source = Source { topic: m.topic(), partition: m.partition(), offset: m.offset() };
         let key = dead_letter::key(source);
+        let bytes = m.payload().unwrap_or_default();
         let record = FutureRecord::to(&self.dlq_topic)
             .key(key.as_str())
-            .payload(m.payload().unwrap_or_default())
-            .headers(dead_letter::headers("enricher", reason, source));
+            .payload(dead_letter::payload(bytes))
+            .headers(dead_letter::headers("enricher", reason, source, bytes.len()));
         Ok(self.outbox.send(record, tag).await?)
     }
 

@@ -193,3 +193,26 @@ async fn each_enriched_record_goes_to_its_orders_partition_number() {
     placed.sort();
     assert_eq!(placed, [("o-e0".into(), 3), ("o-e1".into(), 2), ("o-e2".into(), 1), ("o-e3".into(), 0)]);
 }
+
+#[tokio::test]
+async fn an_oversized_event_is_dead_lettered_with_its_first_bytes_and_the_enricher_goes_on() {
+    let mock = MockKafka::start(1, 2);
+    let (kafka, topics) = (&mock.kafka, &mock.topics);
+    let (_enricher, _stop, _) = start(&mock, kafka.clone()).await;
+    let huge = OrderEvent { customer_id: "c".repeat(200_000), ..paid("huge", "m1", 100, "CNY") };
+    let huge_bytes = orderflow_proto::Message::encoded_len(&huge);
+    let publisher = Publisher::new(kafka, topics.orders()).unwrap();
+    publisher.publish(&huge).await.unwrap();
+    publisher.publish(&paid("after", "m1", 100, "CNY")).await.unwrap();
+
+    let dead = eventually(Duration::from_secs(20), || {
+        let dead = mock.read_all(&topics.dead_letter());
+        (dead.len() == 1 && mock.read_all(&topics.enriched()).len() == 1).then_some(dead)
+    })
+    .await
+    .expect("1 dead letter and 1 enriched record");
+    assert_eq!(header(&dead[0], dead_letter::REASON_CODE), Some("event_too_large"));
+    assert_eq!(dead[0].payload().unwrap().len(), dead_letter::MAX_PAYLOAD_BYTES);
+    assert_eq!(header(&dead[0], dead_letter::SOURCE_BYTES), Some(huge_bytes.to_string().as_str()));
+    assert_eq!(mock.keys(&topics.enriched()), ["o-after"]);
+}

@@ -62,6 +62,8 @@ pub mod dead_letter {
     pub const REASON_CODE: &str = "orderflow-reason-code";
     /// Header naming the stage that rejected the record (`enricher`, `aggregator`).
     pub const STAGE: &str = "orderflow-stage";
+    /// Header with the source record's size in bytes (the payload kept may be cut).
+    pub const SOURCE_BYTES: &str = "orderflow-source-bytes";
     /// Headers with the source topic, partition and offset.
     pub const SOURCE_TOPIC: &str = "orderflow-source-topic";
     pub const SOURCE_PARTITION: &str = "orderflow-source-partition";
@@ -79,23 +81,34 @@ pub mod dead_letter {
     /// record's own fields, which a sender controls).
     pub const MAX_REASON_BYTES: usize = 1024;
 
+    /// Most bytes of the source record a dead letter keeps: enough to see what was
+    /// sent, never so much that the dead letter itself is refused.
+    pub const MAX_PAYLOAD_BYTES: usize = 64 << 10;
+
+    /// What a dead letter keeps of its source record's bytes: all of them, or the
+    /// first [`MAX_PAYLOAD_BYTES`] ([`SOURCE_BYTES`] says how many there were).
+    pub fn payload(source: &[u8]) -> &[u8] {
+        &source[..source.len().min(MAX_PAYLOAD_BYTES)]
+    }
+
     /// Key of a dead-letter record: `topic/partition/offset` of its source.
     pub fn key(source: Source<'_>) -> String {
         format!("{}/{}/{}", source.topic, source.partition, source.offset)
     }
 
     /// Headers of a dead-letter record.
-    pub fn headers(stage: &str, reason: &InvalidReason, source: Source<'_>) -> OwnedHeaders {
-        let (partition, offset) = (source.partition.to_string(), source.offset.to_string());
+    pub fn headers(stage: &str, reason: &InvalidReason, source: Source<'_>, source_bytes: usize) -> OwnedHeaders {
+        let (partition, offset, size) = (source.partition.to_string(), source.offset.to_string(), source_bytes.to_string());
         let mut reason_text = reason.to_string();
         truncate(&mut reason_text, MAX_REASON_BYTES);
-        OwnedHeaders::new_with_capacity(6)
+        OwnedHeaders::new_with_capacity(7)
             .insert(Header { key: REASON, value: Some(reason_text.as_bytes()) })
             .insert(Header { key: REASON_CODE, value: Some(reason.code().as_bytes()) })
             .insert(Header { key: STAGE, value: Some(stage.as_bytes()) })
             .insert(Header { key: SOURCE_TOPIC, value: Some(source.topic.as_bytes()) })
             .insert(Header { key: SOURCE_PARTITION, value: Some(partition.as_bytes()) })
             .insert(Header { key: SOURCE_OFFSET, value: Some(offset.as_bytes()) })
+            .insert(Header { key: SOURCE_BYTES, value: Some(size.as_bytes()) })
     }
 }
 

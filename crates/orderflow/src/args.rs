@@ -76,6 +76,10 @@ pub struct EnricherArgs {
     #[arg(long, env = "ORDERFLOW_MAX_AMOUNT_MINOR", default_value_t = orderflow_core::validate::DEFAULT_MAX_AMOUNT_MINOR,
           value_parser = clap::value_parser!(i64).range(0..))]
     pub max_amount_minor: i64,
+    /// The largest orders-topic record accepted, in bytes; larger ones are dead-lettered
+    /// as `event_too_large`, keeping their first 64 KiB.
+    #[arg(long, env = "ORDERFLOW_MAX_EVENT_BYTES", default_value_t = orderflow_enricher::DEFAULT_MAX_EVENT_BYTES)]
+    pub max_event_bytes: usize,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
 }
@@ -87,6 +91,7 @@ impl From<EnricherArgs> for EnricherConfig {
             shutdown_grace: a.shutdown.shutdown_grace.into(),
             max_event_time_skew: a.max_event_time_skew.into(),
             max_amount_minor: a.max_amount_minor,
+            max_event_bytes: a.max_event_bytes,
         }
     }
 }

@@ -74,6 +74,7 @@ pub async fn dead_letters(kafka: &KafkaConfig, topics: &Topics, json: bool) -> a
                     "sourceTopic": h(dead_letter::SOURCE_TOPIC),
                     "sourcePartition": h(dead_letter::SOURCE_PARTITION),
                     "sourceOffset": h(dead_letter::SOURCE_OFFSET),
+                    "sourceBytes": h(dead_letter::SOURCE_BYTES),
                     "payloadBytes": m.payload_len(),
                 });
                 println!("{v}");
