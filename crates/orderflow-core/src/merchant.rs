@@ -278,7 +278,7 @@ impl MerchantTable {
     /// enriched-topic record around the payload's own bytes
     /// ([`wire::encode_enriched_spliced`]): it decodes to the same `EnrichedRecord` as
     /// encoding `enrich(decode_and_validate(payload)?)` would. The key is the `order_id`.
-    pub fn enrich_payload(&self, payload: &[u8], bounds: &Bounds) -> Result<EnrichedPayload, InvalidReason> {
+    pub fn enrich_payload(&self, payload: &[u8], bounds: &Bounds<'_>) -> Result<EnrichedPayload, InvalidReason> {
         let event = decode_and_validate_view(payload)?;
         check_bounds(&event, bounds)?;
         let at = event.event_time.as_ref().map_or(i64::MIN, timestamp_millis);

@@ -31,6 +31,8 @@ pub enum InvalidReason {
     AmountTooLarge { amount: i64, max: i64 },
     #[error("the enriched record has no event")]
     MissingEvent,
+    #[error("currency `{0}` is not an ISO 4217 code orderflow accepts")]
+    UnknownCurrency(String),
     #[error("the record is {bytes} bytes, above the maximum of {max}")]
     EventTooLarge { bytes: usize, max: usize },
     /// A record derived from the event (the enriched record, say) was refused by the
@@ -57,6 +59,7 @@ impl InvalidReason {
         "amount_too_large",
         "missing_event",
         "event_too_large",
+        "unknown_currency",
     ];
 
     /// A short, stable, bounded identifier of the reason.
@@ -77,6 +80,7 @@ impl InvalidReason {
             Self::AmountTooLarge { .. } => "amount_too_large",
             Self::MissingEvent => "missing_event",
             Self::EventTooLarge { .. } => "event_too_large",
+            Self::UnknownCurrency(_) => "unknown_currency",
         }
     }
 }

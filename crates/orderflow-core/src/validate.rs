@@ -10,7 +10,7 @@ use crate::wire::{undecodable, OrderEventView};
 /// ([`check_bounds`]). Its decision is recorded in the log (the event is enriched or
 /// dead-lettered), so the aggregator stays a function of the log on replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounds {
+pub struct Bounds<'a> {
     /// The enricher's clock, ms since the epoch.
     pub now_ms: i64,
     /// How far ahead of `now_ms` an event time may be. An event dated further ahead (a
@@ -19,7 +19,66 @@ pub struct Bounds {
     pub max_future_skew_ms: i64,
     /// The largest `amount_minor` accepted, so that sums cannot overflow in practice.
     pub max_amount_minor: i64,
+    /// The currency codes accepted. Every accepted code becomes a label value and a
+    /// part of the totals' keys, so the set is closed: ISO 4217 by default.
+    pub currencies: &'a Currencies,
 }
+
+/// ISO 4217's active codes (and its funds, metals and testing codes), 2025.
+const ISO_4217: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV BRL BSD BTN BWP \
+BYN BZD CAD CDF CHE CHF CHW CLF CLP CNY COP COU CRC CUC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS \
+GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR \
+LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR \
+PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD \
+TWD TZS UAH UGX USD USN UYI UYU UYW UZS VED VES VND VUV WST XAF XAG XAU XBA XBB XBC XBD XCD XCG XDR XOF XPD XPF XPT XSU \
+XTS XUA XXX YER ZAR ZMW ZWG ZWL";
+
+/// A closed set of currency codes (three upper-case ASCII letters each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Currencies {
+    /// Sorted, for a binary search per event.
+    codes: Vec<[u8; 3]>,
+}
+
+impl Currencies {
+    /// ISO 4217's codes.
+    pub fn iso_4217() -> Self {
+        Self::iso_4217_and(&[]).expect("ISO 4217's codes are well formed")
+    }
+
+    /// ISO 4217's codes and `extra` ones (each three upper-case letters, or an error
+    /// naming the first that is not).
+    pub fn iso_4217_and(extra: &[String]) -> Result<Self, String> {
+        let mut codes = Vec::new();
+        for code in ISO_4217.split_whitespace().chain(extra.iter().map(String::as_str)) {
+            match <[u8; 3]>::try_from(code.as_bytes()) {
+                Ok(c) if c.iter().all(u8::is_ascii_uppercase) => codes.push(c),
+                _ => return Err(format!("currency `{code}` is not three upper-case letters")),
+            }
+        }
+        codes.sort_unstable();
+        codes.dedup();
+        Ok(Self { codes })
+    }
+
+    /// Whether `code` is in the set.
+    pub fn contains(&self, code: &str) -> bool {
+        <[u8; 3]>::try_from(code.as_bytes()).is_ok_and(|c| self.codes.binary_search(&c).is_ok())
+    }
+
+    /// How many codes.
+    pub fn len(&self) -> usize {
+        self.codes.len()
+    }
+
+    /// Never: ISO 4217's codes are always in.
+    pub fn is_empty(&self) -> bool {
+        self.codes.is_empty()
+    }
+}
+
+/// ISO 4217's codes, for [`Bounds::at`].
+pub static ISO_4217_CURRENCIES: std::sync::LazyLock<Currencies> = std::sync::LazyLock::new(Currencies::iso_4217);
 
 /// How far ahead of the enricher's clock an event time may be, when not told otherwise
 /// (5 minutes).
@@ -28,15 +87,20 @@ pub const DEFAULT_MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
 /// billion yuan in fen). About 9.2 million such events would fit in one total.
 pub const DEFAULT_MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
 
-impl Bounds {
-    /// The default limits at the clock reading `now_ms`.
+impl Bounds<'static> {
+    /// The default limits (ISO 4217's currencies) at the clock reading `now_ms`.
     pub fn at(now_ms: i64) -> Self {
-        Self { now_ms, max_future_skew_ms: DEFAULT_MAX_FUTURE_SKEW_MS, max_amount_minor: DEFAULT_MAX_AMOUNT_MINOR }
+        Self {
+            now_ms,
+            max_future_skew_ms: DEFAULT_MAX_FUTURE_SKEW_MS,
+            max_amount_minor: DEFAULT_MAX_AMOUNT_MINOR,
+            currencies: &ISO_4217_CURRENCIES,
+        }
     }
 }
 
 /// Checks an event (already [`validate_view`]ed) against [`Bounds`].
-pub fn check_bounds(event: &OrderEventView<'_>, bounds: &Bounds) -> Result<(), InvalidReason> {
+pub fn check_bounds(event: &OrderEventView<'_>, bounds: &Bounds<'_>) -> Result<(), InvalidReason> {
     if let Some(t) = event.event_time.as_ref() {
         let ahead_ms = orderflow_proto::timestamp_millis(t).saturating_sub(bounds.now_ms);
         if ahead_ms > bounds.max_future_skew_ms {
@@ -45,6 +109,9 @@ pub fn check_bounds(event: &OrderEventView<'_>, bounds: &Bounds) -> Result<(), I
     }
     if event.amount_minor > bounds.max_amount_minor {
         return Err(InvalidReason::AmountTooLarge { amount: event.amount_minor, max: bounds.max_amount_minor });
+    }
+    if !bounds.currencies.contains(event.currency) {
+        return Err(InvalidReason::UnknownCurrency(event.currency.to_owned()));
     }
     Ok(())
 }
@@ -219,5 +286,24 @@ mod tests {
         let err = check(&at(0, i64::MAX)).unwrap_err();
         assert_eq!(err, InvalidReason::AmountTooLarge { amount: i64::MAX, max: DEFAULT_MAX_AMOUNT_MINOR });
         assert_eq!(err.code(), "amount_too_large");
+    }
+
+    #[test]
+    fn currencies_are_a_closed_set_iso_4217_by_default() {
+        use crate::wire::OrderEventView;
+        use orderflow_proto::Message as _;
+
+        let with = |currency: &str| OrderEvent { currency: currency.into(), ..good() }.encode_to_vec();
+        let iso = Bounds::at(i64::MAX);
+        let check = |payload: &[u8], bounds: &Bounds<'_>| check_bounds(&OrderEventView::parse(payload).unwrap(), bounds);
+        for code in ["CNY", "USD", "EUR", "JPY", "HKD", "KRW", "SGD", "GBP"] {
+            assert_eq!(check(&with(code), &iso), Ok(()), "{code}");
+        }
+        let err = check(&with("QQQ"), &iso).unwrap_err();
+        assert_eq!((err.code(), err.to_string().contains("QQQ")), ("unknown_currency", true));
+        let extra = Currencies::iso_4217_and(&["QQQ".to_owned()]).unwrap();
+        assert_eq!(check(&with("QQQ"), &Bounds { currencies: &extra, ..iso }), Ok(()));
+        assert_eq!(extra.len(), ISO_4217_CURRENCIES.len() + 1);
+        assert!(Currencies::iso_4217_and(&["qqq".to_owned()]).unwrap_err().contains("`qqq`"));
     }
 }

@@ -42,6 +42,9 @@ pub struct EnricherConfig {
     /// The largest orders-topic record accepted, in bytes; larger ones are
     /// dead-lettered (`event_too_large`) with their first 64 KiB.
     pub max_event_bytes: usize,
+    /// Currency codes accepted besides ISO 4217's; others are dead-lettered
+    /// (`unknown_currency`).
+    pub extra_currencies: Vec<String>,
 }
 
 /// The largest record accepted when not told otherwise (64 KiB: an order event is well
@@ -59,6 +62,7 @@ impl Default for EnricherConfig {
             max_event_time_skew: Duration::from_millis(orderflow_core::validate::DEFAULT_MAX_FUTURE_SKEW_MS as u64),
             max_amount_minor: orderflow_core::validate::DEFAULT_MAX_AMOUNT_MINOR,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            extra_currencies: Vec::new(),
         }
     }
 }

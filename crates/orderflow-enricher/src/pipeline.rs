@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use orderflow_core::validate::{Bounds, InvalidReason};
+use orderflow_core::validate::{Bounds, Currencies, InvalidReason};
 use orderflow_runtime::kafka::{partition_count, recv_batch, KafkaConfig, RevocationLog};
 use orderflow_runtime::outbox::{Outbox, Settled};
 use orderflow_runtime::records::dead_letter::{self, Source};
@@ -22,6 +22,8 @@ use crate::{EnricherConfig, Error, Result};
 /// Creates missing topics, loads the merchant table, then enriches until `cancel`
 /// (or until a task fails: the error names it).
 pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &EnricherConfig, cancel: CancellationToken) -> Result<()> {
+    // Settings first: a bad one fails before any broker is contacted.
+    let currencies = Currencies::iso_4217_and(&config.extra_currencies).map_err(Error::Config)?;
     kafka.check_reachable()?;
     topics::ensure(kafka, &topics.specs(Stage::Enricher)).await?;
     same_partitions(kafka, topics)?;
@@ -37,6 +39,7 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &EnricherConfig, 
         max_future_skew_ms: i64::try_from(config.max_event_time_skew.as_millis()).unwrap_or(i64::MAX),
         max_amount_minor: config.max_amount_minor,
         max_event_bytes: config.max_event_bytes,
+        currencies,
     };
     tracing::info!(input = %topics.orders(), output = %topics.enriched(), "Enricher running.");
     let mut supervisor = Supervisor::new(cancel.child_token());
@@ -75,6 +78,7 @@ struct Enricher {
     max_future_skew_ms: i64,
     max_amount_minor: i64,
     max_event_bytes: usize,
+    currencies: Currencies,
 }
 
 impl Enricher {
@@ -123,7 +127,12 @@ impl Enricher {
     /// record, or the original bytes to the dead-letter topic with the reason.
     async fn enrich(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<()> {
         // One clock reading per batch: the bounds every event of it is held to.
-        let bounds = Bounds { now_ms: now_ms(), max_future_skew_ms: self.max_future_skew_ms, max_amount_minor: self.max_amount_minor };
+        let bounds = Bounds {
+            now_ms: now_ms(),
+            max_future_skew_ms: self.max_future_skew_ms,
+            max_amount_minor: self.max_amount_minor,
+            currencies: &self.currencies,
+        };
         // Decide every output under the table's read lock, then send without it.
         let outputs: Vec<std::result::Result<(String, Vec<u8>), InvalidReason>> = {
             let table = self.merchants.read();

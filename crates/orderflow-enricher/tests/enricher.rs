@@ -216,3 +216,37 @@ async fn an_oversized_event_is_dead_lettered_with_its_first_bytes_and_the_enrich
     assert_eq!(header(&dead[0], dead_letter::SOURCE_BYTES), Some(huge_bytes.to_string().as_str()));
     assert_eq!(mock.keys(&topics.enriched()), ["o-after"]);
 }
+
+#[tokio::test]
+async fn currencies_outside_iso_4217_are_dead_lettered_unless_configured() {
+    let mock = MockKafka::start(1, 2);
+    let (kafka, topics) = (&mock.kafka, &mock.topics);
+    load_merchants(kafka, &topics.merchants(), &[merchant("m1", "cn-east", "tmall")]).await.unwrap();
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let config = EnricherConfig { extra_currencies: vec!["PTS".into()], ..EnricherConfig::default() };
+    let enricher = tokio::spawn({
+        let (kafka, topics, cancel) = (kafka.clone(), topics.clone(), cancel.clone());
+        async move { orderflow_enricher::run(&kafka, &topics, &config, cancel).await }
+    });
+    let publisher = Publisher::new(kafka, topics.orders()).unwrap();
+    for (id, currency) in [("cny", "CNY"), ("pts", "PTS"), ("qqq", "QQQ"), ("zzz", "ZZZ")] {
+        publisher.publish(&paid(id, "m1", 100, currency)).await.unwrap();
+    }
+    let dead = eventually(Duration::from_secs(20), || {
+        let dead = mock.read_all(&topics.dead_letter());
+        (dead.len() == 2 && mock.read_all(&topics.enriched()).len() == 2).then_some(dead)
+    })
+    .await
+    .expect("2 enriched records and 2 dead letters");
+    assert!(dead.iter().all(|m| header(m, dead_letter::REASON_CODE) == Some("unknown_currency")));
+    let mut enriched = mock.keys(&topics.enriched());
+    enriched.sort_unstable();
+    assert_eq!(enriched, ["o-cny", "o-pts"]);
+    cancel.cancel();
+    enricher.await.unwrap().unwrap();
+
+    let bad = EnricherConfig { extra_currencies: vec!["points".into()], ..EnricherConfig::default() };
+    let err = orderflow_enricher::run(&mock.kafka, &mock.topics, &bad, CancellationToken::new()).await.unwrap_err();
+    assert_eq!(err.to_string(), "currency `points` is not three upper-case letters");
+}

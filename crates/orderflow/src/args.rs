@@ -80,6 +80,10 @@ pub struct EnricherArgs {
     /// as `event_too_large`, keeping their first 64 KiB.
     #[arg(long, env = "ORDERFLOW_MAX_EVENT_BYTES", default_value_t = orderflow_enricher::DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
+    /// Currency codes to accept besides ISO 4217's (comma-separated, three upper-case
+    /// letters each); events in any other currency are dead-lettered as `unknown_currency`.
+    #[arg(long, env = "ORDERFLOW_EXTRA_CURRENCIES", value_delimiter = ',')]
+    pub extra_currencies: Vec<String>,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
 }
@@ -92,6 +96,7 @@ impl From<EnricherArgs> for EnricherConfig {
             max_event_time_skew: a.max_event_time_skew.into(),
             max_amount_minor: a.max_amount_minor,
             max_event_bytes: a.max_event_bytes,
+            extra_currencies: a.extra_currencies,
         }
     }
 }
