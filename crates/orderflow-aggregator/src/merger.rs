@@ -6,10 +6,11 @@
 //! are small: keys x partitions per window). Re-published totals are identical and
 //! keyed by (window, region, tier, currency), so publishing twice is harmless.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use orderflow_core::merge::{Merger, PartialOutcome};
-use orderflow_core::window::{ClosedWindow, TYPE_NAMES};
+use orderflow_core::window::{ClosedWindow, Tallies, TotalKey, TYPE_NAMES};
 use orderflow_proto::v1::{partial_record, PartialRecord};
 use orderflow_proto::{millis_timestamp, Message as _};
 use orderflow_runtime::kafka::{recv_batch, KafkaConfig, RevocationLog};
@@ -31,11 +32,13 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, cancel: CancellationToken) 
     let mut outbox = Outbox::new(kafka.producer()?);
     let totals_topic = topics.totals();
     let mut merger = Merger::new();
+    let mut counted = Counted::read(&kafka, &totals_topic).await?;
     while !cancel.is_cancelled() {
         let batch = recv_batch(&consumer, 10_000, &cancel, Duration::from_millis(500)).await;
         if !consumer.context().take().is_empty() {
             // Whoever owns the partition next starts over from the beginning.
             merger = Merger::new();
+            counted = Counted::read(&kafka, &totals_topic).await?;
         }
         for m in &batch {
             let record = match m.payload().map(PartialRecord::decode) {
@@ -59,7 +62,7 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, cancel: CancellationToken) 
                 }
                 Some(partial_record::Kind::Progress(progress)) => {
                     for window in merger.progress(&progress) {
-                        record_metrics(&window);
+                        counted.record_metrics(&window);
                         for total in window.to_window_totals() {
                             let key = records::total_key(window.start_ms, &total.region, &total.tier, &total.currency);
                             let value = total.encode_to_vec();
@@ -80,23 +83,58 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, cancel: CancellationToken) 
     Ok(())
 }
 
-fn record_metrics(w: &ClosedWindow) {
-    metrics::counter!(telemetry::WINDOWS_CLOSED).increment(1);
-    metrics::gauge!(telemetry::WINDOW_LAST_CLOSED_END).set(w.end_ms as f64 / 1000.0);
-    for (key, tallies) in &w.totals {
-        for (name, t) in TYPE_NAMES.iter().zip(tallies.0.iter()) {
-            if t.count == 0 {
+/// The totals already on the totals topic when this merger started (or took the
+/// partition over): a merger rebuilding its state re-publishes them (harmless: same
+/// keys, same values) but must not add them to the business counters again, or a
+/// failover would double the GMV on every dashboard summing over instances.
+#[derive(Debug, Default)]
+struct Counted {
+    published: HashSet<(i64, TotalKey)>,
+}
+
+impl Counted {
+    async fn read(kafka: &KafkaConfig, topic: &str) -> Result<Self> {
+        let (kafka, topic) = (kafka.clone(), topic.to_owned());
+        let totals = tokio::task::spawn_blocking(move || crate::totals::read(&kafka, &topic)).await.expect("reading totals panicked")?;
+        let published: HashSet<(i64, TotalKey)> = totals
+            .iter()
+            .map(|t| {
+                let (key, _) = Tallies::from_window_total(t);
+                (t.window_start.as_ref().map_or(i64::MIN, orderflow_proto::timestamp_millis), key)
+            })
+            .collect();
+        if !published.is_empty() {
+            tracing::info!(totals = published.len(), "Totals already published; they are not counted in the metrics again.");
+        }
+        Ok(Self { published })
+    }
+
+    /// Adds a merged window to the business counters, but for keys already counted.
+    fn record_metrics(&mut self, w: &ClosedWindow) {
+        metrics::gauge!(telemetry::WINDOW_LAST_CLOSED_END).set(w.end_ms as f64 / 1000.0);
+        let mut new = false;
+        for (key, tallies) in &w.totals {
+            if !self.published.insert((w.start_ms, key.clone())) {
                 continue;
             }
-            let labels = [("region", key.region.clone()), ("tier", key.tier.clone()), ("type", (*name).to_owned())];
-            metrics::counter!(telemetry::WINDOW_EVENTS, &labels).increment(t.count as u64);
-            let labels = [
-                ("region", key.region.clone()),
-                ("tier", key.tier.clone()),
-                ("currency", key.currency.clone()),
-                ("type", (*name).to_owned()),
-            ];
-            metrics::counter!(telemetry::WINDOW_AMOUNT, &labels).increment(t.amount_minor.max(0) as u64);
+            new = true;
+            for (name, t) in TYPE_NAMES.iter().zip(tallies.0.iter()) {
+                if t.count == 0 {
+                    continue;
+                }
+                let labels = [("region", key.region.clone()), ("tier", key.tier.clone()), ("type", (*name).to_owned())];
+                metrics::counter!(telemetry::WINDOW_EVENTS, &labels).increment(t.count as u64);
+                let labels = [
+                    ("region", key.region.clone()),
+                    ("tier", key.tier.clone()),
+                    ("currency", key.currency.clone()),
+                    ("type", (*name).to_owned()),
+                ];
+                metrics::counter!(telemetry::WINDOW_AMOUNT, &labels).increment(t.amount_minor.max(0) as u64);
+            }
+        }
+        if new {
+            metrics::counter!(telemetry::WINDOWS_CLOSED).increment(1);
         }
     }
 }

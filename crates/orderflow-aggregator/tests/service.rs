@@ -50,7 +50,7 @@ async fn write(kafka: &KafkaConfig, topic: &str, records: &[(i32, Vec<u8>)]) {
     assert_eq!((settled.delivered as usize, settled.rejected.len()), (records.len(), 0));
 }
 
-fn total(t: &WindowTotal) -> (i64, i64, i64) {
+fn total_of(t: &WindowTotal) -> (i64, i64, i64) {
     let p = t.paid.unwrap_or_default();
     (t.window_start.as_ref().map_or(0, orderflow_proto::timestamp_millis), p.count, p.amount_minor)
 }
@@ -95,7 +95,7 @@ async fn partitions_and_merger_publish_exact_totals_and_route_late_and_bad_recor
     })
     .await
     .expect("two windows' totals");
-    assert_eq!(totals.iter().map(total).collect::<Vec<_>>(), [(MIDNIGHT, 2, 300), (MIDNIGHT + MINUTE, 2, 1_200)]);
+    assert_eq!(totals.iter().map(total_of).collect::<Vec<_>>(), [(MIDNIGHT, 2, 300), (MIDNIGHT + MINUTE, 2, 1_200)]);
 
     let late_records = mock.read_all(&topics.late());
     assert_eq!(late_records.len(), 1);
@@ -199,12 +199,67 @@ async fn the_merger_sums_partials_once_every_partition_has_passed_and_flags_conf
     })
     .await
     .expect("the window's total");
-    assert_eq!(totals.iter().map(total).collect::<Vec<_>>(), [(MIDNIGHT, 3, 350)]);
+    assert_eq!(totals.iter().map(total_of).collect::<Vec<_>>(), [(MIDNIGHT, 3, 350)]);
     let counters = Counters::of(&snapshotter);
     let partials = |outcome| counters.get(telemetry::MERGER_PARTIALS, &[("outcome", outcome)]);
     assert_eq!((partials("accepted"), partials("repeated"), partials("conflict")), (2, 1, 1));
     cancel.cancel();
     merger.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_merger_taking_over_republishes_but_does_not_count_published_windows_again() {
+    let mock = MockKafka::start(1, 1);
+    let (kafka, topics) = (&mock.kafka, &mock.topics);
+    let total = |start: i64, count, amount| WindowTotal {
+        window_start: Some(millis_timestamp(start)),
+        window_end: Some(millis_timestamp(start + MINUTE)),
+        region: "cn-east".into(),
+        tier: "tmall".into(),
+        currency: "CNY".into(),
+        paid: Some(TypeTotal { count, amount_minor: amount }),
+        ..Default::default()
+    };
+    let partial = |start, count, amount| {
+        let p = PartialTotal { total: Some(total(start, count, amount)), partition: 0 };
+        (0, PartialRecord { kind: Some(partial_record::Kind::Partial(p)) }.encode_to_vec())
+    };
+    let progress = |through| {
+        let p = PartitionProgress { partition: 0, closed_through: Some(millis_timestamp(through)), partition_count: 1 };
+        (0, PartialRecord { kind: Some(partial_record::Kind::Progress(p)) }.encode_to_vec())
+    };
+    write(kafka, &topics.partials(), &[partial(MIDNIGHT, 2, 300), progress(MIDNIGHT + MINUTE)]).await;
+
+    // One merger after another over the same topics, each with its own metrics (two
+    // instances, or one restarted): the window is counted once over both.
+    let mut paid_counts = Vec::new();
+    for round in 0..2 {
+        if round == 1 {
+            // While the second merger runs, the next window closes: that one it counts.
+            write(kafka, &topics.partials(), &[partial(MIDNIGHT + MINUTE, 5, 500), progress(MIDNIGHT + 2 * MINUTE)]).await;
+        }
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        let cancel = CancellationToken::new();
+        let _stop = cancel.clone().drop_guard();
+        let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), cancel.clone()));
+        let want = round + 1;
+        let totals = eventually(Duration::from_secs(30), || {
+            let totals = orderflow_aggregator::totals::read(kafka, &topics.totals()).unwrap();
+            (totals.len() == want && mock.read_all(&topics.totals()).len() > 2 * round).then_some(totals)
+        })
+        .await
+        .expect("the totals");
+        assert_eq!(totals.iter().map(total_of).collect::<Vec<_>>()[..want], [(MIDNIGHT, 2, 300), (MIDNIGHT + MINUTE, 5, 500)][..want]);
+        cancel.cancel();
+        merger.await.unwrap().unwrap();
+        let counters = Counters::of(&snapshotter);
+        paid_counts.push(counters.get(telemetry::WINDOW_EVENTS, &[("region", "cn-east"), ("tier", "tmall"), ("type", "paid")]));
+    }
+    // The first counted window 00:00 (2 events); the second re-published it but counted
+    // only window 00:01 (5 events).
+    assert_eq!(paid_counts, [2, 5]);
 }
 
 #[tokio::test]
