@@ -64,13 +64,13 @@ fn enrich(c: &mut Criterion) {
     // around the payload's bytes (`MerchantTable::enrich_payload`).
     let mut i = 0;
     let mut outputs: Vec<(String, Vec<u8>)> = Vec::with_capacity(BATCH);
-    // The enricher checks its bounds too; a clock past every event time of the workload.
-    let bounds = orderflow_core::validate::Bounds::at(i64::MAX);
+    // The enricher checks its limits too; a clock past every event time of the workload.
+    let limits = orderflow_core::validate::Limits::default();
     group.bench_function("pipeline", |b| {
         b.iter(|| {
             for _ in 0..BATCH {
                 let payload = &payloads[next(&mut i, payloads.len())];
-                match table.enrich_payload(payload, &bounds) {
+                match table.enrich_payload(payload, &limits, i64::MAX) {
                     Ok(enriched) => outputs.push((enriched.key, enriched.value)),
                     Err(reason) => panic!("the workload holds only valid events: {reason}"),
                 }

@@ -295,7 +295,7 @@ mod tests {
             let enriched = table.enrich(decode_and_validate(&payload).unwrap());
             let key = enriched.event.as_ref().unwrap().order_id.clone();
             let record = EnrichedRecord { kind: Some(enriched_record::Kind::Event(enriched)) };
-            let spliced = table.enrich_payload(&payload, &orderflow_core::validate::Bounds::at(i64::MAX)).unwrap();
+            let spliced = table.enrich_payload(&payload, &orderflow_core::validate::Limits::default(), i64::MAX).unwrap();
             assert_eq!(spliced.key, key);
             assert_eq!(spliced.value, record.encode_to_vec());
             assert_eq!(EnrichedRecord::decode(spliced.value.as_slice()).unwrap(), record);

@@ -15,7 +15,7 @@ use hashbrown::{Equivalent, HashMap};
 use orderflow_proto::v1::{EnrichedOrderEvent, Merchant, OrderEvent};
 use orderflow_proto::{millis_timestamp, timestamp_millis, Timestamp};
 
-use crate::validate::{check_bounds, decode_and_validate_view, Bounds, InvalidReason};
+use crate::validate::{check_limits, decode_and_validate_view, InvalidReason, Limits};
 use crate::{wire, Error, Result};
 
 /// Region and tier given to orders whose merchant is not in the table.
@@ -278,9 +278,15 @@ impl MerchantTable {
     /// enriched-topic record around the payload's own bytes
     /// ([`wire::encode_enriched_spliced`]): it decodes to the same `EnrichedRecord` as
     /// encoding `enrich(decode_and_validate(payload)?)` would. The key is the `order_id`.
-    pub fn enrich_payload(&self, payload: &[u8], bounds: &Bounds<'_>) -> Result<EnrichedPayload, InvalidReason> {
+    ///
+    /// The event is held to `limits` at the clock reading `now_ms`: a record larger than
+    /// `limits.max_event_bytes` is refused before it is parsed.
+    pub fn enrich_payload(&self, payload: &[u8], limits: &Limits, now_ms: i64) -> Result<EnrichedPayload, InvalidReason> {
+        if payload.len() > limits.max_event_bytes {
+            return Err(InvalidReason::EventTooLarge { bytes: payload.len(), max: limits.max_event_bytes });
+        }
         let event = decode_and_validate_view(payload)?;
-        check_bounds(&event, bounds)?;
+        check_limits(&event, limits, now_ms)?;
         let at = event.event_time.as_ref().map_or(i64::MIN, timestamp_millis);
         let (region, tier, merchant_known) = self.join(event.merchant_id, at);
         Ok(EnrichedPayload {
@@ -481,6 +487,7 @@ mod tests {
 
         use crate::validate::decode_and_validate;
 
+        let limits = Limits::default();
         let mut t = MerchantTable::new();
         for i in 0..50 {
             t.upsert(&merchant_at(&format!("m{i}"), &format!("r{}", i % 3), "gold", None));
@@ -509,7 +516,7 @@ mod tests {
                 let key = ev.order_id.clone();
                 (key, EnrichedRecord { kind: Some(enriched_record::Kind::Event(t.enrich(ev))) })
             });
-            match (t.enrich_payload(&payload, &crate::validate::Bounds::at(0)), expected) {
+            match (t.enrich_payload(&payload, &limits, 0), expected) {
                 (Ok(got), Ok((key, record))) => {
                     assert_eq!(got.key, key);
                     assert_eq!(EnrichedRecord::decode(got.value.as_slice()).unwrap(), record);

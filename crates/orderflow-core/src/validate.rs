@@ -7,21 +7,23 @@ pub use crate::reason::InvalidReason;
 use crate::wire::{undecodable, OrderEventView};
 
 /// Limits on what one event may claim, checked by the enricher against its own clock
-/// ([`check_bounds`]). Its decision is recorded in the log (the event is enriched or
-/// dead-lettered), so the aggregator stays a function of the log on replay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounds<'a> {
-    /// The enricher's clock, ms since the epoch.
-    pub now_ms: i64,
-    /// How far ahead of `now_ms` an event time may be. An event dated further ahead (a
-    /// storefront with a wrong clock) would raise its partition's watermark, close every
-    /// open window there and send the partition's ordinary traffic to the late topic.
+/// ([`check_limits`], and [`crate::merchant::MerchantTable::enrich_payload`]). Its
+/// decision is recorded in the log (the event is enriched or dead-lettered), so the
+/// aggregator stays a function of the log on replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// How far ahead of the enricher's clock an event time may be. An event dated
+    /// further ahead (a storefront with a wrong clock) would raise its partition's
+    /// watermark, close every open window there and send the partition's ordinary
+    /// traffic to the late topic.
     pub max_future_skew_ms: i64,
     /// The largest `amount_minor` accepted, so that sums cannot overflow in practice.
     pub max_amount_minor: i64,
+    /// The largest record accepted, in bytes, checked before it is parsed.
+    pub max_event_bytes: usize,
     /// The currency codes accepted. Every accepted code becomes a label value and a
     /// part of the totals' keys, so the set is closed: ISO 4217 by default.
-    pub currencies: &'a Currencies,
+    pub currencies: Currencies,
 }
 
 /// ISO 4217's active codes (and its funds, metals and testing codes), 2025.
@@ -77,40 +79,41 @@ impl Currencies {
     }
 }
 
-/// ISO 4217's codes, for [`Bounds::at`].
-pub static ISO_4217_CURRENCIES: std::sync::LazyLock<Currencies> = std::sync::LazyLock::new(Currencies::iso_4217);
-
 /// How far ahead of the enricher's clock an event time may be, when not told otherwise
 /// (5 minutes).
 pub const DEFAULT_MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
 /// The largest amount accepted, in minor units, when not told otherwise: 10^12 (ten
 /// billion yuan in fen). About 9.2 million such events would fit in one total.
 pub const DEFAULT_MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
+/// The largest record accepted when not told otherwise (64 KiB: an order event is well
+/// under 1 KiB).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 << 10;
 
-impl Bounds<'static> {
-    /// The default limits (ISO 4217's currencies) at the clock reading `now_ms`.
-    pub fn at(now_ms: i64) -> Self {
+impl Default for Limits {
+    /// The default limits, with ISO 4217's currencies.
+    fn default() -> Self {
         Self {
-            now_ms,
             max_future_skew_ms: DEFAULT_MAX_FUTURE_SKEW_MS,
             max_amount_minor: DEFAULT_MAX_AMOUNT_MINOR,
-            currencies: &ISO_4217_CURRENCIES,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            currencies: Currencies::iso_4217(),
         }
     }
 }
 
-/// Checks an event (already [`validate_view`]ed) against [`Bounds`].
-pub fn check_bounds(event: &OrderEventView<'_>, bounds: &Bounds<'_>) -> Result<(), InvalidReason> {
+/// Checks an event (already [`validate_view`]ed) against [`Limits`] at the clock
+/// reading `now_ms` (the record's size is checked before parsing, by the caller).
+pub fn check_limits(event: &OrderEventView<'_>, limits: &Limits, now_ms: i64) -> Result<(), InvalidReason> {
     if let Some(t) = event.event_time.as_ref() {
-        let ahead_ms = orderflow_proto::timestamp_millis(t).saturating_sub(bounds.now_ms);
-        if ahead_ms > bounds.max_future_skew_ms {
-            return Err(InvalidReason::EventTimeInFuture { ahead_ms, max_ms: bounds.max_future_skew_ms });
+        let ahead_ms = orderflow_proto::timestamp_millis(t).saturating_sub(now_ms);
+        if ahead_ms > limits.max_future_skew_ms {
+            return Err(InvalidReason::EventTimeInFuture { ahead_ms, max_ms: limits.max_future_skew_ms });
         }
     }
-    if event.amount_minor > bounds.max_amount_minor {
-        return Err(InvalidReason::AmountTooLarge { amount: event.amount_minor, max: bounds.max_amount_minor });
+    if event.amount_minor > limits.max_amount_minor {
+        return Err(InvalidReason::AmountTooLarge { amount: event.amount_minor, max: limits.max_amount_minor });
     }
-    if !bounds.currencies.contains(event.currency) {
+    if !limits.currencies.contains(event.currency) {
         return Err(InvalidReason::UnknownCurrency(event.currency.to_owned()));
     }
     Ok(())
@@ -263,7 +266,7 @@ mod tests {
     }
 
     #[test]
-    fn bounds_refuse_events_dated_too_far_ahead_and_amounts_too_large() {
+    fn limits_refuse_events_dated_too_far_ahead_and_amounts_too_large() {
         use crate::wire::OrderEventView;
         use orderflow_proto::Message as _;
 
@@ -274,7 +277,8 @@ mod tests {
             e.amount_minor = amount;
             e.encode_to_vec()
         };
-        let check = |payload: &[u8]| check_bounds(&OrderEventView::parse(payload).unwrap(), &Bounds::at(now));
+        let limits = Limits::default();
+        let check = |payload: &[u8]| check_limits(&OrderEventView::parse(payload).unwrap(), &limits, now);
         assert_eq!(check(&at(DEFAULT_MAX_FUTURE_SKEW_MS, 1)), Ok(()));
         assert_eq!(check(&at(-10 * DEFAULT_MAX_FUTURE_SKEW_MS, 1)), Ok(()), "the past is the late topic's business");
         let day = 86_400_000;
@@ -294,16 +298,16 @@ mod tests {
         use orderflow_proto::Message as _;
 
         let with = |currency: &str| OrderEvent { currency: currency.into(), ..good() }.encode_to_vec();
-        let iso = Bounds::at(i64::MAX);
-        let check = |payload: &[u8], bounds: &Bounds<'_>| check_bounds(&OrderEventView::parse(payload).unwrap(), bounds);
+        let iso = Limits::default();
+        let check = |payload: &[u8], limits: &Limits| check_limits(&OrderEventView::parse(payload).unwrap(), limits, i64::MAX);
         for code in ["CNY", "USD", "EUR", "JPY", "HKD", "KRW", "SGD", "GBP"] {
             assert_eq!(check(&with(code), &iso), Ok(()), "{code}");
         }
         let err = check(&with("QQQ"), &iso).unwrap_err();
         assert_eq!((err.code(), err.to_string().contains("QQQ")), ("unknown_currency", true));
         let extra = Currencies::iso_4217_and(&["QQQ".to_owned()]).unwrap();
-        assert_eq!(check(&with("QQQ"), &Bounds { currencies: &extra, ..iso }), Ok(()));
-        assert_eq!(extra.len(), ISO_4217_CURRENCIES.len() + 1);
+        assert_eq!(extra.len(), iso.currencies.len() + 1);
+        assert_eq!(check(&with("QQQ"), &Limits { currencies: extra, ..iso }), Ok(()));
         assert!(Currencies::iso_4217_and(&["qqq".to_owned()]).unwrap_err().contains("`qqq`"));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use orderflow_core::validate::{Bounds, Currencies, InvalidReason};
+use orderflow_core::validate::{InvalidReason, Limits};
 use orderflow_runtime::kafka::{partition_count, recv_batch, KafkaConfig, RevocationLog};
 use orderflow_runtime::outbox::{Outbox, Settled};
 use orderflow_runtime::records::dead_letter::{self, Source};
@@ -23,7 +23,7 @@ use crate::{EnricherConfig, Error, Result};
 /// (or until a task fails: the error names it).
 pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &EnricherConfig, cancel: CancellationToken) -> Result<()> {
     // Settings first: a bad one fails before any broker is contacted.
-    let currencies = Currencies::iso_4217_and(&config.extra_currencies).map_err(Error::Config)?;
+    let limits = config.limits().map_err(Error::Config)?;
     kafka.check_reachable()?;
     topics::ensure(kafka, &topics.specs(Stage::Enricher)).await?;
     same_partitions(kafka, topics)?;
@@ -36,10 +36,7 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &EnricherConfig, 
         enriched_topic: topics.enriched(),
         dlq_topic: topics.dead_letter(),
         batch: config.batch,
-        max_future_skew_ms: i64::try_from(config.max_event_time_skew.as_millis()).unwrap_or(i64::MAX),
-        max_amount_minor: config.max_amount_minor,
-        max_event_bytes: config.max_event_bytes,
-        currencies,
+        limits,
     };
     tracing::info!(input = %topics.orders(), output = %topics.enriched(), "Enricher running.");
     let mut supervisor = Supervisor::new(cancel.child_token());
@@ -75,10 +72,8 @@ struct Enricher {
     enriched_topic: String,
     dlq_topic: String,
     batch: usize,
-    max_future_skew_ms: i64,
-    max_amount_minor: i64,
-    max_event_bytes: usize,
-    currencies: Currencies,
+    /// What every event is held to (see `orderflow_core::validate::Limits`).
+    limits: Limits,
 }
 
 impl Enricher {
@@ -126,13 +121,8 @@ impl Enricher {
     /// Validates and joins every record of the batch and sends its output: the enriched
     /// record, or the original bytes to the dead-letter topic with the reason.
     async fn enrich(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<()> {
-        // One clock reading per batch: the bounds every event of it is held to.
-        let bounds = Bounds {
-            now_ms: now_ms(),
-            max_future_skew_ms: self.max_future_skew_ms,
-            max_amount_minor: self.max_amount_minor,
-            currencies: &self.currencies,
-        };
+        // One clock reading per batch: the time every event of it is held to.
+        let now_ms = now_ms();
         // Decide every output under the table's read lock, then send without it.
         let outputs: Vec<std::result::Result<(String, Vec<u8>), InvalidReason>> = {
             let table = self.merchants.read();
@@ -143,11 +133,7 @@ impl Enricher {
                     // the payload's own bytes (no re-encoding). Fields a newer storefront
                     // contract adds pass through to the enriched topic: orderflow's
                     // decoders skip them, as they would on the orders topic.
-                    let payload = m.payload().unwrap_or_default();
-                    if payload.len() > self.max_event_bytes {
-                        return Err(InvalidReason::EventTooLarge { bytes: payload.len(), max: self.max_event_bytes });
-                    }
-                    table.enrich_payload(payload, &bounds).map(|enriched| {
+                    table.enrich_payload(m.payload().unwrap_or_default(), &self.limits, now_ms).map(|enriched| {
                         if !enriched.merchant_known {
                             metrics::counter!(telemetry::ENRICHER_UNKNOWN_MERCHANT).increment(1);
                         }

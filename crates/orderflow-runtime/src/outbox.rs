@@ -9,8 +9,9 @@
 //!   waits for deliveries to drain and tries again. Back-pressure, not a failure.
 //! - **rejected**: the broker (or librdkafka, before sending) refuses *this record*
 //!   (too large for the topic, an invalid record or timestamp). Sending it again would
-//!   fail again, so it is returned to the caller in [`Settled::rejected`], with its
-//!   bytes and the caller's tag, to dead-letter with its reason. Never a reason to stop.
+//!   fail again, so it is returned to the caller in [`Settled::rejected`], with the
+//!   caller's tag (which names the input to dead-letter) and the reason. Never a reason
+//!   to stop.
 //! - **fatal**: anything else once librdkafka has given up retrying on its own (it
 //!   retries transient broker errors for `message.timeout.ms`, 5 minutes by default):
 //!   the brokers are gone, authorization failed, the topic does not exist. The stage
@@ -73,10 +74,6 @@ pub struct Rejected<T> {
     pub tag: T,
     /// The topic it was for.
     pub topic: String,
-    /// Its key, if it had one.
-    pub key: Option<Vec<u8>>,
-    /// Its payload, if it had one.
-    pub payload: Option<Vec<u8>>,
     /// Why, in words (e.g. `Broker: Message size too large`).
     pub error: KafkaError,
 }
@@ -97,12 +94,6 @@ pub struct Settled<T> {
     pub rejected: Vec<Rejected<T>>,
 }
 
-impl<T> Default for Settled<T> {
-    fn default() -> Self {
-        Self { delivered: 0, rejected: Vec::new() }
-    }
-}
-
 /// Records sent and not yet settled, over one producer.
 pub struct Outbox<T = ()> {
     producer: FutureProducer,
@@ -121,11 +112,6 @@ impl<T> Outbox<T> {
     /// An outbox over `producer` (make it with [`crate::kafka::KafkaConfig::producer`]).
     pub fn new(producer: FutureProducer) -> Self {
         Self { producer, pending: VecDeque::new(), rejected_early: Vec::new() }
-    }
-
-    /// The producer underneath (for `flush`, or a second outbox over the same client).
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
     }
 
     /// Records sent and not yet settled.
@@ -149,13 +135,7 @@ impl<T> Outbox<T> {
                         tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                     }
                     Fate::Rejected => {
-                        self.rejected_early.push(Rejected {
-                            tag,
-                            topic: r.topic.to_owned(),
-                            key: r.key.map(|k| k.to_bytes().to_vec()),
-                            payload: r.payload.map(|p| p.to_bytes().to_vec()),
-                            error: e,
-                        });
+                        self.rejected_early.push(Rejected { tag, topic: r.topic.to_owned(), error: e });
                         return Ok(());
                     }
                     Fate::Fatal => return Err(Error::Delivery { topic: r.topic.to_owned(), error: e }),
@@ -228,7 +208,7 @@ fn judge<T>(tag: T, result: DeliveryResult, settled: &mut Settled<T>) -> Result<
 }
 
 fn rejected<T>(tag: T, error: KafkaError, m: &OwnedMessage) -> Rejected<T> {
-    Rejected { tag, topic: m.topic().to_owned(), key: m.key().map(<[u8]>::to_vec), payload: m.payload().map(<[u8]>::to_vec), error }
+    Rejected { tag, topic: m.topic().to_owned(), error }
 }
 
 #[cfg(test)]
