@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use orderflow_benches::aggregate::{self, shift, CYCLE_EVENTS, CYCLE_MS};
-use orderflow_benches::aggregator_default_spec;
+use orderflow_benches::{aggregator_default_spec, BENCH_DEDUP_KEY};
 use orderflow_core::partition::{Outcome, PartitionState};
 use orderflow_core::validate::InvalidReason;
 use orderflow_core::wire::{EnrichedKind, EnrichedView};
@@ -41,8 +41,8 @@ struct Partition {
 
 impl Partition {
     fn new() -> Self {
-        let (spec, horizon) = aggregator_default_spec();
-        Self { state: PartitionState::new(spec, horizon), pos: 0, cycle: 0, outcomes: [0; 4], closed_windows: 0 }
+        let (spec, bounds) = aggregator_default_spec();
+        Self { state: PartitionState::new(spec, bounds, BENCH_DEDUP_KEY), pos: 0, cycle: 0, outcomes: [0; 4], closed_windows: 0 }
     }
 
     fn record(&mut self, outcome: Outcome) {
@@ -50,7 +50,7 @@ impl Partition {
             Outcome::Counted { .. } => 0,
             Outcome::Duplicate => 1,
             Outcome::Late { .. } => 2,
-            Outcome::Invalid => 3,
+            Outcome::Invalid | Outcome::Refused(_) => 3,
         };
         self.outcomes[i] += 1;
     }

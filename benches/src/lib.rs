@@ -8,6 +8,8 @@
 //!   steady rate, with storefront retries, small out-of-order steps and very late events,
 //!   as the aggregator receives it.
 
+use orderflow_core::dedup::DedupKey;
+use orderflow_core::partition::StateBounds;
 use orderflow_core::window::{WindowSpec, DEFAULT_LATENESS_MS, DEFAULT_WINDOW_MS};
 
 /// Regions, most traffic first (as in the demo's sample).
@@ -23,10 +25,13 @@ pub const MIDNIGHT_MS: i64 = 1_794_326_400_000;
 /// The aggregator's defaults: window 1m, lateness 5s, and the dedup horizon
 /// `AggregatorConfig::spec` derives when `--dedup-horizon` is not given (window +
 /// lateness), from the core's constants, so the benchmarks need only the pure core.
-pub fn aggregator_default_spec() -> (WindowSpec, i64) {
+pub fn aggregator_default_spec() -> (WindowSpec, StateBounds) {
     let spec = WindowSpec::new(DEFAULT_WINDOW_MS, DEFAULT_LATENESS_MS).expect("valid window spec");
-    (spec, spec.size_ms() + spec.lateness_ms())
+    (spec, StateBounds::new(spec.size_ms() + spec.lateness_ms()))
 }
+
+/// The dedup key of the benchmarks' partitions (fixed, so that runs repeat exactly).
+pub const BENCH_DEDUP_KEY: DedupKey = DedupKey::from_words(0x5eed, 0x0f_f10e);
 
 /// A 64-bit mix of `x` (splitmix64's finalizer): cheap pseudo-randomness that is a pure
 /// function of an event index.

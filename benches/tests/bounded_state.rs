@@ -9,7 +9,7 @@
 //! exactly, not just roughly.
 
 use orderflow_benches::aggregate::{self, KEYS, PERIOD_EVENTS, PERIOD_MS};
-use orderflow_benches::aggregator_default_spec;
+use orderflow_benches::{aggregator_default_spec, BENCH_DEDUP_KEY};
 use orderflow_core::partition::{Outcome, PartitionState};
 use orderflow_proto::v1::EnrichedOrderEvent;
 
@@ -33,9 +33,9 @@ fn state_after_10m_events_is_the_size_it_was_after_1m() {
     const TEN_M: u64 = 10_000_000;
     assert_eq!(TEN_M - ONE_M, PERIOD_EVENTS);
 
-    let (spec, horizon) = aggregator_default_spec();
-    assert_eq!((spec.size_ms(), spec.lateness_ms(), horizon), (60_000, 5_000, 65_000));
-    let mut state = PartitionState::new(spec, horizon);
+    let (spec, bounds) = aggregator_default_spec();
+    assert_eq!((spec.size_ms(), spec.lateness_ms(), bounds.dedup_horizon_ms), (60_000, 5_000, 65_000));
+    let mut state = PartitionState::new(spec, bounds, BENCH_DEDUP_KEY);
     let mut e = EnrichedOrderEvent::default();
     let mut closed = Vec::new();
     let (mut counted, mut duplicate, mut late, mut windows_closed) = (0u64, 0u64, 0u64, 0usize);
@@ -46,7 +46,7 @@ fn state_after_10m_events_is_the_size_it_was_after_1m() {
             Outcome::Counted { .. } => counted += 1,
             Outcome::Duplicate => duplicate += 1,
             Outcome::Late { .. } => late += 1,
-            Outcome::Invalid => panic!("event {j} is invalid"),
+            other @ (Outcome::Invalid | Outcome::Refused(_)) => panic!("event {j}: {other:?}"),
         }
         windows_closed += closed.len();
         closed.clear();

@@ -83,6 +83,12 @@ pub struct AggregatorConfig {
     /// How long (event time) event ids are remembered for dedup; at least window +
     /// lateness, which is what `None` means.
     pub dedup_horizon: Option<Duration>,
+    /// Most event ids remembered for dedup per partition; new ids beyond are
+    /// dead-lettered as `dedup_memory_full` (bounds memory and checkpoint size).
+    pub dedup_max_ids: usize,
+    /// Most (region, tier, currency) keys per window per partition; events of new keys
+    /// beyond are dead-lettered as `too_many_keys`.
+    pub max_keys_per_window: usize,
     /// How often partition state is checkpointed (and input offsets committed).
     pub checkpoint_interval: Duration,
     /// Never checkpoint nor commit: a restarted or moved partition re-processes its
@@ -107,6 +113,8 @@ pub mod defaults {
     pub const IDLE_CLOSE: Duration = Duration::from_secs(10);
     pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
     pub const BATCH: usize = 5_000;
+    pub const DEDUP_MAX_IDS: usize = orderflow_core::dedup::DEFAULT_MAX_IDS;
+    pub const MAX_KEYS_PER_WINDOW: usize = orderflow_core::partition::DEFAULT_MAX_KEYS_PER_WINDOW;
 }
 
 impl Default for AggregatorConfig {
@@ -116,6 +124,8 @@ impl Default for AggregatorConfig {
             lateness: defaults::LATENESS,
             idle_close: defaults::IDLE_CLOSE,
             dedup_horizon: None,
+            dedup_max_ids: defaults::DEDUP_MAX_IDS,
+            max_keys_per_window: defaults::MAX_KEYS_PER_WINDOW,
             checkpoint_interval: defaults::CHECKPOINT_INTERVAL,
             no_checkpoints: false,
             batch: defaults::BATCH,
@@ -125,8 +135,8 @@ impl Default for AggregatorConfig {
 }
 
 impl AggregatorConfig {
-    /// The window spec and the dedup horizon in milliseconds, checked.
-    pub fn spec(&self) -> Result<(orderflow_core::window::WindowSpec, i64)> {
+    /// The window spec and the partitions' state bounds, checked.
+    pub fn spec(&self) -> Result<(orderflow_core::window::WindowSpec, orderflow_core::partition::StateBounds)> {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let spec = orderflow_core::window::WindowSpec::new(ms(self.window), ms(self.lateness))?;
         let min = spec.size_ms() + spec.lateness_ms();
@@ -137,6 +147,14 @@ impl AggregatorConfig {
                  a shorter one could count a repeated event twice"
             )));
         }
-        Ok((spec, horizon))
+        if self.dedup_max_ids == 0 || self.max_keys_per_window == 0 {
+            return Err(Error::Config("--dedup-max-ids and --max-keys-per-window must be at least 1".into()));
+        }
+        let bounds = orderflow_core::partition::StateBounds {
+            dedup_horizon_ms: horizon,
+            dedup_max_ids: self.dedup_max_ids,
+            max_keys_per_window: self.max_keys_per_window,
+        };
+        Ok((spec, bounds))
     }
 }

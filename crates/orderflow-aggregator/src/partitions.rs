@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use orderflow_core::partition::{invalid_reason, PartitionState, Prepared};
+use orderflow_core::dedup::DedupKey;
+use orderflow_core::partition::{invalid_reason, PartitionState, Prepared, StateBounds};
 use orderflow_core::validate::InvalidReason;
 use orderflow_core::window::{ClosedWindow, WindowSpec};
 use orderflow_core::wire::{undecodable, EnrichedKind, EnrichedView};
@@ -77,7 +78,7 @@ pub struct Applied {
 pub struct Partitions {
     kafka: KafkaConfig,
     spec: WindowSpec,
-    horizon: i64,
+    bounds: StateBounds,
     input: String,
     checkpoints: String,
     idle_close: Duration,
@@ -88,11 +89,11 @@ pub struct Partitions {
 }
 
 impl Partitions {
-    pub fn new(kafka: &KafkaConfig, topics: &Topics, spec: WindowSpec, horizon: i64, idle_close: Duration) -> Self {
+    pub fn new(kafka: &KafkaConfig, topics: &Topics, spec: WindowSpec, bounds: StateBounds, idle_close: Duration) -> Self {
         Self {
             kafka: kafka.clone(),
             spec,
-            horizon,
+            bounds,
             input: topics.enriched(),
             checkpoints: topics.checkpoints(),
             idle_close,
@@ -132,7 +133,7 @@ impl Partitions {
             let owned = match found.remove(&p) {
                 Some(cp) => {
                     metrics::counter!(telemetry::AGGREGATOR_RESTORES, "from" => "checkpoint").increment(1);
-                    let state = PartitionState::restore(&cp, self.spec, self.horizon)?;
+                    let state = PartitionState::restore(&cp, self.spec, self.bounds)?;
                     tracing::info!(
                         partition = p,
                         next_offset = cp.next_offset,
@@ -144,7 +145,7 @@ impl Partitions {
                 None => {
                     metrics::counter!(telemetry::AGGREGATOR_RESTORES, "from" => "scratch").increment(1);
                     tracing::info!(partition = p, "Partition starts from scratch.");
-                    Owned::new(PartitionState::new(self.spec, self.horizon), 0, -1)
+                    Owned::new(PartitionState::new(self.spec, self.bounds, DedupKey::random()), 0, -1)
                 }
             };
             self.owned.insert(p, owned);
@@ -241,6 +242,7 @@ impl Partitions {
     pub async fn checkpoint(&mut self, outbox: &mut Outbox<(i32, i64, usize)>, consumer: &StreamConsumer<RevocationLog>) -> Result<()> {
         let mut written = Vec::new();
         for (&p, owned) in &self.owned {
+            metrics::gauge!(telemetry::AGGREGATOR_DEDUP_IDS, "partition" => p.to_string()).set(owned.state.dedup_len() as f64);
             if owned.next_offset <= owned.checkpointed {
                 continue;
             }
@@ -266,7 +268,7 @@ impl Partitions {
                 error = %r.error,
                 topic = %self.checkpoints,
                 "Checkpoint not written; the previous one stays in force. If the record is too large, raise the \
-                 topic's max.message.bytes (orderflow creates it with {CHECKPOINT_MAX_BYTES}) or shorten --dedup-horizon."
+                 topic's max.message.bytes (orderflow creates it with {CHECKPOINT_MAX_BYTES}) or lower --dedup-max-ids."
             );
         }
         let mut tpl = TopicPartitionList::new();
@@ -314,7 +316,7 @@ impl Aggregator {
         topics: &Topics,
         config: &AggregatorConfig,
         spec: WindowSpec,
-        horizon: i64,
+        bounds: StateBounds,
         partition_count: i32,
         watch: Watch,
     ) -> Result<Self> {
@@ -324,7 +326,7 @@ impl Aggregator {
         Ok(Self {
             config: config.clone(),
             consumer,
-            partitions: Partitions::new(kafka, topics, spec, horizon, config.idle_close),
+            partitions: Partitions::new(kafka, topics, spec, bounds, config.idle_close),
             router: Router::new(producer.clone(), topics, partition_count),
             checkpoints: Outbox::new(producer),
             last_checkpoint: Instant::now(),

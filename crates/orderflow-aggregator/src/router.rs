@@ -31,6 +31,9 @@ pub enum Route {
     Late { window_start_ms: i64, closed_through_ms: i64 },
     /// Not usable: to the dead-letter topic with the reason.
     DeadLetter(InvalidReason),
+    /// Refused at one of the partition's state bounds (dedup memory, keys per window):
+    /// to the dead-letter topic with the reason, counted and logged loudly.
+    Refused(InvalidReason),
 }
 
 /// Writes the partitions loop's records.
@@ -44,6 +47,8 @@ pub struct Router {
     dead_letter: String,
     /// Input partitions, stated in every progress record (the merger waits for all).
     partition_count: i32,
+    /// Refusals at a state bound since the last warning (warnings at most every 10 s).
+    refusals: (u64, Option<std::time::Instant>),
 }
 
 impl Route {
@@ -54,6 +59,7 @@ impl Route {
             Outcome::Duplicate => Self::Duplicate,
             Outcome::Late { window_start_ms, closed_through_ms } => Self::Late { window_start_ms, closed_through_ms },
             Outcome::Invalid => Self::DeadLetter(why()),
+            Outcome::Refused(bound) => Self::Refused(bound.into()),
         }
     }
 }
@@ -67,6 +73,7 @@ impl Router {
             late: topics.late(),
             dead_letter: topics.dead_letter(),
             partition_count,
+            refusals: (0, None),
         }
     }
 
@@ -81,6 +88,20 @@ impl Router {
                 self.late(m, window_start_ms, closed_through_ms).await?;
             }
             Route::DeadLetter(reason) => self.dead_letter(m, &reason).await?,
+            Route::Refused(reason) => {
+                metrics::counter!(telemetry::AGGREGATOR_BOUND_REFUSALS, "reason" => reason.code()).increment(1);
+                self.refusals.0 += 1;
+                if self.refusals.1.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(10)) {
+                    tracing::warn!(
+                        partition = m.partition(),
+                        refused = self.refusals.0,
+                        reason = reason.code(),
+                        "Events refused at a state bound and dead-lettered: {reason}"
+                    );
+                    self.refusals = (0, Some(std::time::Instant::now()));
+                }
+                self.dead_letter(m, &reason).await?
+            }
         }
         Ok(())
     }

@@ -6,15 +6,88 @@
 //! partition's log, never on when memory happened to be reclaimed. With a horizon of
 //! at least window + lateness, a repeat that is no longer remembered falls into a
 //! closed window and is late, so it can never be counted twice.
+//!
+//! Two defences against a sender who controls the ids:
+//! - **A keyed hash.** Fingerprints are SipHash-1-3 (128-bit) under a random per-partition
+//!   [`DedupKey`], kept in the partition's checkpoint, so ids cannot be crafted to
+//!   collide or to pile up in one probe run.
+//! - **A bound** on the ids remembered, `max_ids`. Ids admitted are counted per epoch
+//!   (an eighth of the horizon of event time): at each epoch's start the count is reset
+//!   to the ids still live, and a new id is refused ([`Sighting::Full`]) while the count
+//!   is at the bound. The count is a function of the log (and is checkpointed), so a
+//!   re-processed partition refuses exactly the same events. A flood of distinct ids
+//!   therefore costs at most `max_ids` entries; the refused events are dead-lettered
+//!   by the caller, never counted nor dropped.
 
 use bytemuck::{Pod, Zeroable};
 use memmap2::MmapMut;
+use siphasher::sip128::{Hasher128, SipHasher13};
 use xxhash_rust::xxh3::xxh3_128;
 
-/// The fingerprint of an event id.
+/// An unkeyed 128-bit fingerprint of an event id, for tools that count ids they
+/// generated themselves (the load test's checks); the dedup memory uses
+/// [`Dedup::fingerprint`], keyed.
 pub fn fingerprint(event_id: &str) -> u128 {
     xxh3_128(event_id.as_bytes())
 }
+
+/// The secret key of a partition's fingerprints (128 bits). Its `Debug` hides it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DedupKey([u64; 2]);
+
+impl std::fmt::Debug for DedupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DedupKey(..)")
+    }
+}
+
+impl DedupKey {
+    /// A fresh random key (from the operating system's generator).
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// A given key (tests, benchmarks).
+    pub const fn from_words(k0: u64, k1: u64) -> Self {
+        Self([k0, k1])
+    }
+
+    /// The key as 16 bytes, for checkpoints.
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0; 16];
+        b[..8].copy_from_slice(&self.0[0].to_be_bytes());
+        b[8..].copy_from_slice(&self.0[1].to_be_bytes());
+        b
+    }
+
+    /// The key from [`Self::to_bytes`]; `None` unless exactly 16 bytes.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b: [u8; 16] = b.try_into().ok()?;
+        let word = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        Some(Self([word(0), word(8)]))
+    }
+}
+
+/// What [`Dedup::sight`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sighting {
+    /// Not seen within the horizon: now remembered.
+    First,
+    /// Seen within the horizon: a duplicate.
+    Repeat,
+    /// Not seen, but the memory is at its bound: not remembered (the caller must not
+    /// count the event; it can be neither confirmed nor ruled out as a duplicate later).
+    Full,
+}
+
+/// Ids remembered per partition when not told otherwise: room for 30,000 events/s per
+/// partition over the default 65 s horizon (the 2019 11.11 peak spread over 64
+/// partitions is 8,500/s), at most 96 MiB of slots and 52 MB of checkpoint.
+pub const DEFAULT_MAX_IDS: usize = 2_000_000;
+
+/// Bytes one remembered id takes in a checkpoint, at most: a 16-byte fingerprint and
+/// an event time (a varint of at most 10 bytes).
+pub const CHECKPOINT_BYTES_PER_ID: usize = 26;
 
 /// One slot of [`FingerprintTable`]: a fingerprint (as two words, so that a slot is 24
 /// bytes) and the event time of its first sighting. The all-zero fingerprint marks an
@@ -160,6 +233,17 @@ impl FingerprintTable {
         (&mut self.slots.get_mut()[i].t_ms, true)
     }
 
+    /// The event time held for `fp`, if any (expired or not).
+    fn get(&self, fp: u128) -> Option<i64> {
+        if fp == 0 {
+            return self.zero;
+        }
+        let key = split(fp);
+        let (i, _) = self.find(&key, i64::MIN);
+        let s = self.slots.get()[i];
+        (s.fp == key).then_some(s.t_ms)
+    }
+
     /// Removes the expired entries, then doubles the table while they would fill more
     /// than [`AFTER_SWEEP`] of it, so that a sweep is followed by many insertions
     /// before the next.
@@ -247,19 +331,78 @@ fn prefetch<T>(_value: &T) {}
 /// The dedup memory of one partition.
 ///
 /// Expired entries are not looked for: they are overwritten by insertions that meet
-/// them, and removed all at once when the table fills up. What the memory answers
-/// depends only on the live entries (within the horizon), so neither when nor whether
-/// expired ones were removed changes any outcome or checkpoint.
+/// them, and removed all at once when the table fills up or an epoch starts. What the
+/// memory answers depends only on the live entries (within the horizon) and the
+/// epoch's admission count, so neither when nor whether expired ones were removed
+/// changes any outcome or checkpoint.
 #[derive(Debug, Clone)]
 pub struct Dedup {
     horizon_ms: i64,
+    max_ids: usize,
+    /// `None` only for a memory restored from a checkpoint older than keyed
+    /// fingerprints: it goes on with the unkeyed hash those were made with.
+    key: Option<DedupKey>,
     seen: FingerprintTable,
+    /// The current admission epoch (watermark / epoch length) and the ids admitted in
+    /// it, counting the ones live at its start.
+    epoch: i64,
+    admitted: usize,
+}
+
+/// Where a memory's admission count stands, for checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    pub epoch: i64,
+    pub admitted: usize,
 }
 
 impl Dedup {
-    /// An empty memory that remembers ids for `horizon_ms` of event time.
-    pub fn new(horizon_ms: i64) -> Self {
-        Self { horizon_ms, seen: FingerprintTable::default() }
+    /// An empty memory that remembers up to `max_ids` ids for `horizon_ms` of event
+    /// time, fingerprinted under `key`.
+    pub fn new(horizon_ms: i64, max_ids: usize, key: DedupKey) -> Self {
+        Self { horizon_ms, max_ids, key: Some(key), seen: FingerprintTable::default(), epoch: i64::MIN, admitted: 0 }
+    }
+
+    /// The fingerprint of `event_id` in this memory.
+    pub fn fingerprint(&self, event_id: &str) -> u128 {
+        match self.key {
+            Some(DedupKey([k0, k1])) => {
+                let mut h = SipHasher13::new_with_keys(k0, k1);
+                std::hash::Hasher::write(&mut h, event_id.as_bytes());
+                h.finish128().as_u128()
+            }
+            None => fingerprint(event_id),
+        }
+    }
+
+    /// The key fingerprints are made with (`None`: unkeyed, see the field).
+    pub fn key(&self) -> Option<DedupKey> {
+        self.key
+    }
+
+    /// The bound on ids remembered.
+    pub fn max_ids(&self) -> usize {
+        self.max_ids
+    }
+
+    /// The admission count, for checkpoints.
+    pub fn admission(&self) -> Admission {
+        Admission { epoch: self.epoch, admitted: self.admitted }
+    }
+
+    fn epoch_ms(&self) -> i64 {
+        (self.horizon_ms / 8).max(1)
+    }
+
+    /// Starts a new admission epoch when the watermark entered one: expired entries
+    /// are removed and the count restarts from the live ones.
+    fn roll_epoch(&mut self, watermark_ms: i64) {
+        let epoch = watermark_ms.div_euclid(self.epoch_ms());
+        if epoch > self.epoch {
+            self.reclaim(watermark_ms);
+            self.epoch = epoch;
+            self.admitted = self.seen.len();
+        }
     }
 
     /// The horizon in milliseconds.
@@ -297,18 +440,33 @@ impl Dedup {
         self.seen.mask + 1
     }
 
-    /// Records `fp` seen at `t_ms`; returns `false` when it was already seen within the
-    /// horizon of `watermark_ms`.
-    pub fn first_sighting(&mut self, fp: u128, t_ms: i64, watermark_ms: i64) -> bool {
+    /// Records `fp` seen at `t_ms` when it was not seen within the horizon of
+    /// `watermark_ms` and the memory has room.
+    pub fn sight(&mut self, fp: u128, t_ms: i64, watermark_ms: i64) -> Sighting {
+        self.roll_epoch(watermark_ms);
         let expired_before = self.expired_before(watermark_ms);
-        match self.seen.entry(fp, t_ms, expired_before) {
+        if self.admitted >= self.max_ids {
+            return if self.seen.get(fp).is_some_and(|first| first >= expired_before) { Sighting::Repeat } else { Sighting::Full };
+        }
+        let first = match self.seen.entry(fp, t_ms, expired_before) {
             (_, true) => true,
             (first, false) if *first >= expired_before => false,
             (first, false) => {
                 *first = t_ms;
                 true
             }
+        };
+        if first {
+            self.admitted += 1;
+            Sighting::First
+        } else {
+            Sighting::Repeat
         }
+    }
+
+    /// [`Self::sight`] as "was it a first sighting", for memories that never fill.
+    pub fn first_sighting(&mut self, fp: u128, t_ms: i64, watermark_ms: i64) -> bool {
+        self.sight(fp, t_ms, watermark_ms) == Sighting::First
     }
 
     /// Asks the CPU to fetch the memory [`Self::first_sighting`] will read for `fp`, so
@@ -332,11 +490,22 @@ impl Dedup {
         v
     }
 
-    /// Rebuilds a memory from checkpointed entries.
-    pub fn from_entries(horizon_ms: i64, entries: impl IntoIterator<Item = (u128, i64)>) -> Self {
-        let mut d = Self::new(horizon_ms);
+    /// Rebuilds a memory from checkpointed entries, their key and admission count
+    /// (`None` for both in checkpoints older than them).
+    pub fn restore(
+        horizon_ms: i64,
+        max_ids: usize,
+        key: Option<DedupKey>,
+        admission: Option<Admission>,
+        entries: impl IntoIterator<Item = (u128, i64)>,
+    ) -> Self {
+        let mut d = Self { horizon_ms, max_ids, key, seen: FingerprintTable::default(), epoch: i64::MIN, admitted: 0 };
         for (fp, t) in entries {
             *d.seen.entry(fp, t, i64::MIN).0 = t;
+        }
+        if let Some(a) = admission {
+            d.epoch = a.epoch;
+            d.admitted = a.admitted.max(d.seen.len());
         }
         d
     }
@@ -346,9 +515,11 @@ impl Dedup {
 mod tests {
     use super::*;
 
+    const KEY: DedupKey = DedupKey::from_words(7, 11);
+
     #[test]
     fn repeats_within_the_horizon_are_duplicates() {
-        let mut d = Dedup::new(1_000);
+        let mut d = Dedup::new(1_000, usize::MAX, KEY);
         let a = fingerprint("a");
         assert!(d.first_sighting(a, 100, 100));
         assert!(!d.first_sighting(a, 100, 500));
@@ -358,8 +529,8 @@ mod tests {
 
     #[test]
     fn expiry_depends_on_the_watermark_not_on_reclaiming() {
-        let mut kept = Dedup::new(1_000);
-        let mut reclaimed = Dedup::new(1_000);
+        let mut kept = Dedup::new(1_000, usize::MAX, KEY);
+        let mut reclaimed = Dedup::new(1_000, usize::MAX, KEY);
         let a = fingerprint("a");
         for d in [&mut kept, &mut reclaimed] {
             assert!(d.first_sighting(a, 0, 0));
@@ -371,7 +542,7 @@ mod tests {
         assert!(kept.first_sighting(a, 0, 1_001));
         assert!(reclaimed.first_sighting(a, 0, 1_001));
         // At the edge of the horizon it is still remembered.
-        let mut edge = Dedup::new(1_000);
+        let mut edge = Dedup::new(1_000, usize::MAX, KEY);
         edge.first_sighting(a, 0, 0);
         assert!(!edge.first_sighting(a, 0, 1_000));
     }
@@ -389,7 +560,7 @@ mod tests {
             state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             state >> 16
         };
-        let (mut d, mut model) = (Dedup::new(HORIZON), HashMap::<u128, i64>::new());
+        let (mut d, mut model) = (Dedup::new(HORIZON, usize::MAX, KEY), HashMap::<u128, i64>::new());
         let live = |model: &HashMap<u128, i64>, watermark: i64| {
             let mut v: Vec<_> = model.iter().filter(|(_, t)| **t >= watermark - HORIZON).map(|(f, t)| (*f, *t)).collect();
             v.sort_unstable();
@@ -437,11 +608,80 @@ mod tests {
 
     #[test]
     fn entries_round_trip() {
-        let mut d = Dedup::new(10);
+        let mut d = Dedup::new(10, usize::MAX, KEY);
         d.first_sighting(fingerprint("x"), 5, 5);
         d.first_sighting(fingerprint("y"), 7, 7);
-        let back = Dedup::from_entries(10, d.entries(7));
+        let back = Dedup::restore(10, usize::MAX, Some(KEY), Some(d.admission()), d.entries(7));
         assert_eq!(back.entries(7), d.entries(7));
+        assert_eq!(back.admission(), d.admission());
         assert_eq!(d.entries(16), vec![(fingerprint("y"), 7)]);
+    }
+
+    #[test]
+    fn fingerprints_depend_on_the_key() {
+        let (a, b) = (Dedup::new(10, 1, KEY), Dedup::new(10, 1, DedupKey::from_words(7, 12)));
+        assert_eq!(a.fingerprint("order-1"), a.fingerprint("order-1"));
+        assert_ne!(a.fingerprint("order-1"), b.fingerprint("order-1"));
+        assert_ne!(a.fingerprint("order-1"), fingerprint("order-1"), "keyed, unlike the tools' fingerprint");
+        assert_eq!(DedupKey::from_bytes(&KEY.to_bytes()), Some(KEY));
+        assert_eq!(DedupKey::from_bytes(&[1; 15]), None);
+        assert_eq!(format!("{KEY:?}"), "DedupKey(..)", "the key is never printed");
+    }
+
+    /// A flood of distinct ids with one event time fills the memory to its bound and
+    /// no further: later new ids are refused (never remembered, never counted), repeats
+    /// of remembered ones are still found, and once the flood's time leaves the
+    /// horizon new ids are admitted again. Memory stays bounded throughout.
+    #[test]
+    fn a_flood_of_distinct_ids_is_bounded() {
+        const MAX: usize = 1_000;
+        let mut d = Dedup::new(800, MAX, KEY);
+        let fp = |i: usize| d_fp(i);
+        let mut first = 0;
+        for i in 0..50_000 {
+            match d.sight(fp(i), 0, 0) {
+                Sighting::First => first += 1,
+                Sighting::Full => {}
+                Sighting::Repeat => panic!("id {i} is new"),
+            }
+        }
+        assert_eq!(first, MAX);
+        assert!(d.len() <= MAX && d.slots() <= 4 * MAX, "memory bounded: {} ids in {} slots", d.len(), d.slots());
+        assert_eq!(d.sight(fp(3), 0, 0), Sighting::Repeat, "remembered ids still dedup");
+        assert_eq!(d.sight(fp(60_000), 700, 700), Sighting::Full, "still within the horizon");
+        // The flood (time 0) expires once the watermark passes 800.
+        assert_eq!(d.sight(fp(60_001), 900, 900), Sighting::First);
+        assert_eq!(d.live_len(900), 1);
+    }
+
+    /// The refusals depend only on the sequence of sightings: a memory restored from
+    /// a checkpoint half way refuses exactly what the uninterrupted one refuses.
+    #[test]
+    fn refusals_survive_a_restore() {
+        let stream: Vec<(u128, i64)> =
+            (0..4_000).map(|i| (d_fp(if i % 4 == 0 { 1_000_000 + i % 100 } else { i }), (i as i64) / 3)).collect();
+        let run = |d: &mut Dedup, part: &[(u128, i64)], wm: &mut i64| -> Vec<Sighting> {
+            part.iter()
+                .map(|&(fp, t)| {
+                    let s = d.sight(fp, t, *wm);
+                    *wm = (*wm).max(t);
+                    s
+                })
+                .collect()
+        };
+        let mut whole = Dedup::new(400, 300, KEY);
+        let mut wm = i64::MIN;
+        let expected = run(&mut whole, &stream, &mut wm);
+        assert!(expected.contains(&Sighting::Full) && expected.contains(&Sighting::Repeat));
+        let mut first = Dedup::new(400, 300, KEY);
+        let mut wm = i64::MIN;
+        let mut got = run(&mut first, &stream[..2_222], &mut wm);
+        let mut second = Dedup::restore(400, 300, first.key(), Some(first.admission()), first.entries(wm));
+        got.extend(run(&mut second, &stream[2_222..], &mut wm));
+        assert_eq!(got, expected);
+    }
+
+    fn d_fp(i: usize) -> u128 {
+        Dedup::new(1, 1, KEY).fingerprint(&format!("id-{i}"))
     }
 }

@@ -12,7 +12,7 @@ use hashbrown::HashMap;
 use orderflow_proto::timestamp_millis;
 use orderflow_proto::v1::{EnrichedOrderEvent, PartitionCheckpoint};
 
-use crate::dedup::{fingerprint, Dedup};
+use crate::dedup::{Admission, Dedup, DedupKey, Sighting};
 use crate::window::{type_index, ClosedWindow, Tallies, TotalKey, TotalKeyRef, WindowSpec};
 use crate::wire::EnrichedEventView;
 use crate::{Error, Result};
@@ -28,6 +28,67 @@ pub enum Outcome {
     Late { window_start_ms: i64, closed_through_ms: i64 },
     /// Not a countable event (no event, time or type): the caller dead-letters it.
     Invalid,
+    /// The partition's state is at one of its bounds: the event is not counted and the
+    /// caller dead-letters it (its id is not remembered, so it can be replayed later).
+    Refused(Bound),
+}
+
+/// A bound of [`StateBounds`] that refused an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// The dedup memory holds its most ids.
+    DedupIds(usize),
+    /// The event's window holds its most keys, and the event's key is new.
+    KeysPerWindow(usize),
+}
+
+impl From<Bound> for crate::reason::InvalidReason {
+    fn from(b: Bound) -> Self {
+        match b {
+            Bound::DedupIds(max_ids) => Self::DedupMemoryFull { max_ids },
+            Bound::KeysPerWindow(max) => Self::TooManyKeys { max },
+        }
+    }
+}
+
+/// Most distinct (region, tier, currency) keys in one window of one partition when not
+/// told otherwise: regions and tiers come from the merchant table and currencies from
+/// a closed list, so a real pipeline has hundreds; this bound stops a bad merchant
+/// table from turning into unbounded totals and metric series.
+pub const DEFAULT_MAX_KEYS_PER_WINDOW: usize = 10_000;
+
+/// What one partition's state may hold: together they bound its memory and its
+/// checkpoint ([`StateBounds::checkpoint_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateBounds {
+    /// How long (event time) event ids are remembered for dedup.
+    pub dedup_horizon_ms: i64,
+    /// Most event ids remembered ([`crate::dedup`]); new ids beyond are refused.
+    pub dedup_max_ids: usize,
+    /// Most keys per open window; events of new keys beyond are refused.
+    pub max_keys_per_window: usize,
+}
+
+/// Bytes one open (window, key) total takes in a checkpoint, at most: the window's two
+/// timestamps, the key's three strings (bounded by validation: region and tier
+/// at most 64 bytes, currency 3) and eight counters.
+pub const CHECKPOINT_BYTES_PER_KEY: usize = 2 * 24 + 2 * 66 + 5 + 8 * 11;
+
+impl StateBounds {
+    /// The given horizon with the default bounds.
+    pub fn new(dedup_horizon_ms: i64) -> Self {
+        Self { dedup_horizon_ms, dedup_max_ids: crate::dedup::DEFAULT_MAX_IDS, max_keys_per_window: DEFAULT_MAX_KEYS_PER_WINDOW }
+    }
+
+    /// The largest checkpoint a partition under these bounds can write with windows of
+    /// `spec` (at most `1 + ceil((size + lateness) / size)` windows are open at once),
+    /// plus 64 KiB for the fixed fields.
+    pub fn checkpoint_bytes(&self, spec: WindowSpec) -> u64 {
+        let open_windows = 2 + (spec.lateness_ms() / spec.size_ms()) as u64;
+        let ids = self.dedup_max_ids as u64 * crate::dedup::CHECKPOINT_BYTES_PER_ID as u64;
+        let keys = open_windows * self.max_keys_per_window as u64 * CHECKPOINT_BYTES_PER_KEY as u64;
+        ids + keys + (64 << 10)
+    }
 }
 
 /// Why [`PartitionState::apply`] found an event [`Outcome::Invalid`], as the reason its
@@ -50,8 +111,8 @@ pub fn invalid_reason(e: &EnrichedEventView<'_>) -> crate::reason::InvalidReason
 pub struct Prepared(u128);
 
 impl Prepared {
-    fn of(e: &EnrichedEventView<'_>) -> Self {
-        Self(fingerprint(e.event.as_ref().map_or("", |ev| ev.event_id)))
+    fn of(dedup: &Dedup, e: &EnrichedEventView<'_>) -> Self {
+        Self(dedup.fingerprint(e.event.as_ref().map_or("", |ev| ev.event_id)))
     }
 }
 
@@ -63,12 +124,21 @@ pub struct PartitionState {
     closed_through_ms: i64,
     open: BTreeMap<i64, HashMap<TotalKey, Tallies>>,
     dedup: Dedup,
+    max_keys_per_window: usize,
 }
 
 impl PartitionState {
-    /// A fresh partition.
-    pub fn new(spec: WindowSpec, dedup_horizon_ms: i64) -> Self {
-        Self { spec, watermark_ms: i64::MIN, closed_through_ms: i64::MIN, open: BTreeMap::new(), dedup: Dedup::new(dedup_horizon_ms) }
+    /// A fresh partition whose event ids are fingerprinted under `key` (a random one in
+    /// production: [`DedupKey::random`]).
+    pub fn new(spec: WindowSpec, bounds: StateBounds, key: DedupKey) -> Self {
+        Self {
+            spec,
+            watermark_ms: i64::MIN,
+            closed_through_ms: i64::MIN,
+            open: BTreeMap::new(),
+            dedup: Dedup::new(bounds.dedup_horizon_ms, bounds.dedup_max_ids, key),
+            max_keys_per_window: bounds.max_keys_per_window,
+        }
     }
 
     /// Highest event time seen (`i64::MIN` before the first event).
@@ -117,7 +187,7 @@ impl PartitionState {
     /// batch prepares all of it first, so that the cache misses overlap, then applies it
     /// in order: the outcomes are exactly those of [`Self::apply_view`].
     pub fn prepare(&self, e: &EnrichedEventView<'_>) -> Prepared {
-        let prepared = Prepared::of(e);
+        let prepared = Prepared::of(&self.dedup, e);
         self.dedup.prefetch(prepared.0);
         prepared
     }
@@ -130,28 +200,38 @@ impl PartitionState {
     /// [`Self::apply`] on an event borrowed from its payload (the aggregator's path):
     /// the one implementation of it.
     pub fn apply_view(&mut self, e: &EnrichedEventView<'_>, closed: &mut Vec<ClosedWindow>) -> Outcome {
-        self.apply_prepared(e, Prepared::of(e), closed)
+        self.apply_prepared(e, Prepared::of(&self.dedup, e), closed)
     }
 
     /// [`Self::apply_view`] with the fingerprint [`Self::prepare`] computed for this very
     /// event (`prepared` from another event would dedup the wrong id).
     pub fn apply_prepared(&mut self, e: &EnrichedEventView<'_>, prepared: Prepared, closed: &mut Vec<ClosedWindow>) -> Outcome {
         let Some(event) = e.event.as_ref() else { return Outcome::Invalid };
-        debug_assert_eq!(prepared.0, fingerprint(event.event_id), "prepared for another event");
+        debug_assert_eq!(prepared.0, self.dedup.fingerprint(event.event_id), "prepared for another event");
         let (Some(time), Some(ti)) = (event.event_time.as_ref(), type_index(event.r#type)) else {
             return Outcome::Invalid;
         };
         let t = timestamp_millis(time);
-        if !self.dedup.first_sighting(prepared.0, t, self.watermark_ms) {
-            return Outcome::Duplicate;
-        }
         let start = self.spec.start_of(t);
+        let key_ref = TotalKeyRef { region: e.region, tier: e.tier, currency: event.currency };
+        // A new key in a full window is refused before its id is remembered, so that
+        // the event can be replayed once the cause is fixed.
+        if t >= self.closed_through_ms
+            && self.open.get(&start).is_some_and(|w| w.len() >= self.max_keys_per_window && !w.contains_key(&key_ref))
+        {
+            return Outcome::Refused(Bound::KeysPerWindow(self.max_keys_per_window));
+        }
+        match self.dedup.sight(prepared.0, t, self.watermark_ms) {
+            Sighting::First => {}
+            Sighting::Repeat => return Outcome::Duplicate,
+            Sighting::Full => return Outcome::Refused(Bound::DedupIds(self.dedup.max_ids())),
+        }
         if t < self.closed_through_ms {
             return Outcome::Late { window_start_ms: start, closed_through_ms: self.closed_through_ms };
         }
         let window = self.open.entry(start).or_default();
         // Look up by borrowed parts first, to allocate a key only for new keys.
-        match window.get_mut(&TotalKeyRef { region: e.region, tier: e.tier, currency: event.currency }) {
+        match window.get_mut(&key_ref) {
             Some(tallies) => tallies.add(ti, event.amount_minor),
             None => {
                 let key = TotalKey { region: e.region.to_owned(), tier: e.tier.to_owned(), currency: event.currency.to_owned() };
@@ -214,11 +294,14 @@ impl PartitionState {
             dedup_event_times_ms: times,
             window_ms: self.spec.size_ms(),
             lateness_ms: self.spec.lateness_ms(),
+            dedup_key: self.dedup.key().map(|k| k.to_bytes().to_vec()).unwrap_or_default(),
+            dedup_epoch: Some(self.dedup.admission().epoch),
+            dedup_admitted: self.dedup.admission().admitted as u64,
         }
     }
 
     /// Rebuilds the state from a checkpoint taken with the same window configuration.
-    pub fn restore(cp: &PartitionCheckpoint, spec: WindowSpec, dedup_horizon_ms: i64) -> Result<Self> {
+    pub fn restore(cp: &PartitionCheckpoint, spec: WindowSpec, bounds: StateBounds) -> Result<Self> {
         let bad = |reason: String| Error::Checkpoint { topic: cp.topic.clone(), partition: cp.partition, reason };
         if cp.window_ms != spec.size_ms() || cp.lateness_ms != spec.lateness_ms() {
             return Err(bad(format!(
@@ -233,6 +316,13 @@ impl PartitionState {
         if cp.dedup_fingerprints.len() != cp.dedup_event_times_ms.len() * 16 {
             return Err(bad("dedup fingerprints and times differ in length".into()));
         }
+        // Checkpoints older than keyed fingerprints have no key (nor admission count):
+        // their memory goes on with the unkeyed hash its fingerprints were made with.
+        let key = match cp.dedup_key.as_slice() {
+            [] => None,
+            bytes => Some(DedupKey::from_bytes(bytes).ok_or_else(|| bad(format!("dedup key of {} bytes, not 16", bytes.len())))?),
+        };
+        let admission = cp.dedup_epoch.map(|epoch| Admission { epoch, admitted: cp.dedup_admitted as usize });
         let entries = cp
             .dedup_fingerprints
             .chunks_exact(16)
@@ -249,7 +339,8 @@ impl PartitionState {
             watermark_ms: cp.watermark_ms,
             closed_through_ms: cp.closed_through_ms,
             open,
-            dedup: Dedup::from_entries(dedup_horizon_ms, entries),
+            dedup: Dedup::restore(bounds.dedup_horizon_ms, bounds.dedup_max_ids, key, admission, entries),
+            max_keys_per_window: bounds.max_keys_per_window,
         })
     }
 }
@@ -280,8 +371,72 @@ mod tests {
         }
     }
 
+    const KEY: DedupKey = DedupKey::from_words(1, 2);
+
     fn state() -> PartitionState {
-        PartitionState::new(WindowSpec::new(MIN, 5_000).unwrap(), MIN + 5_000)
+        bounded(StateBounds::new(MIN + 5_000))
+    }
+
+    fn bounded(bounds: StateBounds) -> PartitionState {
+        PartitionState::new(WindowSpec::new(MIN, 5_000).unwrap(), bounds, KEY)
+    }
+
+    /// A window at its key bound refuses events of new keys (without remembering their
+    /// ids, so they count when replayed into a window with room) and keeps counting
+    /// its existing keys; other windows are not affected.
+    #[test]
+    fn a_window_holds_at_most_its_keys() {
+        let mut s = bounded(StateBounds { max_keys_per_window: 2, ..StateBounds::new(MIN + 5_000) });
+        let mut closed = Vec::new();
+        use OrderEventType::*;
+        assert_eq!(s.apply(&ev("a", 1_000, Paid, 1, "r1"), &mut closed), Outcome::Counted { window_start_ms: 0 });
+        assert_eq!(s.apply(&ev("b", 1_000, Paid, 1, "r2"), &mut closed), Outcome::Counted { window_start_ms: 0 });
+        assert_eq!(s.apply(&ev("c", 1_000, Paid, 1, "r3"), &mut closed), Outcome::Refused(Bound::KeysPerWindow(2)));
+        assert_eq!(s.apply(&ev("d", 2_000, Paid, 5, "r1"), &mut closed), Outcome::Counted { window_start_ms: 0 });
+        assert_eq!(s.open_keys(), 2);
+        // The refused id was not remembered: in the next window it counts.
+        assert_eq!(s.apply(&ev("c", MIN + 1, Paid, 1, "r3"), &mut closed), Outcome::Counted { window_start_ms: MIN });
+        let reason: crate::reason::InvalidReason = Bound::KeysPerWindow(2).into();
+        assert_eq!(reason.code(), "too_many_keys");
+    }
+
+    /// A partition whose dedup memory is full refuses new ids, counts nothing for them,
+    /// and keeps finding the duplicates of ids it holds; a restored copy refuses the same.
+    #[test]
+    fn a_full_dedup_memory_refuses_new_ids() {
+        let bounds = StateBounds { dedup_max_ids: 3, ..StateBounds::new(MIN + 5_000) };
+        let mut s = bounded(bounds);
+        let mut closed = Vec::new();
+        use OrderEventType::*;
+        for id in ["a", "b", "c"] {
+            assert_eq!(s.apply(&ev(id, 1_000, Paid, 1, "r"), &mut closed), Outcome::Counted { window_start_ms: 0 });
+        }
+        let cp = s.checkpoint("t", 0, 3);
+        assert_eq!(s.apply(&ev("d", 1_000, Paid, 1, "r"), &mut closed), Outcome::Refused(Bound::DedupIds(3)));
+        assert_eq!(s.apply(&ev("a", 1_000, Paid, 1, "r"), &mut closed), Outcome::Duplicate);
+        let mut restored = PartitionState::restore(&cp, WindowSpec::new(MIN, 5_000).unwrap(), bounds).unwrap();
+        assert_eq!(restored.apply(&ev("d", 1_000, Paid, 1, "r"), &mut closed), Outcome::Refused(Bound::DedupIds(3)));
+        assert_eq!(restored.apply(&ev("a", 1_000, Paid, 1, "r"), &mut closed), Outcome::Duplicate);
+        let totals = |s: &PartitionState| s.checkpoint("t", 0, 5).open;
+        assert_eq!(totals(&restored), totals(&s));
+        assert_eq!(totals(&s)[0].paid.as_ref().map(|t| t.count), Some(3));
+    }
+
+    /// The bound on checkpoint size covers the largest state the bounds allow.
+    #[test]
+    fn checkpoint_size_is_bounded() {
+        let bounds = StateBounds { dedup_max_ids: 5_000, max_keys_per_window: 50, ..StateBounds::new(MIN + 5_000) };
+        let mut s = bounded(bounds);
+        let mut closed = Vec::new();
+        let long = "r".repeat(64);
+        for i in 0..5_000i64 {
+            let region = format!("{:02}{}", i % 60, &long[..62]);
+            s.apply(&ev(&format!("event-{i}"), 60_000 + i, OrderEventType::Paid, 1_000_000_000_000, &region), &mut closed);
+            s.apply(&ev(&format!("other-{i}"), 5_000 + i, OrderEventType::Refunded, 1_000_000_000_000, &region), &mut closed);
+        }
+        let bytes = orderflow_proto::Message::encoded_len(&s.checkpoint("orderflow.orders.enriched", 0, i64::MAX)) as u64;
+        assert!(s.open_keys() >= 100, "{} keys", s.open_keys());
+        assert!(bytes <= bounds.checkpoint_bytes(WindowSpec::new(MIN, 5_000).unwrap()), "{bytes} bytes");
     }
 
     #[test]
@@ -384,7 +539,7 @@ mod tests {
             let bytes = orderflow_proto::Message::encode_to_vec(&cp);
             let cp: PartitionCheckpoint = orderflow_proto::Message::decode(bytes.as_slice()).unwrap();
             assert_eq!(cp.next_offset, cut as i64);
-            let mut second = PartitionState::restore(&cp, WindowSpec::new(MIN, 5_000).unwrap(), MIN + 5_000).unwrap();
+            let mut second = PartitionState::restore(&cp, WindowSpec::new(MIN, 5_000).unwrap(), StateBounds::new(MIN + 5_000)).unwrap();
             got.extend(events[cut..].iter().map(|e| second.apply(e, &mut out)));
             assert_eq!(got, outcomes, "cut at {cut}");
             assert_eq!(out, out_straight, "cut at {cut}");
@@ -397,7 +552,7 @@ mod tests {
     #[test]
     fn restore_refuses_a_different_window_configuration() {
         let cp = state().checkpoint("t", 0, 0);
-        let err = PartitionState::restore(&cp, WindowSpec::new(2 * MIN, 5_000).unwrap(), MIN).unwrap_err();
+        let err = PartitionState::restore(&cp, WindowSpec::new(2 * MIN, 5_000).unwrap(), StateBounds::new(MIN)).unwrap_err();
         assert!(err.to_string().contains("new consumer group"), "{err}");
     }
 

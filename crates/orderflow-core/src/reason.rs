@@ -35,6 +35,15 @@ pub enum InvalidReason {
     UnknownCurrency(String),
     #[error("the record is {bytes} bytes, above the maximum of {max}")]
     EventTooLarge { bytes: usize, max: usize },
+    /// The aggregator's dedup memory for the partition holds its most ids
+    /// (`--dedup-max-ids`): the event could be neither confirmed nor ruled out as a
+    /// duplicate later, so it is not counted.
+    #[error("the partition's dedup memory holds its most event ids ({max_ids}); replay this event once the flood of ids has passed")]
+    DedupMemoryFull { max_ids: usize },
+    /// The event's window already holds the most (region, tier, currency) keys
+    /// (`--max-keys-per-window`) and the event's key is new.
+    #[error("its window already holds the most keys ({max}); the merchant table or currencies produce too many distinct (region, tier, currency) keys")]
+    TooManyKeys { max: usize },
     /// A record derived from the event (the enriched record, say) was refused by the
     /// broker for good, e.g. too large for the topic.
     #[error("{0}")]
@@ -60,6 +69,8 @@ impl InvalidReason {
         "missing_event",
         "event_too_large",
         "unknown_currency",
+        "dedup_memory_full",
+        "too_many_keys",
     ];
 
     /// A short, stable, bounded identifier of the reason.
@@ -76,6 +87,8 @@ impl InvalidReason {
             Self::NegativeAmount(_) => "negative_amount",
             Self::BadCurrency(_) => "bad_currency",
             Self::RefusedByBroker(_) => "refused_by_broker",
+            Self::DedupMemoryFull { .. } => "dedup_memory_full",
+            Self::TooManyKeys { .. } => "too_many_keys",
             Self::EventTimeInFuture { .. } => "event_time_in_future",
             Self::AmountTooLarge { .. } => "amount_too_large",
             Self::MissingEvent => "missing_event",

@@ -48,6 +48,8 @@ pub enum Error {
     Unreachable { brokers: String, waited: std::time::Duration, error: rdkafka::error::KafkaError },
     #[error("creating topic `{topic}`: {reason}")]
     CreateTopic { topic: String, reason: String },
+    #[error("reading the configuration of topic `{topic}`: {reason}")]
+    DescribeTopic { topic: String, reason: String },
     #[error("topic `{0}` does not exist (yet)")]
     MissingTopic(String),
     #[error("librdkafka option `{0}` must be KEY=VALUE")]

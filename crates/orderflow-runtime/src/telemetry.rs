@@ -47,6 +47,12 @@ pub const AGGREGATOR_CHECKPOINT_BYTES: &str = "orderflow_aggregator_checkpoint_s
 pub const AGGREGATOR_RESTORES: &str = "orderflow_aggregator_partition_restores_total";
 /// Counter: checkpoints the broker refused (the previous checkpoint stays in force).
 pub const AGGREGATOR_CHECKPOINT_FAILURES: &str = "orderflow_aggregator_checkpoint_failures_total";
+/// Events refused at a partition's state bound (and dead-lettered). Labels: `reason`
+/// (`dedup_memory_full`, `too_many_keys`).
+pub const AGGREGATOR_BOUND_REFUSALS: &str = "orderflow_aggregator_bound_refusals_total";
+/// Gauge: event ids remembered for dedup, per input partition (its bound is
+/// `--dedup-max-ids`). Labels: `partition`.
+pub const AGGREGATOR_DEDUP_IDS: &str = "orderflow_aggregator_dedup_ids";
 /// Histogram: seconds to read and decode the checkpoints of partitions taken over.
 pub const AGGREGATOR_RESTORE_SECONDS: &str = "orderflow_aggregator_restore_duration_seconds";
 
@@ -87,6 +93,12 @@ pub fn describe() {
     describe_counter!(AGGREGATOR_CHECKPOINTS, Unit::Count, "Partition checkpoints written.");
     describe_histogram!(AGGREGATOR_CHECKPOINT_BYTES, Unit::Bytes, "Size of each partition checkpoint.");
     describe_counter!(AGGREGATOR_RESTORES, Unit::Count, "Partitions taken over, from a checkpoint or from scratch.");
+    describe_counter!(
+        AGGREGATOR_BOUND_REFUSALS,
+        Unit::Count,
+        "Events refused because a partition's dedup memory or a window's keys were at their bound (dead-lettered), by reason."
+    );
+    describe_gauge!(AGGREGATOR_DEDUP_IDS, Unit::Count, "Event ids held for dedup per input partition (bound: --dedup-max-ids).");
     describe_counter!(
         AGGREGATOR_CHECKPOINT_FAILURES,
         Unit::Count,

@@ -30,7 +30,10 @@ impl MockKafka {
     /// `partitions` partitions, all led by broker 1.
     pub fn start(brokers: i32, partitions: i32) -> Self {
         let cluster = MockCluster::new(brokers).expect("starting librdkafka's mock cluster");
-        let kafka = KafkaConfig::new(cluster.bootstrap_servers());
+        let mut kafka = KafkaConfig::new(cluster.bootstrap_servers());
+        // The mock cluster never answers some admin requests (DescribeConfigs), which
+        // services wait for at most this long.
+        kafka.connect_timeout = std::time::Duration::from_secs(2);
         let topics = Topics::new("orderflow", partitions);
         for spec in topics.specs(Stage::All) {
             cluster.create_topic(&spec.name, spec.partitions, 1).expect("creating a mock topic");

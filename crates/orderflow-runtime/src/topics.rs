@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -204,4 +204,16 @@ pub async fn ensure(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A topic's configuration as the broker reports it (`cleanup.policy`,
+/// `max.message.bytes`, ...): every entry with a value. Waits at most the connect
+/// timeout for the answer (not every Kafka-compatible broker gives one).
+pub async fn describe(kafka: &KafkaConfig, topic: &str) -> Result<std::collections::HashMap<String, String>> {
+    let admin: AdminClient<DefaultClientContext> = kafka.config(&[])?.create()?;
+    let opts = AdminOptions::new().request_timeout(Some(kafka.connect_timeout));
+    let mut results = admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts).await?;
+    let resource = results.pop().ok_or_else(|| Error::DescribeTopic { topic: topic.to_owned(), reason: "no answer".into() })?;
+    let resource = resource.map_err(|code| Error::DescribeTopic { topic: topic.to_owned(), reason: code.to_string() })?;
+    Ok(resource.entries.into_iter().filter_map(|e| Some((e.name, e.value?))).collect())
 }

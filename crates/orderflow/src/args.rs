@@ -117,6 +117,18 @@ pub struct AggregatorArgs {
     /// lateness, which is the default.
     #[arg(long, env = "ORDERFLOW_DEDUP_HORIZON")]
     pub dedup_horizon: Option<humantime::Duration>,
+    /// Most event ids remembered for dedup per input partition (24-48 bytes of memory
+    /// and 26 bytes of checkpoint each). While a partition holds this many ids within
+    /// the horizon, events with new ids are dead-lettered as `dedup_memory_full`
+    /// (replay them later); the default holds 30,000 events/s per partition.
+    #[arg(long, env = "ORDERFLOW_DEDUP_MAX_IDS", default_value_t = agg::DEDUP_MAX_IDS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub dedup_max_ids: usize,
+    /// Most (region, tier, currency) keys per window per input partition; events of
+    /// new keys beyond are dead-lettered as `too_many_keys`.
+    #[arg(long, env = "ORDERFLOW_MAX_KEYS_PER_WINDOW", default_value_t = agg::MAX_KEYS_PER_WINDOW,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_keys_per_window: usize,
     /// How often partition state is checkpointed (and input offsets committed).
     #[arg(long, env = "ORDERFLOW_CHECKPOINT_INTERVAL", default_value_t = agg::CHECKPOINT_INTERVAL.into())]
     pub checkpoint_interval: humantime::Duration,
@@ -139,6 +151,8 @@ impl From<AggregatorArgs> for AggregatorConfig {
             lateness: a.lateness.into(),
             idle_close: a.idle_close.into(),
             dedup_horizon: a.dedup_horizon.map(Duration::from),
+            dedup_max_ids: a.dedup_max_ids,
+            max_keys_per_window: a.max_keys_per_window,
             checkpoint_interval: a.checkpoint_interval.into(),
             no_checkpoints: a.no_checkpoints,
             batch: a.batch,

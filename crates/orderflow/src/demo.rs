@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use orderflow_aggregator::AggregatorConfig;
 use orderflow_core::merchant::MerchantTable;
-use orderflow_core::window::{Tallies, TotalKey, WindowSpec};
+use orderflow_core::window::{Tallies, TotalKey};
 use orderflow_enricher::EnricherConfig;
 use orderflow_producer::Publisher;
 use orderflow_proto::timestamp_millis;
@@ -166,7 +166,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 /// The totals the sample should produce, computed directly (the load test's reference:
 /// valid events only, each event id once, merchant joined at event time).
 fn reference_totals(sample: &sample::Sample, agg: &AggregatorConfig) -> anyhow::Result<TotalsMap> {
-    let (spec, _): (WindowSpec, i64) = agg.spec()?;
+    let (spec, _) = agg.spec()?;
     let mut table = MerchantTable::new();
     sample.merchants.iter().for_each(|m| table.upsert(m));
     let mut reference = Reference::new(spec, table);
