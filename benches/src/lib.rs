@@ -84,9 +84,11 @@ pub mod enrich {
             } else {
                 2
             }];
-            table.upsert(&merchant_at(&id, region, tier, None));
+            table.upsert(&merchant_at(&id, region, tier, None)).expect("a valid merchant");
             if i % DATED_EVERY == 0 {
-                table.upsert(&merchant_at(&id, REGIONS[(i / DATED_EVERY) % REGIONS.len()], tier, Some(MIDNIGHT_MS)));
+                table
+                    .upsert(&merchant_at(&id, REGIONS[(i / DATED_EVERY) % REGIONS.len()], tier, Some(MIDNIGHT_MS)))
+                    .expect("a valid merchant");
             }
         }
         table

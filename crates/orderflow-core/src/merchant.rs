@@ -24,6 +24,75 @@ pub const UNKNOWN: &str = "unknown";
 /// Effective time of a version loaded without one: the beginning of time.
 pub const BEGINNING_OF_TIME_MS: i64 = i64::MIN;
 
+/// Longest region or tier, in bytes.
+pub const MAX_ATTRIBUTE_BYTES: usize = 64;
+/// Longest merchant id, in bytes.
+pub const MAX_MERCHANT_ID_BYTES: usize = 256;
+
+/// Why a merchant record is refused. Region and tier become totals keys and
+/// Prometheus label values, so they are short, non-empty, made of letters (any
+/// script), digits, `_`, `-`, `.` and inner spaces, and not the reserved [`UNKNOWN`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MerchantProblem {
+    #[error("merchant_id is empty")]
+    EmptyId,
+    #[error("merchant_id is {0} bytes, above {MAX_MERCHANT_ID_BYTES}")]
+    IdTooLong(usize),
+    #[error("{0} is empty")]
+    EmptyAttribute(&'static str),
+    #[error("{field} is {bytes} bytes, above {MAX_ATTRIBUTE_BYTES}")]
+    AttributeTooLong { field: &'static str, bytes: usize },
+    #[error("{field} `{value}` may hold only letters, digits, `_`, `-`, `.` and inner spaces")]
+    BadCharacters { field: &'static str, value: String },
+    #[error("{field} `{UNKNOWN}` is reserved for orders whose merchant is not in the table")]
+    Reserved { field: &'static str },
+}
+
+impl MerchantProblem {
+    /// Every code, for describing metrics up front.
+    pub const CODES: &'static [&'static str] =
+        &["empty_merchant_id", "merchant_id_too_long", "empty_attribute", "attribute_too_long", "bad_characters", "reserved_attribute"];
+
+    /// A short, stable, bounded identifier of the problem (a metric label).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::EmptyId => "empty_merchant_id",
+            Self::IdTooLong(_) => "merchant_id_too_long",
+            Self::EmptyAttribute(_) => "empty_attribute",
+            Self::AttributeTooLong { .. } => "attribute_too_long",
+            Self::BadCharacters { .. } => "bad_characters",
+            Self::Reserved { .. } => "reserved_attribute",
+        }
+    }
+}
+
+/// Checks a merchant record against [`MerchantProblem`]'s rules (every path a
+/// merchant takes into the table goes through [`MerchantTable::upsert`], which calls it).
+pub fn check_merchant(m: &Merchant) -> std::result::Result<(), MerchantProblem> {
+    if m.merchant_id.is_empty() {
+        return Err(MerchantProblem::EmptyId);
+    }
+    if m.merchant_id.len() > MAX_MERCHANT_ID_BYTES {
+        return Err(MerchantProblem::IdTooLong(m.merchant_id.len()));
+    }
+    for (field, value) in [("region", m.region.as_str()), ("tier", m.tier.as_str())] {
+        if value.is_empty() {
+            return Err(MerchantProblem::EmptyAttribute(field));
+        }
+        if value.len() > MAX_ATTRIBUTE_BYTES {
+            return Err(MerchantProblem::AttributeTooLong { field, bytes: value.len() });
+        }
+        let allowed = |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ' ');
+        if !value.chars().all(allowed) || value.starts_with(' ') || value.ends_with(' ') {
+            return Err(MerchantProblem::BadCharacters { field, value: value.to_owned() });
+        }
+        if value == UNKNOWN {
+            return Err(MerchantProblem::Reserved { field });
+        }
+    }
+    Ok(())
+}
+
 /// One version of a merchant's attributes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MerchantVersion {
@@ -203,8 +272,10 @@ impl MerchantTable {
         self.versions
     }
 
-    /// Adds a version, or replaces the version with the same effective time.
-    pub fn upsert(&mut self, m: &Merchant) {
+    /// Adds a version, or replaces the version with the same effective time; a record
+    /// that fails [`check_merchant`] is refused and the table left as it was.
+    pub fn upsert(&mut self, m: &Merchant) -> std::result::Result<(), MerchantProblem> {
+        check_merchant(m)?;
         let from = m.effective_from.as_ref().map_or(BEGINNING_OF_TIME_MS, timestamp_millis);
         let version = MerchantVersion { effective_from_ms: from, region: m.region.as_str().into(), tier: m.tier.as_str().into() };
         let added = match self.get_mut(&m.merchant_id) {
@@ -217,6 +288,7 @@ impl MerchantTable {
         if added {
             self.versions += 1;
         }
+        Ok(())
     }
 
     /// Removes one version (a tombstone on the merchants topic).
@@ -335,10 +407,6 @@ pub fn read_merchants_csv<R: std::io::Read>(reader: R) -> Result<Vec<Merchant>> 
         };
         let field = |c: usize| row.get(c).unwrap_or("");
         let (id, region, tier) = (field(id_col), field(region_col), field(tier_col));
-        if id.is_empty() || region.is_empty() || tier.is_empty() {
-            problems.push(format!("line {line}: merchant_id, region and tier must all be non-empty"));
-            continue;
-        }
         let effective_from = match from_col.map(field).filter(|s| !s.is_empty()) {
             None => None,
             Some(s) => match s.parse::<Timestamp>() {
@@ -349,7 +417,11 @@ pub fn read_merchants_csv<R: std::io::Read>(reader: R) -> Result<Vec<Merchant>> 
                 }
             },
         };
-        merchants.push(Merchant { merchant_id: id.into(), region: region.into(), tier: tier.into(), effective_from });
+        let merchant = Merchant { merchant_id: id.into(), region: region.into(), tier: tier.into(), effective_from };
+        match check_merchant(&merchant) {
+            Ok(()) => merchants.push(merchant),
+            Err(problem) => problems.push(format!("line {line}: {problem}")),
+        }
     }
     if problems.is_empty() {
         Ok(merchants)
@@ -374,8 +446,8 @@ mod tests {
     #[test]
     fn joins_the_version_in_effect_at_event_time() {
         let mut t = MerchantTable::new();
-        t.upsert(&merchant_at("m1", "east", "gold", None));
-        t.upsert(&merchant_at("m1", "west", "silver", Some(1_000)));
+        t.upsert(&merchant_at("m1", "east", "gold", None)).unwrap();
+        t.upsert(&merchant_at("m1", "west", "silver", Some(1_000))).unwrap();
         assert_eq!(t.len(), 1);
         assert_eq!(t.versions(), 2);
         let e = t.enrich(event("m1", 999));
@@ -387,7 +459,7 @@ mod tests {
     #[test]
     fn unknown_merchant_and_not_yet_effective_merchant_are_unknown() {
         let mut t = MerchantTable::new();
-        t.upsert(&merchant_at("m2", "north", "bronze", Some(5_000)));
+        t.upsert(&merchant_at("m2", "north", "bronze", Some(5_000))).unwrap();
         let e = t.enrich(event("nobody", 0));
         assert_eq!((e.region.as_str(), e.tier.as_str(), e.merchant_known), (UNKNOWN, UNKNOWN, false));
         assert!(!t.enrich(event("m2", 4_999)).merchant_known);
@@ -396,8 +468,8 @@ mod tests {
     #[test]
     fn reloading_a_version_replaces_it_and_tombstones_remove_it() {
         let mut t = MerchantTable::new();
-        t.upsert(&merchant_at("m", "a", "x", None));
-        t.upsert(&merchant_at("m", "b", "y", None));
+        t.upsert(&merchant_at("m", "a", "x", None)).unwrap();
+        t.upsert(&merchant_at("m", "b", "y", None)).unwrap();
         assert_eq!(t.versions(), 1);
         assert_eq!(&*t.lookup("m", 0).unwrap().region, "b");
         t.remove("m", BEGINNING_OF_TIME_MS);
@@ -410,22 +482,22 @@ mod tests {
         let long = "x".repeat(INLINE_ID + 1);
         let fits = "x".repeat(INLINE_ID);
         let mut t = MerchantTable::new();
-        for (id, region) in [(&long, "long"), (&fits, "fits"), (&String::new(), "empty"), (&"m\0".to_string(), "nul")] {
-            t.upsert(&merchant_at(id, region, "t", None));
+        for (id, region) in [(&long, "long"), (&fits, "fits"), (&"m\0".to_string(), "nul")] {
+            t.upsert(&merchant_at(id, region, "t", None)).unwrap();
         }
-        assert_eq!(t.len(), 4);
+        assert_eq!(t.len(), 3);
         assert_eq!(&*t.lookup(&long, 0).unwrap().region, "long");
         assert_eq!(&*t.lookup(&fits, 0).unwrap().region, "fits");
-        assert_eq!(&*t.lookup("", 0).unwrap().region, "empty");
+        assert!(t.lookup("", 0).is_none());
         assert_eq!(&*t.lookup("m\0", 0).unwrap().region, "nul");
         assert!(t.lookup("m", 0).is_none());
         assert!(t.lookup(&"x".repeat(INLINE_ID + 2), 0).is_none());
-        t.upsert(&merchant_at(&long, "later", "t", Some(10)));
+        t.upsert(&merchant_at(&long, "later", "t", Some(10))).unwrap();
         assert_eq!(&*t.lookup(&long, 10).unwrap().region, "later");
         t.remove(&long, BEGINNING_OF_TIME_MS);
         t.remove(&long, 10);
         t.remove(&fits, BEGINNING_OF_TIME_MS);
-        assert_eq!((t.len(), t.versions()), (2, 2));
+        assert_eq!((t.len(), t.versions()), (1, 1));
         assert!(t.lookup(&long, 10).is_none() && t.lookup(&fits, 0).is_none());
     }
 
@@ -433,18 +505,18 @@ mod tests {
     fn removing_versions_one_by_one() {
         let mut t = MerchantTable::new();
         for from in [Some(20), None, Some(10)] {
-            t.upsert(&merchant_at("m", &format!("r{from:?}"), "t", from));
+            t.upsert(&merchant_at("m", &format!("r{}", from.unwrap_or(0)), "t", from)).unwrap();
         }
         assert_eq!(t.versions(), 3);
         t.remove("m", 15); // no such version
         t.remove("other", 10); // no such merchant
         assert_eq!(t.versions(), 3);
         t.remove("m", 10);
-        assert_eq!(&*t.lookup("m", 15).unwrap().region, "rNone");
+        assert_eq!(&*t.lookup("m", 15).unwrap().region, "r0");
         t.remove("m", BEGINNING_OF_TIME_MS);
         assert_eq!((t.len(), t.versions()), (1, 1));
         assert!(t.lookup("m", 15).is_none());
-        assert_eq!(&*t.lookup("m", 20).unwrap().region, "rSome(20)");
+        assert_eq!(&*t.lookup("m", 20).unwrap().region, "r20");
         t.remove("m", 19);
         assert_eq!(t.versions(), 1);
         t.remove("m", 20);
@@ -490,8 +562,8 @@ mod tests {
         let limits = Limits::default();
         let mut t = MerchantTable::new();
         for i in 0..50 {
-            t.upsert(&merchant_at(&format!("m{i}"), &format!("r{}", i % 3), "gold", None));
-            t.upsert(&merchant_at(&format!("m{i}"), &format!("r{}", i % 3 + 10), "", Some(5_000)));
+            t.upsert(&merchant_at(&format!("m{i}"), &format!("r{}", i % 3), "gold", None)).unwrap();
+            t.upsert(&merchant_at(&format!("m{i}"), &format!("r{}", i % 3 + 10), "t-2", Some(5_000))).unwrap();
         }
         for i in 0..400u32 {
             let mut e = OrderEvent {
@@ -530,5 +602,39 @@ mod tests {
                 (a, b) => panic!("{a:?} vs {b:?}"),
             }
         }
+    }
+
+    /// Region and tier are bounded labels: every path into the table refuses what
+    /// would make an ambiguous key or an unbounded label, and says why.
+    #[test]
+    fn merchant_records_are_checked_on_the_way_into_the_table() {
+        let mut t = MerchantTable::new();
+        let refused =
+            |t: &mut MerchantTable, id: &str, region: &str, tier: &str| t.upsert(&merchant_at(id, region, tier, None)).unwrap_err();
+        assert_eq!(refused(&mut t, "m", "", "gold"), MerchantProblem::EmptyAttribute("region"));
+        assert_eq!(refused(&mut t, "m", "east", ""), MerchantProblem::EmptyAttribute("tier"));
+        assert_eq!(refused(&mut t, "", "east", "gold"), MerchantProblem::EmptyId);
+        assert_eq!(refused(&mut t, "m", "east/west", "gold").code(), "bad_characters");
+        assert_eq!(refused(&mut t, "m", "east", "gold\n").code(), "bad_characters");
+        assert_eq!(refused(&mut t, "m", " east", "gold").code(), "bad_characters");
+        assert_eq!(refused(&mut t, "m", "east", "a%2Fb").code(), "bad_characters");
+        assert_eq!(refused(&mut t, "m", &"e".repeat(65), "gold"), MerchantProblem::AttributeTooLong { field: "region", bytes: 65 });
+        assert_eq!(refused(&mut t, &"m".repeat(257), "east", "gold"), MerchantProblem::IdTooLong(257));
+        assert_eq!(refused(&mut t, "m", UNKNOWN, "gold"), MerchantProblem::Reserved { field: "region" });
+        assert!(t.is_empty(), "nothing refused was added");
+        for (region, tier) in [("华东", "天猫"), ("cn-east.1", "tier_2"), ("North America", "gold"), (&*"e".repeat(64), "t")] {
+            t.upsert(&merchant_at("m", region, tier, None)).unwrap();
+        }
+        assert!(MerchantProblem::CODES.contains(&MerchantProblem::Reserved { field: "tier" }.code()));
+    }
+
+    #[test]
+    fn a_merchants_csv_with_bad_attributes_names_each_line() {
+        let csv = "merchant_id,region,tier\nm1,east,gold\nm2,east/west,gold\nm3,,gold\nm4,unknown,gold\n";
+        let err = read_merchants_csv(csv.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("line 3: region `east/west` may hold only"), "{err}");
+        assert!(err.contains("line 4: region is empty"), "{err}");
+        assert!(err.contains("line 5: region `unknown` is reserved"), "{err}");
+        assert!(!err.contains("line 2"), "{err}");
     }
 }

@@ -90,8 +90,21 @@ impl MerchantStore {
                 None => tracing::warn!(key, "Merchant tombstone with an unreadable key; skipped."),
             },
             Some(bytes) => match Merchant::decode(bytes) {
-                Ok(merchant) => table.upsert(&merchant),
-                Err(e) => tracing::warn!(key, error = %e, "Merchant record does not decode; skipped."),
+                Ok(merchant) => {
+                    if let Err(problem) = table.upsert(&merchant) {
+                        // The record replaced any earlier one under its key on the topic, so
+                        // the version goes, as a restarted enricher would not see it either.
+                        if let Some((id, from)) = parse_merchant_key(key) {
+                            table.remove(id, from);
+                        }
+                        metrics::counter!(telemetry::ENRICHER_MERCHANTS_REFUSED, "reason" => problem.code()).increment(1);
+                        tracing::warn!(key, %problem, "Merchant record refused; the merchant's orders join as unknown until it is fixed.");
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!(telemetry::ENRICHER_MERCHANTS_REFUSED, "reason" => "undecodable").increment(1);
+                    tracing::warn!(key, error = %e, "Merchant record does not decode; skipped.");
+                }
             },
         }
         metrics::counter!(telemetry::ENRICHER_MERCHANT_UPDATES).increment(1);

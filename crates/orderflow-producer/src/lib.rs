@@ -35,6 +35,8 @@ pub enum Error {
     Runtime(#[from] orderflow_runtime::Error),
     #[error("event `{event_id}` was refused: {reason}")]
     Refused { event_id: String, reason: String },
+    #[error("merchant `{merchant_id}` is not loaded: {problem}")]
+    BadMerchant { merchant_id: String, problem: orderflow_core::merchant::MerchantProblem },
 }
 
 /// Result with publishing's [`Error`].
@@ -152,8 +154,14 @@ impl<T> PublishBatch<'_, T> {
 
 /// Publishes merchant versions to the merchants topic, keyed `merchant_id@effective_from`
 /// so compaction keeps every version and loading a version again replaces it. A
-/// version the broker refuses fails the load, naming the merchant.
+/// version the broker refuses fails the load, naming the merchant. Every version is
+/// checked first ([`orderflow_core::merchant::check_merchant`], the enricher's rules):
+/// one bad version publishes nothing.
 pub async fn load_merchants(kafka: &KafkaConfig, topic: &str, merchants: &[Merchant]) -> Result<usize> {
+    for m in merchants {
+        orderflow_core::merchant::check_merchant(m)
+            .map_err(|problem| Error::BadMerchant { merchant_id: m.merchant_id.clone(), problem })?;
+    }
     let mut outbox: Outbox<&str> = Outbox::new(kafka.producer()?);
     let mut delivered = 0;
     for chunk in merchants.chunks(50_000) {

@@ -50,6 +50,8 @@ pub const AGGREGATOR_CHECKPOINT_FAILURES: &str = "orderflow_aggregator_checkpoin
 /// Events refused at a partition's state bound (and dead-lettered). Labels: `reason`
 /// (`dedup_memory_full`, `too_many_keys`).
 pub const AGGREGATOR_BOUND_REFUSALS: &str = "orderflow_aggregator_bound_refusals_total";
+/// Merchant records from the merchants topic the enricher refused. Labels: `reason`.
+pub const ENRICHER_MERCHANTS_REFUSED: &str = "orderflow_enricher_merchant_records_refused_total";
 /// Gauge: event ids remembered for dedup, per input partition (its bound is
 /// `--dedup-max-ids`). Labels: `partition`.
 pub const AGGREGATOR_DEDUP_IDS: &str = "orderflow_aggregator_dedup_ids";
@@ -78,6 +80,11 @@ pub fn describe() {
         "Events whose merchant is not in the table (enriched as region and tier unknown)."
     );
     describe_gauge!(ENRICHER_MERCHANTS, Unit::Count, "Merchants in the enricher's table.");
+    describe_counter!(
+        ENRICHER_MERCHANTS_REFUSED,
+        Unit::Count,
+        "Merchant records refused (empty, too long, bad characters, reserved, undecodable), by reason."
+    );
     describe_counter!(ENRICHER_MERCHANT_UPDATES, Unit::Count, "Merchant records applied from the merchants topic.");
     describe_counter!(DEAD_LETTER_EVENTS, Unit::Count, "Events sent to the dead-letter topic, by stage and reason.");
     describe_counter!(DEAD_LETTER_REFUSED, Unit::Count, "Dead letters the dead-letter topic refused (lost, and logged), by stage.");

@@ -168,7 +168,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 fn reference_totals(sample: &sample::Sample, agg: &AggregatorConfig) -> anyhow::Result<TotalsMap> {
     let (spec, _) = agg.spec()?;
     let mut table = MerchantTable::new();
-    sample.merchants.iter().for_each(|m| table.upsert(m));
+    for m in &sample.merchants {
+        table.upsert(m)?;
+    }
     let mut reference = Reference::new(spec, table);
     for e in &sample.events {
         reference.add(e);

@@ -8,7 +8,10 @@ use common::{Broker, Orderflow};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 
-fn create(of: &Orderflow, topics: &[(&str, i32, &[(&str, &str)])]) {
+/// A topic to create: name, partitions and settings.
+type TopicDef<'a> = (&'a str, i32, &'a [(&'a str, &'a str)]);
+
+fn create(of: &Orderflow, topics: &[TopicDef<'_>]) {
     let admin: AdminClient<DefaultClientContext> =
         rdkafka::ClientConfig::new().set("bootstrap.servers", &of.brokers).create().expect("an admin client");
     let new: Vec<NewTopic<'_>> = topics

@@ -161,7 +161,7 @@ mod tests {
 
     fn reference() -> Reference {
         let mut table = MerchantTable::new();
-        table.upsert(&merchant_at("m1", "cn-east", "tmall", None));
+        table.upsert(&merchant_at("m1", "cn-east", "tmall", None)).expect("a valid merchant");
         Reference::new(WindowSpec::new(60_000, 5_000).unwrap(), table)
     }
 
@@ -186,7 +186,7 @@ mod tests {
         r.add(&event("a", "m1", 1_000, 100));
         r.add(&event("b", "m1", 2_000, 50));
         let mut table = MerchantTable::new();
-        table.upsert(&merchant_at("m1", "cn-east", "tmall", None));
+        table.upsert(&merchant_at("m1", "cn-east", "tmall", None)).expect("a valid merchant");
         let counted = table.enrich(event("a", "m1", 1_000, 100));
         let late = table.enrich(event("b", "m1", 2_000, 50));
         let mut tallies = Tallies::default();
