@@ -6,7 +6,7 @@
 //! are small: keys x partitions per window). Re-published totals are identical and
 //! keyed by (window, region, tier, currency), so publishing twice is harmless.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use orderflow_core::merge::{Merger, PartialOutcome};
@@ -53,6 +53,23 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, cancel: CancellationToken) 
                     let outcome = match merger.add_partial(&p) {
                         Ok(PartialOutcome::Accepted) => "accepted",
                         Ok(PartialOutcome::Repeated) => "repeated",
+                        Ok(PartialOutcome::Corrected(window)) => {
+                            tracing::warn!(
+                                window_start = %millis_timestamp(window.start_ms),
+                                partition = p.partition,
+                                "Partial total for a window already published; its corrected total is published in place."
+                            );
+                            publish(&mut outbox, &totals_topic, &mut counted, &window, false).await?;
+                            "corrected"
+                        }
+                        Ok(PartialOutcome::TooLate) => {
+                            tracing::error!(
+                                offset = m.offset(),
+                                partition = p.partition,
+                                "Partial total for a window published more than the merger's retention ago; not merged."
+                            );
+                            "too_late"
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, offset = m.offset(), "Conflicting partial total; keeping the first.");
                             "conflict"
@@ -62,12 +79,7 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, cancel: CancellationToken) 
                 }
                 Some(partial_record::Kind::Progress(progress)) => {
                     for window in merger.progress(&progress) {
-                        counted.record_metrics(&window);
-                        for total in window.to_window_totals() {
-                            let key = records::total_key(window.start_ms, &total.region, &total.tier, &total.currency);
-                            let value = total.encode_to_vec();
-                            outbox.send(FutureRecord::to(&totals_topic).key(&key).payload(&value), ()).await?;
-                        }
+                        publish(&mut outbox, &totals_topic, &mut counted, &window, true).await?;
                         tracing::info!(window_start = %millis_timestamp(window.start_ms), keys = window.totals.len(), "Window closed on every partition; totals published.");
                     }
                 }
@@ -83,24 +95,38 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, cancel: CancellationToken) 
     Ok(())
 }
 
-/// The totals already on the totals topic when this merger started (or took the
-/// partition over): a merger rebuilding its state re-publishes them (harmless: same
-/// keys, same values) but must not add them to the business counters again, or a
-/// failover would double the GMV on every dashboard summing over instances.
+/// Publishes a merged window's totals (all of a closed window's keys, or one corrected
+/// key) and adds what they add to the business counters.
+async fn publish(outbox: &mut Outbox<()>, topic: &str, counted: &mut Counted, window: &ClosedWindow, closed: bool) -> Result<()> {
+    counted.record_metrics(window, closed);
+    for total in window.to_window_totals() {
+        let key = records::total_key(window.start_ms, &total.region, &total.tier, &total.currency);
+        let value = total.encode_to_vec();
+        outbox.send(FutureRecord::to(topic).key(&key).payload(&value), ()).await?;
+    }
+    Ok(())
+}
+
+/// What the business counters already hold, per (window, key): the totals on the
+/// totals topic when this merger started (or took the partition over), then every
+/// total it published. A merger rebuilding its state re-publishes totals (harmless:
+/// same keys, same values) and adds only the difference to the counters, so a
+/// failover never doubles the GMV on a dashboard summing over instances, and a
+/// correction adds exactly what it corrects.
 #[derive(Debug, Default)]
 struct Counted {
-    published: HashSet<(i64, TotalKey)>,
+    published: HashMap<(i64, TotalKey), Tallies>,
 }
 
 impl Counted {
     async fn read(kafka: &KafkaConfig, topic: &str) -> Result<Self> {
         let (kafka, topic) = (kafka.clone(), topic.to_owned());
         let totals = tokio::task::spawn_blocking(move || crate::totals::read(&kafka, &topic)).await.expect("reading totals panicked")?;
-        let published: HashSet<(i64, TotalKey)> = totals
+        let published: HashMap<(i64, TotalKey), Tallies> = totals
             .iter()
             .map(|t| {
-                let (key, _) = Tallies::from_window_total(t);
-                (t.window_start.as_ref().map_or(i64::MIN, orderflow_proto::timestamp_millis), key)
+                let (key, tallies) = Tallies::from_window_total(t);
+                ((t.window_start.as_ref().map_or(i64::MIN, orderflow_proto::timestamp_millis), key), tallies)
             })
             .collect();
         if !published.is_empty() {
@@ -109,31 +135,35 @@ impl Counted {
         Ok(Self { published })
     }
 
-    /// Adds a merged window to the business counters, but for keys already counted.
-    fn record_metrics(&mut self, w: &ClosedWindow) {
-        metrics::gauge!(telemetry::WINDOW_LAST_CLOSED_END).set(w.end_ms as f64 / 1000.0);
+    /// Adds to the business counters what a merged window's totals hold beyond what
+    /// they already counted for the same (window, key); `closed` when the window has
+    /// just closed on every partition (not a correction).
+    fn record_metrics(&mut self, w: &ClosedWindow, closed: bool) {
+        if closed {
+            metrics::gauge!(telemetry::WINDOW_LAST_CLOSED_END).set(w.end_ms as f64 / 1000.0);
+        }
         let mut new = false;
         for (key, tallies) in &w.totals {
-            if !self.published.insert((w.start_ms, key.clone())) {
-                continue;
-            }
-            new = true;
-            for (name, t) in TYPE_NAMES.iter().zip(tallies.0.iter()) {
-                if t.count == 0 {
+            let before = self.published.insert((w.start_ms, key.clone()), *tallies);
+            new |= before.is_none();
+            for (i, (name, t)) in TYPE_NAMES.iter().zip(tallies.0.iter()).enumerate() {
+                let was = before.as_ref().map(|b| b.0[i]).unwrap_or_default();
+                let (count, amount) = (t.count - was.count, t.amount_minor - was.amount_minor);
+                if count <= 0 {
                     continue;
                 }
                 let labels = [("region", key.region.clone()), ("tier", key.tier.clone()), ("type", (*name).to_owned())];
-                metrics::counter!(telemetry::WINDOW_EVENTS, &labels).increment(t.count as u64);
+                metrics::counter!(telemetry::WINDOW_EVENTS, &labels).increment(count as u64);
                 let labels = [
                     ("region", key.region.clone()),
                     ("tier", key.tier.clone()),
                     ("currency", key.currency.clone()),
                     ("type", (*name).to_owned()),
                 ];
-                metrics::counter!(telemetry::WINDOW_AMOUNT, &labels).increment(t.amount_minor.max(0) as u64);
+                metrics::counter!(telemetry::WINDOW_AMOUNT, &labels).increment(amount.max(0) as u64);
             }
         }
-        if new {
+        if new && closed {
             metrics::counter!(telemetry::WINDOWS_CLOSED).increment(1);
         }
     }

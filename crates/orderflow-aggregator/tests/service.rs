@@ -207,6 +207,65 @@ async fn the_merger_sums_partials_once_every_partition_has_passed_and_flags_conf
     merger.await.unwrap().unwrap();
 }
 
+/// Progress far ahead of the partials (every partition's frontier a day on) does not
+/// freeze the merger: the partials that arrive afterwards are merged as corrections,
+/// the totals topic ends exact and the counters count each event once.
+#[tokio::test]
+async fn progress_far_ahead_does_not_freeze_the_merger() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mock = MockKafka::start(1, 2);
+    let (kafka, topics) = (&mock.kafka, &mock.topics);
+    let partial = |partition, start: i64, count, amount| {
+        let t = WindowTotal {
+            window_start: Some(millis_timestamp(start)),
+            window_end: Some(millis_timestamp(start + MINUTE)),
+            region: "cn-east".into(),
+            tier: "tmall".into(),
+            currency: "CNY".into(),
+            paid: Some(TypeTotal { count, amount_minor: amount }),
+            ..Default::default()
+        };
+        (0, PartialRecord { kind: Some(partial_record::Kind::Partial(PartialTotal { total: Some(t), partition })) }.encode_to_vec())
+    };
+    let progress = |partition, through| {
+        let p = PartitionProgress { partition, closed_through: Some(millis_timestamp(through)), partition_count: 2 };
+        (0, PartialRecord { kind: Some(partial_record::Kind::Progress(p)) }.encode_to_vec())
+    };
+    const DAY: i64 = 86_400_000;
+    write(
+        kafka,
+        &topics.partials(),
+        &[
+            partial(0, MIDNIGHT, 1, 100),
+            progress(0, MIDNIGHT + DAY),
+            progress(1, MIDNIGHT + DAY),
+            // After the jump: the rest of window 00:00, and window 00:01 from both partitions.
+            partial(1, MIDNIGHT, 2, 250),
+            partial(0, MIDNIGHT + MINUTE, 4, 40),
+            partial(1, MIDNIGHT + MINUTE, 1, 1),
+        ],
+    )
+    .await;
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), cancel.clone()));
+    let totals = eventually(Duration::from_secs(30), || {
+        let totals = orderflow_aggregator::totals::read(kafka, &topics.totals()).unwrap();
+        let got: Vec<_> = totals.iter().map(total_of).collect();
+        (got == [(MIDNIGHT, 3, 350), (MIDNIGHT + MINUTE, 5, 41)]).then_some(got)
+    })
+    .await;
+    assert!(totals.is_some(), "exact totals after the jump: {:?}", orderflow_aggregator::totals::read(kafka, &topics.totals()));
+    cancel.cancel();
+    merger.await.unwrap().unwrap();
+    let counters = Counters::of(&snapshotter);
+    let partials = |outcome| counters.get(telemetry::MERGER_PARTIALS, &[("outcome", outcome)]);
+    assert_eq!((partials("accepted"), partials("corrected")), (1, 3));
+    assert_eq!(counters.get(telemetry::WINDOW_EVENTS, &[("region", "cn-east"), ("tier", "tmall"), ("type", "paid")]), 8);
+}
+
 #[tokio::test]
 async fn a_merger_taking_over_republishes_but_does_not_count_published_windows_again() {
     let mock = MockKafka::start(1, 1);

@@ -7,6 +7,14 @@
 //! Partials are identified by (window, key, partition): the same partial arriving again
 //! (an aggregator re-processing after a crash) is harmless, and a different value under
 //! the same identity is reported as a conflict, never silently summed.
+//!
+//! A partial that arrives after its window was emitted (progress far ahead of the
+//! partials, say, from a partition whose clock ran ahead) is not ignored: the last
+//! [`DEFAULT_RETAINED_WINDOWS`] emitted windows are kept, and a partial new to one of
+//! them, or to a window newer than the oldest kept, is added and its key's corrected
+//! total emitted at once ([`PartialOutcome::Corrected`]), so the merge never freezes
+//! and totals end exact. Only a partial for a window older than every kept one is
+//! refused ([`PartialOutcome::TooLate`]), and the caller says so loudly.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -17,13 +25,22 @@ use crate::window::{ClosedWindow, Tallies, TotalKey};
 use crate::{Error, Result};
 
 /// What became of a partial total.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartialOutcome {
     /// Held until its window completes.
     Accepted,
-    /// Seen before with the same value, or its window was already emitted.
+    /// Seen before with the same value.
     Repeated,
+    /// New to a window already emitted: added, and here is its key's corrected total
+    /// (a window holding that one key) to publish in place of the earlier one.
+    Corrected(ClosedWindow),
+    /// For a window older than every emitted window kept: not merged.
+    TooLate,
 }
+
+/// Emitted windows kept for corrections when not told otherwise (two hours of
+/// one-minute windows).
+pub const DEFAULT_RETAINED_WINDOWS: usize = 120;
 
 #[derive(Debug, Default)]
 struct PendingWindow {
@@ -32,18 +49,40 @@ struct PendingWindow {
 }
 
 /// The merge state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Merger {
     partition_count: i32,
     frontiers: HashMap<i32, i64>,
     pending: BTreeMap<i64, PendingWindow>,
+    /// The last windows emitted, with their parts, for corrections.
+    emitted: BTreeMap<i64, PendingWindow>,
     emitted_through_ms: Option<i64>,
+    retained_windows: usize,
+}
+
+impl Default for Merger {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Merger {
     /// An empty merger; it learns the partition count from progress records.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_retention(DEFAULT_RETAINED_WINDOWS)
+    }
+
+    /// An empty merger keeping the last `retained_windows` (at least one) emitted
+    /// windows for corrections.
+    pub fn with_retention(retained_windows: usize) -> Self {
+        Self {
+            partition_count: 0,
+            frontiers: HashMap::new(),
+            pending: BTreeMap::new(),
+            emitted: BTreeMap::new(),
+            emitted_through_ms: None,
+            retained_windows: retained_windows.max(1),
+        }
     }
 
     /// Every window ending at or before this has been emitted.
@@ -63,17 +102,26 @@ impl Merger {
             return Ok(PartialOutcome::Repeated);
         };
         let (start, end) = (timestamp_millis(start), timestamp_millis(end));
-        if self.emitted_through_ms.is_some_and(|e| end <= e) {
-            return Ok(PartialOutcome::Repeated);
-        }
         let (key, tallies) = Tallies::from_window_total(total);
-        let window = self.pending.entry(start).or_insert_with(|| PendingWindow { end_ms: end, ..Default::default() });
+        let emitted = self.emitted_through_ms.is_some_and(|e| end <= e);
+        if emitted && self.emitted.len() >= self.retained_windows && self.emitted.first_key_value().is_some_and(|(s, _)| start < *s) {
+            return Ok(PartialOutcome::TooLate);
+        }
+        let windows = if emitted { &mut self.emitted } else { &mut self.pending };
+        let window = windows.entry(start).or_insert_with(|| PendingWindow { end_ms: end, ..Default::default() });
         match window.parts.get(&(key.clone(), p.partition)) {
             Some(existing) if *existing == tallies => Ok(PartialOutcome::Repeated),
             Some(_) => Err(Error::ConflictingPartial { window_start_ms: start, key: key.to_string(), partition: p.partition }),
-            None => {
+            None if !emitted => {
                 window.parts.insert((key, p.partition), tallies);
                 Ok(PartialOutcome::Accepted)
+            }
+            None => {
+                window.parts.insert((key.clone(), p.partition), tallies);
+                let mut merged = Tallies::default();
+                window.parts.iter().filter(|((k, _), _)| *k == key).for_each(|(_, t)| merged.merge(t));
+                self.prune();
+                Ok(PartialOutcome::Corrected(ClosedWindow { start_ms: start, end_ms: end, totals: vec![(key, merged)] }))
             }
         }
     }
@@ -102,12 +150,21 @@ impl Merger {
             }
             let (start, window) = entry.remove_entry();
             let mut merged: BTreeMap<TotalKey, Tallies> = BTreeMap::new();
-            for ((key, _), t) in window.parts {
-                merged.entry(key).or_default().merge(&t);
+            for ((key, _), t) in &window.parts {
+                merged.entry(key.clone()).or_default().merge(t);
             }
             done.push(ClosedWindow { start_ms: start, end_ms: window.end_ms, totals: merged.into_iter().collect() });
+            self.emitted.insert(start, window);
         }
+        self.prune();
         done
+    }
+
+    /// Keeps the last `retained_windows` emitted windows.
+    fn prune(&mut self) {
+        while self.emitted.len() > self.retained_windows {
+            self.emitted.pop_first();
+        }
     }
 }
 
@@ -159,5 +216,38 @@ mod tests {
         m.add_partial(&partial(0, "east", 0, 2)).unwrap();
         let err = m.add_partial(&partial(0, "east", 0, 3)).unwrap_err();
         assert!(err.to_string().contains("conflicting partial totals"), "{err}");
+    }
+
+    /// Progress far ahead of the partials (every partition's frontier pushed a day on)
+    /// does not freeze the merge: partials of windows it passed still arrive in the
+    /// totals, as corrections, and end exact; only windows older than the retention are
+    /// refused.
+    #[test]
+    fn progress_far_ahead_does_not_freeze_the_merge() {
+        const DAY: i64 = 86_400_000;
+        let mut m = Merger::with_retention(3);
+        m.add_partial(&partial(0, "east", 0, 2)).unwrap();
+        let done = m.progress(&progress(0, DAY));
+        assert!(done.is_empty());
+        let done = m.progress(&progress(1, DAY));
+        assert_eq!(done.len(), 1, "window 0 emitted with what it had");
+        assert_eq!(done[0].totals[0].1 .0[1].count, 2);
+        // Partition 1's partial of window 0 arrives after the jump: a correction.
+        let PartialOutcome::Corrected(w) = m.add_partial(&partial(0, "east", 1, 3)).unwrap() else { panic!("a correction") };
+        assert_eq!((w.start_ms, w.totals.len(), w.totals[0].1 .0[1].count, w.totals[0].1 .0[1].amount_minor), (0, 1, 5, 50));
+        assert_eq!(m.add_partial(&partial(0, "east", 1, 3)).unwrap(), PartialOutcome::Repeated);
+        assert!(m.add_partial(&partial(0, "east", 1, 4)).is_err(), "a different value is still a conflict");
+        // A window never seen before the jump is corrected into existence, key by key.
+        let PartialOutcome::Corrected(w) = m.add_partial(&partial(600, "west", 0, 1)).unwrap() else { panic!("a correction") };
+        assert_eq!((w.start_ms, w.totals[0].0.region.as_str(), w.totals[0].1 .0[1].count), (600, "west", 1));
+        let PartialOutcome::Corrected(w) = m.add_partial(&partial(600, "west", 1, 1)).unwrap() else { panic!("a correction") };
+        assert_eq!(w.totals[0].1 .0[1].count, 2);
+        // Three windows are kept (0, 600, and now 1200); a fourth pushes out window 0.
+        assert!(matches!(m.add_partial(&partial(1200, "east", 0, 1)).unwrap(), PartialOutcome::Corrected(_)));
+        assert!(matches!(m.add_partial(&partial(1800, "east", 0, 1)).unwrap(), PartialOutcome::Corrected(_)));
+        assert_eq!(m.emitted.len(), 3, "emitted windows kept: at most the retention");
+        assert_eq!(m.add_partial(&partial(0, "east", 0, 2)).unwrap(), PartialOutcome::TooLate);
+        assert_eq!(m.add_partial(&partial(60, "east", 0, 1)).unwrap(), PartialOutcome::TooLate);
+        assert!(matches!(m.add_partial(&partial(900, "east", 0, 1)).unwrap(), PartialOutcome::Corrected(_)), "newer than the oldest kept");
     }
 }

@@ -58,7 +58,9 @@ pub const AGGREGATOR_DEDUP_IDS: &str = "orderflow_aggregator_dedup_ids";
 /// Histogram: seconds to read and decode the checkpoints of partitions taken over.
 pub const AGGREGATOR_RESTORE_SECONDS: &str = "orderflow_aggregator_restore_duration_seconds";
 
-/// Partial totals the merger read. Labels: `outcome` (accepted, repeated, conflict).
+/// Partial totals the merger read. Labels: `outcome` (accepted, repeated, corrected: new to a
+/// window already published, whose total was re-published corrected; too_late: for a window
+/// older than the merger keeps, not merged; conflict).
 pub const MERGER_PARTIALS: &str = "orderflow_merger_partials_total";
 /// Windows merged and published to the totals topic.
 pub const WINDOWS_CLOSED: &str = "orderflow_windows_closed_total";
