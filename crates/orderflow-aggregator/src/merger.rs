@@ -33,14 +33,29 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, cancel: CancellationToken) 
     let totals_topic = topics.totals();
     let mut merger = Merger::new();
     let mut counted = Counted::read(&kafka, &totals_topic).await?;
+    let mut resync = Resync::default();
     while !cancel.is_cancelled() {
         let batch = recv_batch(&consumer, 10_000, &cancel, Duration::from_millis(500)).await;
         if !consumer.context().take().is_empty() {
-            // Whoever owns the partition next starts over from the beginning.
+            // Whoever owns the partition next starts over from the beginning (the merger
+            // commits no offsets), this merger too if it gets it back. Records fetched
+            // before the revocation come from the middle of the topic: merged into a
+            // fresh state they would publish windows missing what came before, so they
+            // are skipped until the topic is read again from its first record.
             merger = Merger::new();
             counted = Counted::read(&kafka, &totals_topic).await?;
+            resync.restart_at(match consumer.fetch_watermarks(&topics.partials(), 0, Duration::from_secs(10)) {
+                Ok((low, _)) => low,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot read where the partial-totals topic starts; assuming offset 0.");
+                    0
+                }
+            });
         }
         for m in &batch {
+            if resync.skip(m.offset()) {
+                continue;
+            }
             let record = match m.payload().map(PartialRecord::decode) {
                 Some(Ok(r)) => r,
                 _ => {
@@ -93,6 +108,32 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, cancel: CancellationToken) 
     }
     outbox.close(Duration::from_secs(10)).await?;
     Ok(())
+}
+
+/// After a revocation, skips the records fetched before it (from the middle of the
+/// topic) until the topic is read again from where it starts.
+#[derive(Debug, Default)]
+struct Resync {
+    restart_at: Option<i64>,
+}
+
+impl Resync {
+    /// The merge state was reset; the topic's first offset is `first`.
+    fn restart_at(&mut self, first: i64) {
+        self.restart_at = Some(first);
+    }
+
+    /// Whether the record at `offset` is to be skipped.
+    fn skip(&mut self, offset: i64) -> bool {
+        match self.restart_at {
+            Some(first) if offset > first => true,
+            Some(_) => {
+                self.restart_at = None;
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 /// Publishes a merged window's totals (all of a closed window's keys, or one corrected
@@ -166,5 +207,22 @@ impl Counted {
         if new && closed {
             metrics::counter!(telemetry::WINDOWS_CLOSED).increment(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batch in hand when the partition was revoked (and given back) holds records
+    /// from the middle of the topic, then the topic again from its start: the first
+    /// are skipped, the others merged, none lost.
+    #[test]
+    fn records_fetched_before_a_revocation_are_skipped_until_the_topic_restarts() {
+        let mut resync = Resync::default();
+        assert!(!resync.skip(40), "no revocation: nothing skipped");
+        resync.restart_at(3);
+        let merged: Vec<i64> = [41, 42, 43, 3, 4, 5, 41, 42].into_iter().filter(|o| !resync.skip(*o)).collect();
+        assert_eq!(merged, [3, 4, 5, 41, 42]);
     }
 }

@@ -4,7 +4,7 @@
 //! record decode → apply → route ([`crate::router`]); settle; now and then write idle
 //! ticks and checkpoints.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use orderflow_core::dedup::DedupKey;
@@ -117,9 +117,12 @@ impl Partitions {
     }
 
     /// Restores newly owned partitions from their checkpoints (or starts them from
-    /// scratch when they have none).
-    pub async fn take_over(&mut self, mut partitions: Vec<i32>) -> Result<()> {
-        partitions.retain(|p| !self.owned.contains_key(p));
+    /// scratch when they have none). Only partitions in `assigned` (the consumer's
+    /// assignment now) are taken: a batch fetched before a rebalance may still hold
+    /// records of a partition revoked since, whose state must not come back (its idle
+    /// ticks and partials would compete with the new owner's).
+    pub async fn take_over(&mut self, mut partitions: Vec<i32>, assigned: &HashSet<i32>) -> Result<()> {
+        partitions.retain(|p| !self.owned.contains_key(p) && assigned.contains(p));
         partitions.sort_unstable();
         partitions.dedup();
         if partitions.is_empty() {
@@ -291,6 +294,16 @@ impl Partitions {
     }
 }
 
+/// The input partitions assigned to `consumer` now (none if it cannot say). Rebalance
+/// callbacks run only while the consumer is polled, in this task, so the answer holds
+/// until the next poll.
+fn assignment(consumer: &StreamConsumer<RevocationLog>) -> HashSet<i32> {
+    match consumer.assignment() {
+        Ok(tpl) => tpl.elements().iter().map(|e| e.partition()).collect(),
+        Err(_) => HashSet::new(),
+    }
+}
+
 /// The partitions loop.
 pub struct Aggregator {
     config: AggregatorConfig,
@@ -343,7 +356,9 @@ impl Aggregator {
             let batch = recv_batch(&consumer, config.batch, &cancel, Duration::from_millis(200)).await;
             partitions.forget(consumer.context().take());
             if !batch.is_empty() {
-                partitions.take_over(batch.iter().map(|m| m.partition()).collect()).await?;
+                // Records of partitions revoked while the batch was fetched are skipped
+                // (`apply` ignores partitions not owned): their new owner processes them.
+                partitions.take_over(batch.iter().map(|m| m.partition()).collect(), &assignment(&consumer)).await?;
                 // A few dozen records at a time: parse them and prepare their events
                 // (the dedup look-ups' cache misses overlap), then process them in
                 // order. Small chunks keep what was prepared in cache until it is used.
@@ -363,11 +378,8 @@ impl Aggregator {
             }
             if housekeeping.elapsed() >= Duration::from_millis(500) {
                 housekeeping = Instant::now();
-                let assigned: Vec<i32> = match consumer.assignment() {
-                    Ok(tpl) => tpl.elements().iter().map(|e| e.partition()).collect(),
-                    Err(_) => Vec::new(),
-                };
-                partitions.take_over(assigned).await?;
+                let assigned = assignment(&consumer);
+                partitions.take_over(assigned.iter().copied().collect(), &assigned).await?;
                 if let Some((target, ticks)) = partitions.due_ticks(&watch) {
                     for p in ticks {
                         router.tick(p, target).await?;
@@ -389,5 +401,32 @@ impl Aggregator {
         checkpoints.close(Duration::from_secs(10)).await?;
         tracing::info!("Partitions loop stopped.");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use orderflow_core::window::WindowSpec;
+    use orderflow_runtime::testing::MockKafka;
+
+    use super::*;
+
+    /// A batch fetched before a rebalance holds records of a partition revoked since:
+    /// that partition's state must not come back (its ticks and partials would compete
+    /// with the new owner's), and its records are skipped.
+    #[tokio::test]
+    async fn a_partition_revoked_mid_batch_is_not_taken_back() {
+        let mock = MockKafka::start(1, 2);
+        let spec = WindowSpec::new(60_000, 5_000).unwrap();
+        let mut partitions = Partitions::new(&mock.kafka, &mock.topics, spec, StateBounds::new(65_000), Duration::from_secs(10));
+        partitions.take_over(vec![0, 1], &HashSet::from([0, 1])).await.unwrap();
+        assert!(partitions.owns(0) && partitions.owns(1));
+        // Partition 0 is revoked while a batch holding records of both is fetched.
+        partitions.forget(vec![0]);
+        partitions.take_over(vec![0, 1, 0], &HashSet::from([1])).await.unwrap();
+        assert!(!partitions.owns(0), "the revoked partition stays forgotten");
+        assert!(partitions.owns(1));
+        let tick = Parsed { record: Ok(Some(EnrichedKind::IdleTick(None))), prepared: None };
+        assert!(partitions.apply(0, 7, tick).is_none(), "its records are skipped (and, not owned, it gets no idle ticks)");
     }
 }
