@@ -35,6 +35,8 @@ pub enum InvalidReason {
     UnknownCurrency(String),
     #[error("the record is {bytes} bytes, above the maximum of {max}")]
     EventTooLarge { bytes: usize, max: usize },
+    #[error("{field} is {bytes} bytes, above the maximum of {max}")]
+    IdTooLong { field: &'static str, bytes: usize, max: usize },
     /// The aggregator's dedup memory for the partition holds its most ids
     /// (`--dedup-max-ids`): the event could be neither confirmed nor ruled out as a
     /// duplicate later, so it is not counted.
@@ -71,6 +73,7 @@ impl InvalidReason {
         "unknown_currency",
         "dedup_memory_full",
         "too_many_keys",
+        "id_too_long",
     ];
 
     /// A short, stable, bounded identifier of the reason.
@@ -87,6 +90,7 @@ impl InvalidReason {
             Self::NegativeAmount(_) => "negative_amount",
             Self::BadCurrency(_) => "bad_currency",
             Self::RefusedByBroker(_) => "refused_by_broker",
+            Self::IdTooLong { .. } => "id_too_long",
             Self::DedupMemoryFull { .. } => "dedup_memory_full",
             Self::TooManyKeys { .. } => "too_many_keys",
             Self::EventTimeInFuture { .. } => "event_time_in_future",

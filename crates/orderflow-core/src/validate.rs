@@ -88,6 +88,9 @@ pub const DEFAULT_MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
 /// The largest record accepted when not told otherwise (64 KiB: an order event is well
 /// under 1 KiB).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 << 10;
+/// The longest id (event, order, merchant, storefront, customer) accepted, in bytes:
+/// ids become keys on the orders, enriched and late topics, and are remembered for dedup.
+pub const MAX_ID_BYTES: usize = 256;
 
 impl Default for Limits {
     /// The default limits, with ISO 4217's currencies.
@@ -104,6 +107,16 @@ impl Default for Limits {
 /// Checks an event (already [`validate_view`]ed) against [`Limits`] at the clock
 /// reading `now_ms` (the record's size is checked before parsing, by the caller).
 pub fn check_limits(event: &OrderEventView<'_>, limits: &Limits, now_ms: i64) -> Result<(), InvalidReason> {
+    let ids = [
+        ("event_id", event.event_id),
+        ("order_id", event.order_id),
+        ("merchant_id", event.merchant_id),
+        ("storefront_id", event.storefront_id),
+        ("customer_id", event.customer_id),
+    ];
+    if let Some((field, id)) = ids.into_iter().find(|(_, id)| id.len() > MAX_ID_BYTES) {
+        return Err(InvalidReason::IdTooLong { field, bytes: id.len(), max: MAX_ID_BYTES });
+    }
     if let Some(t) = event.event_time.as_ref() {
         let ahead_ms = orderflow_proto::timestamp_millis(t).saturating_sub(now_ms);
         if ahead_ms > limits.max_future_skew_ms {
@@ -287,6 +300,14 @@ mod tests {
         assert_eq!(err.code(), "event_time_in_future");
         assert_eq!(check(&at(DEFAULT_MAX_FUTURE_SKEW_MS + 1, 1)).unwrap_err().code(), "event_time_in_future");
         assert_eq!(check(&at(0, DEFAULT_MAX_AMOUNT_MINOR)), Ok(()));
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let payload = at(0, 1);
+        let view = OrderEventView::parse(&payload).unwrap();
+        let err = check_limits(&OrderEventView { customer_id: &long, ..view.clone() }, &limits, now);
+        assert_eq!(err, Err(InvalidReason::IdTooLong { field: "customer_id", bytes: MAX_ID_BYTES + 1, max: MAX_ID_BYTES }));
+        assert_eq!(err.unwrap_err().code(), "id_too_long");
+        let fits = check_limits(&OrderEventView { event_id: &long[1..], ..view }, &limits, now);
+        assert_eq!(fits, Ok(()), "{MAX_ID_BYTES} bytes are fine");
         let err = check(&at(0, i64::MAX)).unwrap_err();
         assert_eq!(err, InvalidReason::AmountTooLarge { amount: i64::MAX, max: DEFAULT_MAX_AMOUNT_MINOR });
         assert_eq!(err.code(), "amount_too_large");
