@@ -35,7 +35,7 @@ fn refused(of: &Orderflow, args: &[&str]) -> String {
 }
 
 #[test]
-fn a_checkpoint_topic_made_with_default_settings_is_refused_with_the_fix() {
+fn a_checkpoint_topic_made_with_stock_kafka_settings_is_refused_with_the_fix() {
     let broker = Broker::start();
     let of = Orderflow::new(&broker, 2);
     let checkpoints = format!("{}.aggregator.checkpoints", of.prefix);
