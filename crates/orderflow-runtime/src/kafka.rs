@@ -11,12 +11,14 @@ use crate::{Error, Result};
 /// Where the brokers are and any extra librdkafka settings. The command line's
 /// `--brokers` and `--kafka-option` flags (env `ORDERFLOW_BROKERS`,
 /// `ORDERFLOW_KAFKA_OPTIONS`) fill it in; a library user builds it with [`KafkaConfig::new`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` redacts the values of options that hold secrets (see [`redact_option`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct KafkaConfig {
     /// Kafka bootstrap servers, `host:port`, comma-separated.
     pub brokers: String,
     /// Extra librdkafka settings, `KEY=VALUE`, applied last (they override orderflow's
-    /// defaults, e.g. `security.protocol=SSL`).
+    /// defaults, e.g. `security.protocol=SSL`). The value is everything after the first
+    /// `=`, unchanged (commas included).
     pub options: Vec<String>,
     /// How long a service waits for the brokers at start before it gives up and says so.
     pub connect_timeout: Duration,
@@ -27,9 +29,47 @@ pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
 /// How long a service waits for the brokers at start, when not told otherwise.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// librdkafka settings whose values are secrets, besides any whose name contains
+/// `password` or `secret`: redacted wherever options are shown.
+const SECRET_OPTIONS: &[&str] = &["ssl.key.pem", "sasl.oauthbearer.config", "sasl.jaas.config", "ssl_key"];
+
+/// Whether the value of librdkafka setting `key` is a secret.
+pub fn is_secret_option(key: &str) -> bool {
+    let key = key.trim().to_ascii_lowercase();
+    key.contains("password") || key.contains("secret") || SECRET_OPTIONS.contains(&key.as_str())
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self::new(DEFAULT_BROKERS)
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options: Vec<String> = self.options.iter().map(|o| redact_option(o)).collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("options", &options)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// An option as it may be shown: `KEY=VALUE`, with the value replaced by `<redacted>`
+/// when it is a secret; an option without `=` shows only its leading name characters.
+pub fn redact_option(opt: &str) -> String {
+    match opt.split_once('=') {
+        Some((k, _)) if is_secret_option(k) => format!("{k}=<redacted>"),
+        Some(_) => opt.to_owned(),
+        None => {
+            let name_len = opt.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))).unwrap_or(opt.len());
+            if name_len == opt.len() {
+                opt.to_owned()
+            } else {
+                format!("{}<redacted>", &opt[..name_len])
+            }
+        }
     }
 }
 
@@ -39,16 +79,17 @@ impl KafkaConfig {
         Self { brokers: brokers.into(), options: Vec::new(), connect_timeout: DEFAULT_CONNECT_TIMEOUT }
     }
 
-    /// A base client configuration; `defaults` are applied before the user's options.
+    /// A base client configuration; `defaults` are applied before the user's options
+    /// (blank ones skipped).
     pub fn config(&self, defaults: &[(&str, &str)]) -> Result<ClientConfig> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         for (k, v) in defaults {
             c.set(*k, *v);
         }
-        for opt in &self.options {
-            let (k, v) = opt.split_once('=').ok_or_else(|| Error::BadOption(opt.clone()))?;
-            c.set(k.trim(), v.trim());
+        for opt in self.options.iter().filter(|o| !o.trim().is_empty()) {
+            let (k, v) = opt.split_once('=').ok_or_else(|| Error::BadOption(redact_option(opt)))?;
+            c.set(k.trim(), v);
         }
         Ok(c)
     }
@@ -305,4 +346,35 @@ pub async fn recv_batch<'a, C: rdkafka::consumer::ConsumerContext + 'static>(
         }
     }
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_keep_their_values_whole_and_override_the_rest() {
+        let mut kafka = KafkaConfig::new("127.0.0.1:9092");
+        kafka.options = vec!["debug=broker,topic".into(), "sasl.password=a,b=c ".into(), String::new(), " client.id =x".into()];
+        let c = kafka.config(&[("client.id", "default")]).unwrap();
+        assert_eq!(c.get("debug"), Some("broker,topic"));
+        assert_eq!(c.get("sasl.password"), Some("a,b=c "), "the value is everything after the first `=`, unchanged");
+        assert_eq!(c.get("client.id"), Some("x"));
+    }
+
+    #[test]
+    fn secret_options_stay_out_of_debug_output_and_errors() {
+        let mut kafka = KafkaConfig::new("127.0.0.1:9092");
+        kafka.options = vec!["sasl.password=hunter4".into(), "ssl.keystore.password=hunter5".into(), "debug=broker,topic".into()];
+        let shown = format!("{kafka:?} {kafka:#?}");
+        assert!(!shown.contains("hunter"), "{shown}");
+        assert!(shown.contains("debug=broker,topic") && shown.contains("sasl.password=<redacted>"), "{shown}");
+
+        kafka.options = vec!["sasl.password:hunter6".into()];
+        let e = kafka.config(&[]).unwrap_err();
+        assert!(matches!(e, Error::BadOption(_)));
+        assert_eq!(e.to_string(), "librdkafka option `sasl.password<redacted>` must be KEY=VALUE");
+        kafka.options = vec!["debug".into()];
+        assert_eq!(kafka.config(&[]).unwrap_err().to_string(), "librdkafka option `debug` must be KEY=VALUE");
+    }
 }

@@ -50,6 +50,7 @@ pub enum Error {
     CreateTopic { topic: String, reason: String },
     #[error("topic `{0}` does not exist (yet)")]
     MissingTopic(String),
+    /// The option as shown by [`kafka::redact_option`]: a secret in it is not repeated.
     #[error("librdkafka option `{0}` must be KEY=VALUE")]
     BadOption(String),
     #[error("metrics exporter on {addr}: {reason}")]

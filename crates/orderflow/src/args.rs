@@ -10,19 +10,28 @@ use orderflow_runtime::kafka::{KafkaConfig, DEFAULT_BROKERS, DEFAULT_CONNECT_TIM
 use orderflow_runtime::supervisor::DEFAULT_SHUTDOWN_GRACE;
 use orderflow_runtime::topics::{Topics, DEFAULT_PARTITIONS, DEFAULT_PREFIX, DEFAULT_REPLICATION_FACTOR};
 
-/// Where the brokers are and any extra librdkafka settings.
-#[derive(Debug, Clone, clap::Args)]
+/// Where the brokers are and any extra librdkafka settings. `Debug` shows what the
+/// settings become (a [`KafkaConfig`]), with every secret redacted.
+#[derive(Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, `host:port`, comma-separated.
     #[arg(long, env = "ORDERFLOW_BROKERS", default_value = DEFAULT_BROKERS, global = true)]
     pub brokers: String,
-    /// Extra librdkafka setting, `KEY=VALUE` (repeatable; applied last, so it can
-    /// override orderflow's defaults, e.g. `security.protocol=SSL`).
-    #[arg(long = "kafka-option", env = "ORDERFLOW_KAFKA_OPTIONS", value_delimiter = ',', global = true)]
+    /// Extra librdkafka setting, `KEY=VALUE`; repeat the flag for several. The value is
+    /// everything after the first `=`, unchanged (`debug=broker,topic` keeps its comma).
+    /// Applied last, so it overrides orderflow's defaults. In ORDERFLOW_KAFKA_OPTIONS,
+    /// one `KEY=VALUE` a line (a value cannot hold a newline).
+    #[arg(long = "kafka-option", env = "ORDERFLOW_KAFKA_OPTIONS", value_delimiter = '\n', hide_env_values = true, global = true)]
     pub options: Vec<String>,
     /// How long to wait for the brokers at start before giving up.
     #[arg(long, env = "ORDERFLOW_CONNECT_TIMEOUT", default_value_t = DEFAULT_CONNECT_TIMEOUT.into(), global = true)]
     pub connect_timeout: humantime::Duration,
+}
+
+impl std::fmt::Debug for KafkaArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        KafkaConfig::from(self.clone()).fmt(f)
+    }
 }
 
 impl From<KafkaArgs> for KafkaConfig {
@@ -169,6 +178,23 @@ mod tests {
         assert_eq!(EnricherConfig::from(defaults::<EnricherArgs>()), EnricherConfig::default());
         assert_eq!(KafkaConfig::from(defaults::<KafkaArgs>()), KafkaConfig::default());
         assert_eq!(Topics::from(defaults::<TopicArgs>()), Topics::default());
+    }
+
+    fn parse_kafka(args: &[&str]) -> KafkaConfig {
+        Parse::<KafkaArgs>::try_parse_from(std::iter::once("t").chain(args.iter().copied())).unwrap().args.into()
+    }
+
+    #[test]
+    fn kafka_option_values_pass_unchanged() {
+        let kafka = parse_kafka(&["--kafka-option", "debug=broker,topic", "--kafka-option", "sasl.password=pa,ss=w,rd"]);
+        assert_eq!(kafka.options, ["debug=broker,topic", "sasl.password=pa,ss=w,rd"]);
+        let c = kafka.config(&[]).unwrap();
+        assert_eq!(c.get("debug"), Some("broker,topic"));
+        assert_eq!(c.get("sasl.password"), Some("pa,ss=w,rd"));
+        // The separator of ORDERFLOW_KAFKA_OPTIONS (clap splits the flag's values alike).
+        assert_eq!(parse_kafka(&["--kafka-option", "debug=broker,topic\nclient.id=a,b"]).options, ["debug=broker,topic", "client.id=a,b"]);
+        let shown = format!("{:?}", Parse::<KafkaArgs>::try_parse_from(["t", "--kafka-option", "sasl.password=pa,ss"]).unwrap().args);
+        assert!(!shown.contains("pa,ss"), "{shown}");
     }
 
     #[test]
