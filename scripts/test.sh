@@ -7,7 +7,8 @@
 #   - Nisshi 0.8.1 is built with the nightly toolchain (it needs a newer rustc than
 #     stable): about 20 minutes on 2 cores, once per machine.
 #   - Set ORDERFLOW_TEST_BROKERS=host:port to run against another cluster instead
-#     (the fault test's broker-restart scenario always starts its own Nisshi).
+#     (the fault test's broker-restart scenario and the TLS/SASL tests always start
+#     their own Nisshi).
 #   - The fault test runs last, on its own, printing one line per scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
