@@ -7,7 +7,8 @@
 #   - Nisshi 0.8.1 is built with the nightly toolchain (it needs a newer rustc than
 #     stable): about 20 minutes on 2 cores, once per machine.
 #   - Set ORDERFLOW_TEST_BROKERS=host:port to run against another cluster instead
-#     (the fault test's broker-restart scenario always starts its own Nisshi).
+#     (the fault test's broker-restart scenario and the TLS/SASL tests always start
+#     their own Nisshi).
 #   - The fault test runs last, on its own, printing one line per scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,10 +19,13 @@ log() { printf '==> %s\n' "$*" >&2; }
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
+# The build compiles librdkafka and OpenSSL from source (rdkafka's ssl-vendored: no
+# system OpenSSL needed). OpenSSL's Configure needs perl with its core modules, which
+# perl-base alone (on minimal images) lacks.
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v make >/dev/null || need_apt+=(make)
-command -v perl >/dev/null || need_apt+=(perl)
+perl -MIPC::Cmd -MFile::Compare -MFile::Copy -MFindBin -e 1 2>/dev/null || need_apt+=(perl)
 command -v kill >/dev/null || need_apt+=(procps)
 if ((${#need_apt[@]})); then
   log "Installing Debian packages: ${need_apt[*]}"

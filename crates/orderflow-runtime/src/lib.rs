@@ -3,8 +3,8 @@
 //! `orderflow` binary owns the flags and converts them.
 //!
 //! # Layout
-//! - [`kafka`]: [`kafka::KafkaConfig`] (brokers, librdkafka passthrough), client
-//!   builders, reading whole topics, consumer-group positions, batched receive.
+//! - [`kafka`]: [`kafka::KafkaConfig`] (brokers, TLS and SASL, librdkafka passthrough),
+//!   client builders, reading whole topics, consumer-group positions, batched receive.
 //! - [`topics`]: topic names (one prefix for all), the topics each [`topics::Stage`]
 //!   needs, and their creation through the admin API so a fresh cluster needs no
 //!   manual step.
@@ -41,17 +41,42 @@ pub enum Error {
     Kafka(rdkafka::error::KafkaError),
     #[error(
         "cannot reach the Kafka brokers at {brokers} (waited {}; set them with --brokers or ORDERFLOW_BROKERS, \
-         the wait with --connect-timeout): {}",
-        humantime::format_duration(*.waited),
-        kafka_cause(.error)
+         the wait with --connect-timeout): {cause}",
+        humantime::format_duration(*.waited)
     )]
-    Unreachable { brokers: String, waited: std::time::Duration, error: rdkafka::error::KafkaError },
+    Unreachable {
+        brokers: String,
+        waited: std::time::Duration,
+        /// librdkafka's words for the failed request, then its last word on the
+        /// connections when it said something (`; last broker error: ...`).
+        cause: String,
+    },
+    #[error(
+        "TLS with the Kafka brokers at {brokers} failed (check --security-protocol and --ssl-ca-file, and \
+         --ssl-cert-file/--ssl-key-file if the brokers ask for a client certificate): {reason}"
+    )]
+    Tls { brokers: String, reason: String },
+    #[error(
+        "the Kafka brokers at {brokers} refused the SASL login of user `{username}` (check --sasl-mechanism, \
+         --sasl-username and the password): {reason}"
+    )]
+    Authentication { brokers: String, username: String, reason: String },
+    #[error("TLS/SASL settings: {0}")]
+    Security(&'static str),
+    #[error("reading the {what} from {}", .path.display())]
+    SecretFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("creating topic `{topic}`: {reason}")]
     CreateTopic { topic: String, reason: String },
     #[error("reading the configuration of topic `{topic}`: {reason}")]
     DescribeTopic { topic: String, reason: String },
     #[error("topic `{0}` does not exist (yet)")]
     MissingTopic(String),
+    /// The option as shown by [`kafka::redact_option`]: a secret in it is not repeated.
     #[error("librdkafka option `{0}` must be KEY=VALUE")]
     BadOption(String),
     #[error("metrics exporter on {addr}: {reason}")]

@@ -2,32 +2,114 @@
 //! (every flag also reads an environment variable; every default is the library's
 //! own constant, shown in `--help`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use orderflow_aggregator::{defaults as agg, AggregatorConfig};
 use orderflow_enricher::EnricherConfig;
-use orderflow_runtime::kafka::{KafkaConfig, DEFAULT_BROKERS, DEFAULT_CONNECT_TIMEOUT};
+use orderflow_runtime::kafka::{
+    KafkaConfig, SaslMechanism, Secret, Security, SecurityProtocol, DEFAULT_BROKERS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SASL_MECHANISM,
+    DEFAULT_SECURITY_PROTOCOL,
+};
 use orderflow_runtime::supervisor::DEFAULT_SHUTDOWN_GRACE;
 use orderflow_runtime::topics::{Topics, DEFAULT_PARTITIONS, DEFAULT_PREFIX, DEFAULT_REPLICATION_FACTOR};
 
-/// Where the brokers are and any extra librdkafka settings.
-#[derive(Debug, Clone, clap::Args)]
+/// Where the brokers are, TLS and SASL, and any extra librdkafka settings. `Debug`
+/// shows what the settings become (a [`KafkaConfig`]), with every secret redacted.
+#[derive(Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, `host:port`, comma-separated.
     #[arg(long, env = "ORDERFLOW_BROKERS", default_value = DEFAULT_BROKERS, global = true)]
     pub brokers: String,
-    /// Extra librdkafka setting, `KEY=VALUE` (repeatable; applied last, so it can
-    /// override orderflow's defaults, e.g. `security.protocol=SSL`).
-    #[arg(long = "kafka-option", env = "ORDERFLOW_KAFKA_OPTIONS", value_delimiter = ',', global = true)]
+    /// Extra librdkafka setting, `KEY=VALUE`; repeat the flag for several. The value is
+    /// everything after the first `=`, unchanged (`debug=broker,topic` keeps its comma).
+    /// Applied last, so it overrides orderflow's defaults and the TLS/SASL flags. In
+    /// ORDERFLOW_KAFKA_OPTIONS, one `KEY=VALUE` a line (a value cannot hold a newline;
+    /// give PEM material as files with the --ssl-* flags).
+    #[arg(long = "kafka-option", env = "ORDERFLOW_KAFKA_OPTIONS", value_delimiter = '\n', hide_env_values = true, global = true)]
     pub options: Vec<String>,
     /// How long to wait for the brokers at start before giving up.
     #[arg(long, env = "ORDERFLOW_CONNECT_TIMEOUT", default_value_t = DEFAULT_CONNECT_TIMEOUT.into(), global = true)]
     pub connect_timeout: humantime::Duration,
+    /// How to talk to the brokers: `ssl` is TLS, `sasl_ssl` a SASL login over TLS,
+    /// `sasl_plaintext` a SASL login without encryption.
+    #[arg(long, env = "ORDERFLOW_SECURITY_PROTOCOL", default_value_t = DEFAULT_SECURITY_PROTOCOL, ignore_case = true,
+          value_parser = choice(&SecurityProtocol::ALL, SecurityProtocol::name), global = true)]
+    pub security_protocol: SecurityProtocol,
+    /// PEM file of the CA certificate(s) that signed the brokers' certificates (with
+    /// `ssl`/`sasl_ssl`; default: the system's CA store).
+    #[arg(long, env = "ORDERFLOW_SSL_CA_FILE", global = true)]
+    pub ssl_ca_file: Option<PathBuf>,
+    /// PEM file of this client's certificate, for brokers that ask for one (mutual TLS;
+    /// needs --ssl-key-file).
+    #[arg(long, env = "ORDERFLOW_SSL_CERT_FILE", requires = "ssl_key_file", global = true)]
+    pub ssl_cert_file: Option<PathBuf>,
+    /// PEM file of the private key of --ssl-cert-file.
+    #[arg(long, env = "ORDERFLOW_SSL_KEY_FILE", requires = "ssl_cert_file", global = true)]
+    pub ssl_key_file: Option<PathBuf>,
+    /// Password of an encrypted --ssl-key-file. Prefer the environment variable or
+    /// --ssl-key-password-file: a flag's value shows in the process list.
+    #[arg(long, env = "ORDERFLOW_SSL_KEY_PASSWORD", hide_env_values = true, value_parser = secret,
+          conflicts_with = "ssl_key_password_file", global = true)]
+    pub ssl_key_password: Option<Secret>,
+    /// File holding the password of --ssl-key-file (one trailing newline ignored).
+    #[arg(long, env = "ORDERFLOW_SSL_KEY_PASSWORD_FILE", global = true)]
+    pub ssl_key_password_file: Option<PathBuf>,
+    /// SASL mechanism (with `sasl_ssl`/`sasl_plaintext`).
+    #[arg(long, env = "ORDERFLOW_SASL_MECHANISM", default_value_t = DEFAULT_SASL_MECHANISM, ignore_case = true,
+          value_parser = choice(&SaslMechanism::ALL, SaslMechanism::name), global = true)]
+    pub sasl_mechanism: SaslMechanism,
+    /// SASL user name.
+    #[arg(long, env = "ORDERFLOW_SASL_USERNAME", global = true)]
+    pub sasl_username: Option<String>,
+    /// SASL password. Prefer the environment variable or --sasl-password-file: a flag's
+    /// value shows in the process list.
+    #[arg(long, env = "ORDERFLOW_SASL_PASSWORD", hide_env_values = true, value_parser = secret,
+          conflicts_with = "sasl_password_file", global = true)]
+    pub sasl_password: Option<Secret>,
+    /// File holding the SASL password (one trailing newline ignored).
+    #[arg(long, env = "ORDERFLOW_SASL_PASSWORD_FILE", global = true)]
+    pub sasl_password_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for KafkaArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        KafkaConfig::from(self.clone()).fmt(f)
+    }
+}
+
+/// A flag taking one of `all`, by `name` (case-insensitive).
+fn choice<T: Copy + Send + Sync + 'static>(
+    all: &'static [T],
+    name: fn(T) -> &'static str,
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(all.iter().map(|v| name(*v)))
+        .map(move |s| *all.iter().find(|v| name(**v).eq_ignore_ascii_case(&s)).expect("one of the possible values"))
+}
+
+/// A password flag's value; it is never echoed back (not even in parse errors).
+fn secret(s: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::Value(s.to_owned()))
 }
 
 impl From<KafkaArgs> for KafkaConfig {
     fn from(a: KafkaArgs) -> Self {
-        Self { brokers: a.brokers, options: a.options, connect_timeout: a.connect_timeout.into() }
+        Self {
+            brokers: a.brokers,
+            options: a.options,
+            connect_timeout: a.connect_timeout.into(),
+            security: Security {
+                protocol: a.security_protocol,
+                ca_file: a.ssl_ca_file,
+                cert_file: a.ssl_cert_file,
+                key_file: a.ssl_key_file,
+                key_password: a.ssl_key_password.or(a.ssl_key_password_file.map(Secret::File)),
+                sasl_mechanism: a.sasl_mechanism,
+                sasl_username: a.sasl_username,
+                sasl_password: a.sasl_password.or(a.sasl_password_file.map(Secret::File)),
+            },
+        }
     }
 }
 
@@ -183,6 +265,84 @@ mod tests {
         assert_eq!(EnricherConfig::from(defaults::<EnricherArgs>()), EnricherConfig::default());
         assert_eq!(KafkaConfig::from(defaults::<KafkaArgs>()), KafkaConfig::default());
         assert_eq!(Topics::from(defaults::<TopicArgs>()), Topics::default());
+    }
+
+    fn parse_kafka(args: &[&str]) -> KafkaConfig {
+        Parse::<KafkaArgs>::try_parse_from(std::iter::once("t").chain(args.iter().copied())).unwrap().args.into()
+    }
+
+    #[test]
+    fn kafka_option_values_pass_unchanged() {
+        let kafka = parse_kafka(&["--kafka-option", "debug=broker,topic", "--kafka-option", "sasl.password=pa,ss=w,rd"]);
+        assert_eq!(kafka.options, ["debug=broker,topic", "sasl.password=pa,ss=w,rd"]);
+        let c = kafka.config(&[]).unwrap();
+        assert_eq!(c.get("debug"), Some("broker,topic"));
+        assert_eq!(c.get("sasl.password"), Some("pa,ss=w,rd"));
+        // The separator of ORDERFLOW_KAFKA_OPTIONS (clap splits the flag's values alike).
+        assert_eq!(parse_kafka(&["--kafka-option", "debug=broker,topic\nclient.id=a,b"]).options, ["debug=broker,topic", "client.id=a,b"]);
+    }
+
+    #[test]
+    fn security_flags_fill_in_the_security_settings() {
+        let kafka = parse_kafka(&[
+            "--security-protocol",
+            "SASL_SSL",
+            "--ssl-ca-file",
+            "ca.pem",
+            "--sasl-mechanism",
+            "scram-sha-256",
+            "--sasl-username",
+            "alice",
+            "--sasl-password-file",
+            "/run/secrets/kafka",
+        ]);
+        let s = &kafka.security;
+        assert_eq!((s.protocol, s.sasl_mechanism), (SecurityProtocol::SaslSsl, SaslMechanism::ScramSha256));
+        assert_eq!(s.ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(s.sasl_username.as_deref(), Some("alice"));
+        assert_eq!(s.sasl_password, Some(Secret::File("/run/secrets/kafka".into())));
+
+        let kafka =
+            parse_kafka(&["--security-protocol", "ssl", "--ssl-cert-file", "c.pem", "--ssl-key-file", "c.key", "--ssl-key-password", "k"]);
+        assert_eq!(kafka.security.key_password, Some(Secret::Value("k".into())));
+        assert!(Parse::<KafkaArgs>::try_parse_from(["t", "--ssl-cert-file", "c.pem"]).is_err(), "a certificate needs its key");
+        assert!(Parse::<KafkaArgs>::try_parse_from(["t", "--security-protocol", "tls"]).is_err());
+    }
+
+    #[test]
+    fn passwords_are_never_echoed() {
+        let args = Parse::<KafkaArgs>::try_parse_from([
+            "t",
+            "--security-protocol",
+            "sasl_ssl",
+            "--sasl-username",
+            "alice",
+            "--sasl-password",
+            "hunter2",
+            "--ssl-cert-file",
+            "c.pem",
+            "--ssl-key-file",
+            "c.key",
+            "--ssl-key-password",
+            "hunter3",
+            "--kafka-option",
+            "sasl.password=hunter4",
+        ])
+        .unwrap()
+        .args;
+        let shown = format!("{args:?}");
+        assert!(shown.contains("alice") && !shown.contains("hunter"), "{shown}");
+
+        let e = Parse::<KafkaArgs>::try_parse_from(["t", "--sasl-password", "hunter5", "--sasl-password-file", "pw"]).unwrap_err();
+        assert!(!e.to_string().contains("hunter5"), "{e}");
+
+        // `--help` shows that these variables are set, never their values.
+        use clap::CommandFactory as _;
+        let cli = crate::Cli::command();
+        for id in ["sasl_password", "ssl_key_password", "options"] {
+            let arg = cli.get_arguments().find(|a| a.get_id() == id).unwrap();
+            assert!(arg.is_hide_env_values_set(), "--help would show the value of {id}'s variable");
+        }
     }
 
     #[test]

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 pub struct Broker {
     pub bootstrap: String,
     child: Option<Child>,
-    /// How to start it again: working directory, port, storage URL.
-    spawn: Option<(PathBuf, u16, String)>,
+    /// How to start it again: working directory, port, storage URL, further
+    /// `nisshi broker` arguments.
+    spawn: Option<(PathBuf, u16, String, Vec<String>)>,
 }
 
 impl Drop for Broker {
@@ -34,7 +35,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn nisshi_binary() -> PathBuf {
+pub fn nisshi_binary() -> PathBuf {
     if let Ok(p) = std::env::var("NISSHI_BIN") {
         return p.into();
     }
@@ -61,20 +62,28 @@ impl Broker {
     /// A Nisshi broker with the given storage URL (relative paths are relative to
     /// `dir`), in its own process.
     pub fn nisshi_in(dir: &std::path::Path, storage: &str) -> Broker {
+        Self::nisshi_with(dir, storage, &[])
+    }
+
+    /// As [`Broker::nisshi_in`], with further `nisshi broker` arguments (`--cert`,
+    /// `--key`, `--authentication`).
+    pub fn nisshi_with(dir: &std::path::Path, storage: &str, args: &[&str]) -> Broker {
         let port = free_port();
+        let args = args.iter().map(|a| a.to_string()).collect();
         let mut broker =
-            Broker { bootstrap: format!("127.0.0.1:{port}"), child: None, spawn: Some((dir.to_owned(), port, storage.to_owned())) };
+            Broker { bootstrap: format!("127.0.0.1:{port}"), child: None, spawn: Some((dir.to_owned(), port, storage.to_owned(), args)) };
         broker.launch();
         broker
     }
 
     fn launch(&mut self) {
-        let (dir, port, storage) = self.spawn.clone().expect("a broker this harness started");
+        let (dir, port, storage, args) = self.spawn.clone().expect("a broker this harness started");
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(nisshi_binary())
             .current_dir(dir)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &storage])
             .args(["--group-initial-rebalance-delay", "100ms", "--silent"])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
