@@ -303,7 +303,7 @@ mod tests {
         let long = "x".repeat(MAX_ID_BYTES + 1);
         let payload = at(0, 1);
         let view = OrderEventView::parse(&payload).unwrap();
-        let err = check_limits(&OrderEventView { customer_id: &long, ..view.clone() }, &limits, now);
+        let err = check_limits(&OrderEventView { customer_id: &long, ..view }, &limits, now);
         assert_eq!(err, Err(InvalidReason::IdTooLong { field: "customer_id", bytes: MAX_ID_BYTES + 1, max: MAX_ID_BYTES }));
         assert_eq!(err.unwrap_err().code(), "id_too_long");
         let fits = check_limits(&OrderEventView { event_id: &long[1..], ..view }, &limits, now);
