@@ -11,13 +11,14 @@
 //! - **A keyed hash.** Fingerprints are SipHash-1-3 (128-bit) under a random per-partition
 //!   [`DedupKey`], kept in the partition's checkpoint, so ids cannot be crafted to
 //!   collide or to pile up in one probe run.
-//! - **A bound** on the ids remembered, `max_ids`. Ids admitted are counted per epoch
-//!   (an eighth of the horizon of event time): at each epoch's start the count is reset
-//!   to the ids still live, and a new id is refused ([`Sighting::Full`]) while the count
-//!   is at the bound. The count is a function of the log (and is checkpointed), so a
-//!   re-processed partition refuses exactly the same events. A flood of distinct ids
-//!   therefore costs at most `max_ids` entries; the refused events are dead-lettered
-//!   by the caller, never counted nor dropped.
+//! - **A bound** on the ids remembered, `max_ids`. Ids admitted are counted by bucket
+//!   of their event time (an eighth of the horizon each; [`Admissions`]); a bucket is
+//!   dropped once all of it has left the horizon, so the count is never below the ids
+//!   live. A new id is refused ([`Sighting::Full`]) while the count is at the bound. The
+//!   count is a function of the log (and is checkpointed), so a re-processed partition
+//!   refuses exactly the same events. A flood of distinct ids therefore costs at most
+//!   `max_ids` entries; the refused events are dead-lettered by the caller, never
+//!   counted nor dropped.
 
 use bytemuck::{Pod, Zeroable};
 use memmap2::MmapMut;
@@ -80,10 +81,10 @@ pub enum Sighting {
     Full,
 }
 
-/// Ids remembered per partition when not told otherwise: room for 30,000 events/s per
+/// Ids remembered per partition when not told otherwise: room for 15,000 events/s per
 /// partition over the default 65 s horizon (the 2019 11.11 peak spread over 64
-/// partitions is 8,500/s), at most 96 MiB of slots and 52 MB of checkpoint.
-pub const DEFAULT_MAX_IDS: usize = 2_000_000;
+/// partitions is 8,500/s), at most 2^22 slots (96 MiB) and 26 MB of checkpoint.
+pub const DEFAULT_MAX_IDS: usize = 1_000_000;
 
 /// Bytes one remembered id takes in a checkpoint, at most: a 16-byte fingerprint and
 /// an event time (a varint of at most 10 bytes).
@@ -331,10 +332,9 @@ fn prefetch<T>(_value: &T) {}
 /// The dedup memory of one partition.
 ///
 /// Expired entries are not looked for: they are overwritten by insertions that meet
-/// them, and removed all at once when the table fills up or an epoch starts. What the
-/// memory answers depends only on the live entries (within the horizon) and the
-/// epoch's admission count, so neither when nor whether expired ones were removed
-/// changes any outcome or checkpoint.
+/// them, and removed all at once when the table fills up. What the memory answers
+/// depends only on the live entries (within the horizon) and the admission counts, so
+/// neither when nor whether expired ones were removed changes any outcome or checkpoint.
 #[derive(Debug, Clone)]
 pub struct Dedup {
     horizon_ms: i64,
@@ -343,24 +343,87 @@ pub struct Dedup {
     /// fingerprints: it goes on with the unkeyed hash those were made with.
     key: Option<DedupKey>,
     seen: FingerprintTable,
-    /// The current admission epoch (watermark / epoch length) and the ids admitted in
-    /// it, counting the ones live at its start.
-    epoch: i64,
-    admitted: usize,
+    admissions: Admissions,
 }
 
-/// Where a memory's admission count stands, for checkpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Admission {
-    pub epoch: i64,
-    pub admitted: usize,
+/// Ids admitted, counted by bucket of their event time (`t / bucket_ms`), buckets that
+/// may still hold a live id only: [`Self::total`] is never below the ids live.
+#[derive(Debug, Clone)]
+pub struct Admissions {
+    buckets: std::collections::BTreeMap<i64, u64>,
+    total: u64,
+    /// The highest floor expired through so far (a cache: changes no answer).
+    floor: i64,
+}
+
+impl Default for Admissions {
+    fn default() -> Self {
+        Self { buckets: Default::default(), total: 0, floor: i64::MIN }
+    }
+}
+
+impl PartialEq for Admissions {
+    fn eq(&self, other: &Self) -> bool {
+        self.buckets == other.buckets
+    }
+}
+
+impl Eq for Admissions {}
+
+impl Admissions {
+    /// Counts from checkpointed (bucket, count) pairs.
+    pub fn from_buckets(buckets: impl IntoIterator<Item = (i64, u64)>) -> Self {
+        let buckets: std::collections::BTreeMap<i64, u64> = buckets.into_iter().collect();
+        let total = buckets.values().sum();
+        Self { buckets, total, floor: i64::MIN }
+    }
+
+    /// The (bucket, count) pairs, oldest first, for checkpoints.
+    pub fn buckets(&self) -> impl Iterator<Item = (i64, u64)> + '_ {
+        self.buckets.iter().map(|(b, n)| (*b, *n))
+    }
+
+    /// Ids counted.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Drops the buckets before `floor` (every id in them has expired).
+    fn expire(&mut self, floor: i64) {
+        if floor <= self.floor {
+            return;
+        }
+        self.floor = floor;
+        while let Some(entry) = self.buckets.first_entry() {
+            if *entry.key() >= floor {
+                break;
+            }
+            self.total -= entry.remove();
+        }
+    }
+
+    /// Counts one id admitted in `bucket`, unless it is before `floor` (expired already).
+    fn admit(&mut self, bucket: i64, floor: i64) {
+        if bucket < floor {
+            return;
+        }
+        self.total += 1;
+        // Most ids fall in the newest bucket.
+        if let Some(mut newest) = self.buckets.last_entry() {
+            if *newest.key() == bucket {
+                *newest.get_mut() += 1;
+                return;
+            }
+        }
+        *self.buckets.entry(bucket).or_default() += 1;
+    }
 }
 
 impl Dedup {
     /// An empty memory that remembers up to `max_ids` ids for `horizon_ms` of event
     /// time, fingerprinted under `key`.
     pub fn new(horizon_ms: i64, max_ids: usize, key: DedupKey) -> Self {
-        Self { horizon_ms, max_ids, key: Some(key), seen: FingerprintTable::default(), epoch: i64::MIN, admitted: 0 }
+        Self { horizon_ms, max_ids, key: Some(key), seen: FingerprintTable::default(), admissions: Admissions::default() }
     }
 
     /// The fingerprint of `event_id` in this memory.
@@ -385,24 +448,13 @@ impl Dedup {
         self.max_ids
     }
 
-    /// The admission count, for checkpoints.
-    pub fn admission(&self) -> Admission {
-        Admission { epoch: self.epoch, admitted: self.admitted }
+    /// The admission counts, for checkpoints.
+    pub fn admissions(&self) -> &Admissions {
+        &self.admissions
     }
 
-    fn epoch_ms(&self) -> i64 {
-        (self.horizon_ms / 8).max(1)
-    }
-
-    /// Starts a new admission epoch when the watermark entered one: expired entries
-    /// are removed and the count restarts from the live ones.
-    fn roll_epoch(&mut self, watermark_ms: i64) {
-        let epoch = watermark_ms.div_euclid(self.epoch_ms());
-        if epoch > self.epoch {
-            self.reclaim(watermark_ms);
-            self.epoch = epoch;
-            self.admitted = self.seen.len();
-        }
+    fn bucket(&self, t_ms: i64) -> i64 {
+        t_ms.div_euclid((self.horizon_ms / 8).max(1))
     }
 
     /// The horizon in milliseconds.
@@ -443,9 +495,10 @@ impl Dedup {
     /// Records `fp` seen at `t_ms` when it was not seen within the horizon of
     /// `watermark_ms` and the memory has room.
     pub fn sight(&mut self, fp: u128, t_ms: i64, watermark_ms: i64) -> Sighting {
-        self.roll_epoch(watermark_ms);
         let expired_before = self.expired_before(watermark_ms);
-        if self.admitted >= self.max_ids {
+        let floor = self.bucket(expired_before);
+        self.admissions.expire(floor);
+        if self.admissions.total() >= self.max_ids as u64 {
             return if self.seen.get(fp).is_some_and(|first| first >= expired_before) { Sighting::Repeat } else { Sighting::Full };
         }
         let first = match self.seen.entry(fp, t_ms, expired_before) {
@@ -457,7 +510,7 @@ impl Dedup {
             }
         };
         if first {
-            self.admitted += 1;
+            self.admissions.admit(self.bucket(t_ms), floor);
             Sighting::First
         } else {
             Sighting::Repeat
@@ -490,23 +543,23 @@ impl Dedup {
         v
     }
 
-    /// Rebuilds a memory from checkpointed entries, their key and admission count
-    /// (`None` for both in checkpoints older than them).
+    /// Rebuilds a memory from checkpointed entries, their key and admission counts
+    /// (`None` for both in checkpoints older than them: the counts are then those of
+    /// the entries).
     pub fn restore(
         horizon_ms: i64,
         max_ids: usize,
         key: Option<DedupKey>,
-        admission: Option<Admission>,
+        admissions: Option<Admissions>,
         entries: impl IntoIterator<Item = (u128, i64)>,
     ) -> Self {
-        let mut d = Self { horizon_ms, max_ids, key, seen: FingerprintTable::default(), epoch: i64::MIN, admitted: 0 };
+        let mut d = Self { horizon_ms, max_ids, key, seen: FingerprintTable::default(), admissions: Admissions::default() };
+        let mut counted = Admissions::default();
         for (fp, t) in entries {
             *d.seen.entry(fp, t, i64::MIN).0 = t;
+            counted.admit(d.bucket(t), i64::MIN);
         }
-        if let Some(a) = admission {
-            d.epoch = a.epoch;
-            d.admitted = a.admitted.max(d.seen.len());
-        }
+        d.admissions = admissions.unwrap_or(counted);
         d
     }
 }
@@ -611,9 +664,9 @@ mod tests {
         let mut d = Dedup::new(10, usize::MAX, KEY);
         d.first_sighting(fingerprint("x"), 5, 5);
         d.first_sighting(fingerprint("y"), 7, 7);
-        let back = Dedup::restore(10, usize::MAX, Some(KEY), Some(d.admission()), d.entries(7));
+        let back = Dedup::restore(10, usize::MAX, Some(KEY), Some(d.admissions().clone()), d.entries(7));
         assert_eq!(back.entries(7), d.entries(7));
-        assert_eq!(back.admission(), d.admission());
+        assert_eq!(back.admissions(), d.admissions());
         assert_eq!(d.entries(16), vec![(fingerprint("y"), 7)]);
     }
 
@@ -676,7 +729,8 @@ mod tests {
         let mut first = Dedup::new(400, 300, KEY);
         let mut wm = i64::MIN;
         let mut got = run(&mut first, &stream[..2_222], &mut wm);
-        let mut second = Dedup::restore(400, 300, first.key(), Some(first.admission()), first.entries(wm));
+        let admissions = Admissions::from_buckets(first.admissions().buckets());
+        let mut second = Dedup::restore(400, 300, first.key(), Some(admissions), first.entries(wm));
         got.extend(run(&mut second, &stream[2_222..], &mut wm));
         assert_eq!(got, expected);
     }

@@ -12,7 +12,7 @@ use hashbrown::HashMap;
 use orderflow_proto::timestamp_millis;
 use orderflow_proto::v1::{EnrichedOrderEvent, PartitionCheckpoint};
 
-use crate::dedup::{Admission, Dedup, DedupKey, Sighting};
+use crate::dedup::{Admissions, Dedup, DedupKey, Sighting};
 use crate::window::{type_index, ClosedWindow, Tallies, TotalKey, TotalKeyRef, WindowSpec};
 use crate::wire::EnrichedEventView;
 use crate::{Error, Result};
@@ -295,8 +295,9 @@ impl PartitionState {
             window_ms: self.spec.size_ms(),
             lateness_ms: self.spec.lateness_ms(),
             dedup_key: self.dedup.key().map(|k| k.to_bytes().to_vec()).unwrap_or_default(),
-            dedup_epoch: Some(self.dedup.admission().epoch),
-            dedup_admitted: self.dedup.admission().admitted as u64,
+            dedup_admission_buckets: self.dedup.admissions().buckets().map(|(b, _)| b).collect(),
+            dedup_admission_counts: self.dedup.admissions().buckets().map(|(_, n)| n).collect(),
+            dedup_admissions_counted: true,
         }
     }
 
@@ -322,7 +323,12 @@ impl PartitionState {
             [] => None,
             bytes => Some(DedupKey::from_bytes(bytes).ok_or_else(|| bad(format!("dedup key of {} bytes, not 16", bytes.len())))?),
         };
-        let admission = cp.dedup_epoch.map(|epoch| Admission { epoch, admitted: cp.dedup_admitted as usize });
+        if cp.dedup_admission_buckets.len() != cp.dedup_admission_counts.len() {
+            return Err(bad("dedup admission buckets and counts differ in length".into()));
+        }
+        let admissions = cp
+            .dedup_admissions_counted
+            .then(|| Admissions::from_buckets(cp.dedup_admission_buckets.iter().copied().zip(cp.dedup_admission_counts.iter().copied())));
         let entries = cp
             .dedup_fingerprints
             .chunks_exact(16)
@@ -339,7 +345,7 @@ impl PartitionState {
             watermark_ms: cp.watermark_ms,
             closed_through_ms: cp.closed_through_ms,
             open,
-            dedup: Dedup::restore(bounds.dedup_horizon_ms, bounds.dedup_max_ids, key, admission, entries),
+            dedup: Dedup::restore(bounds.dedup_horizon_ms, bounds.dedup_max_ids, key, admissions, entries),
             max_keys_per_window: bounds.max_keys_per_window,
         })
     }

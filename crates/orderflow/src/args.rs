@@ -202,7 +202,7 @@ pub struct AggregatorArgs {
     /// Most event ids remembered for dedup per input partition (24-48 bytes of memory
     /// and 26 bytes of checkpoint each). While a partition holds this many ids within
     /// the horizon, events with new ids are dead-lettered as `dedup_memory_full`
-    /// (replay them later); the default holds 30,000 events/s per partition.
+    /// (replay them later); the default holds 15,000 events/s per partition.
     #[arg(long, env = "ORDERFLOW_DEDUP_MAX_IDS", default_value_t = agg::DEDUP_MAX_IDS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub dedup_max_ids: usize,
