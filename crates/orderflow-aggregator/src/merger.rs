@@ -27,7 +27,7 @@ use crate::{Error, Result};
 
 /// Merges partials into totals until `cancel`.
 pub async fn run(kafka: KafkaConfig, topics: Topics, cancel: CancellationToken) -> Result<()> {
-    let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("merger"), RevocationLog::default())?;
+    let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("merger"), RevocationLog::new("merger"))?;
     consumer.subscribe(&[&topics.partials()])?;
     let mut outbox = Outbox::new(kafka.producer()?);
     let totals_topic = topics.totals();

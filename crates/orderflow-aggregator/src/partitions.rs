@@ -113,6 +113,8 @@ impl Partitions {
         for p in revoked {
             self.owned.remove(&p);
             metrics::gauge!(telemetry::AGGREGATOR_WATERMARK, "partition" => p.to_string()).set(f64::NAN);
+            // Its new owner reports it; a sum or max over instances counts it once.
+            metrics::gauge!(telemetry::AGGREGATOR_EVENT_TIME_LAG, "partition" => p.to_string()).set(0.0);
         }
     }
 
@@ -209,6 +211,19 @@ impl Partitions {
             metrics::gauge!(telemetry::AGGREGATOR_WATERMARK, "partition" => p.to_string()).set(watermark as f64 / 1000.0);
         }
         Some(Applied { route, closed, moved_through: (through != before).then_some(through) })
+    }
+
+    /// Sets the owned-partitions and event-time-lag gauges.
+    pub fn report_lag(&self) {
+        metrics::gauge!(telemetry::AGGREGATOR_PARTITIONS_OWNED).set(self.owned.len() as f64);
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        for (p, o) in &self.owned {
+            let watermark = o.state.watermark_ms();
+            if watermark != i64::MIN {
+                let lag = now_ms.saturating_sub(watermark) as f64 / 1000.0;
+                metrics::gauge!(telemetry::AGGREGATOR_EVENT_TIME_LAG, "partition" => p.to_string()).set(lag);
+            }
+        }
     }
 
     /// Open windows over the owned partitions.
@@ -333,7 +348,8 @@ impl Aggregator {
         partition_count: i32,
         watch: Watch,
     ) -> Result<Self> {
-        let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("aggregator"), RevocationLog::default())?;
+        let consumer: StreamConsumer<RevocationLog> =
+            kafka.group_consumer(&topics.group("aggregator"), RevocationLog::new("aggregator"))?;
         consumer.subscribe(&[&topics.enriched()])?;
         let producer = kafka.producer()?;
         Ok(Self {
@@ -352,9 +368,12 @@ impl Aggregator {
         let Self { config, consumer, mut partitions, mut router, mut checkpoints, mut last_checkpoint, watch } = self;
         tracing::info!(window_ms = partitions.spec.size_ms(), lateness_ms = partitions.spec.lateness_ms(), "Aggregator running.");
         let mut housekeeping = Instant::now();
+        let readiness = telemetry::readiness("aggregator");
+        readiness.not_ready("waiting for partitions");
         while !cancel.is_cancelled() {
             let batch = recv_batch(&consumer, config.batch, &cancel, Duration::from_millis(200)).await;
             partitions.forget(consumer.context().take());
+            let started = Instant::now();
             if !batch.is_empty() {
                 // Records of partitions revoked while the batch was fetched are skipped
                 // (`apply` ignores partitions not owned): their new owner processes them.
@@ -375,11 +394,20 @@ impl Aggregator {
                 }
                 drop(batch);
                 router.settle().await?;
+                metrics::histogram!(telemetry::BATCH_DURATION, "service" => "aggregator").record(started.elapsed().as_secs_f64());
             }
             if housekeeping.elapsed() >= Duration::from_millis(500) {
                 housekeeping = Instant::now();
                 let assigned = assignment(&consumer);
                 partitions.take_over(assigned.iter().copied().collect(), &assigned).await?;
+                partitions.report_lag();
+                if consumer.context().joined() && assigned.iter().all(|p| partitions.owns(*p)) {
+                    if !readiness.is_ready() {
+                        readiness.ready();
+                    }
+                } else if readiness.is_ready() {
+                    readiness.not_ready("partitions being assigned or restored");
+                }
                 if let Some((target, ticks)) = partitions.due_ticks(&watch) {
                     for p in ticks {
                         router.tick(p, target).await?;
@@ -390,7 +418,9 @@ impl Aggregator {
                 last_checkpoint = Instant::now();
                 router.settle().await?;
                 if !config.no_checkpoints {
+                    let started = Instant::now();
                     partitions.checkpoint(&mut checkpoints, &consumer).await?;
+                    metrics::histogram!(telemetry::AGGREGATOR_CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());
                 }
             }
         }

@@ -24,11 +24,15 @@ use crate::{EnricherConfig, Error, Result};
 pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &EnricherConfig, cancel: CancellationToken) -> Result<()> {
     // Settings first: a bad one fails before any broker is contacted.
     let limits = config.limits().map_err(Error::Config)?;
+    let readiness = telemetry::readiness("enricher");
+    readiness.not_ready("connecting to the brokers");
     kafka.check_reachable()?;
     topics::ensure(kafka, &topics.specs(Stage::Enricher)).await?;
     same_partitions(kafka, topics)?;
+    readiness.not_ready("loading merchants");
     let (merchants, follower) = MerchantStore::load(kafka, &topics.merchants()).await?;
-    let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("enricher"), RevocationLog::default())?;
+    readiness.not_ready("merchants loaded; waiting for partitions");
+    let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("enricher"), RevocationLog::new("enricher"))?;
     consumer.subscribe(&[&topics.orders()])?;
     let enricher = Enricher {
         outbox: Outbox::new(kafka.producer()?),
@@ -88,18 +92,24 @@ impl Enricher {
     }
 
     async fn enrich_until(&mut self, consumer: &StreamConsumer<RevocationLog>, cancel: &CancellationToken) -> Result<()> {
+        let readiness = telemetry::readiness("enricher");
         loop {
             let batch = recv_batch(consumer, self.batch, cancel, Duration::from_millis(500)).await;
+            if !readiness.is_ready() && consumer.context().joined() {
+                readiness.ready();
+            }
             if batch.is_empty() {
                 if cancel.is_cancelled() {
                     return Ok(());
                 }
                 continue;
             }
+            let started = std::time::Instant::now();
             self.enrich(&batch).await?;
             metrics::counter!(telemetry::ENRICHER_EVENTS).increment(batch.len() as u64);
             let settled = self.outbox.settle().await?;
             self.dead_letter_refused(&batch, settled).await?;
+            metrics::histogram!(telemetry::BATCH_DURATION, "service" => "enricher").record(started.elapsed().as_secs_f64());
             // Every output of the batch is on the broker: now the input may be forgotten.
             consumer.context().take();
             for m in &batch {

@@ -401,6 +401,8 @@ impl KafkaConfig {
                 ("fetch.max.bytes", "67108864"),
                 ("max.partition.fetch.bytes", "67108864"),
                 ("receive.message.max.bytes", "134217728"),
+                // Consumer lag per partition, through the context's statistics callback.
+                ("statistics.interval.ms", "1000"),
             ])?
             .create_with_context(context)?)
     }
@@ -551,29 +553,69 @@ pub fn is_fatal_read(e: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
-/// Records the ids of partitions a rebalance takes away, for loops that keep
-/// per-partition state; rebalancing itself is librdkafka's default (cooperative when
-/// the assignor is).
-#[derive(Debug, Default, Clone)]
+/// A group consumer's context: records the ids of partitions a rebalance takes away,
+/// for loops that keep per-partition state (rebalancing itself is librdkafka's default,
+/// cooperative when the assignor is); counts rebalances; says whether the consumer has
+/// joined its group; and turns librdkafka's statistics (every second) into the
+/// consumer lag per partition.
+#[derive(Debug, Clone)]
 pub struct RevocationLog {
+    service: &'static str,
     revoked: std::sync::Arc<std::sync::Mutex<Vec<i32>>>,
+    joined: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Default for RevocationLog {
+    fn default() -> Self {
+        Self::new("consumer")
+    }
 }
 
 impl RevocationLog {
+    /// The context of `service`'s consumer (the `service` label of its metrics).
+    pub fn new(service: &'static str) -> Self {
+        Self { service, revoked: Default::default(), joined: Default::default() }
+    }
+
     /// Partitions revoked since the last call.
     pub fn take(&self) -> Vec<i32> {
         std::mem::take(&mut *self.revoked.lock().expect("revocation log poisoned"))
     }
+
+    /// Whether the consumer has been given its (possibly empty) share of partitions.
+    pub fn joined(&self) -> bool {
+        self.joined.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
-impl rdkafka::client::ClientContext for RevocationLog {}
+impl rdkafka::client::ClientContext for RevocationLog {
+    /// Consumer lag per partition; a partition this consumer does not fetch reports 0,
+    /// so that a sum over instances counts each partition once.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (p, partition) in t.partitions.iter().filter(|(p, _)| **p >= 0) {
+                let lag = if partition.fetch_state == "active" { partition.consumer_lag.max(0) } else { 0 };
+                let labels = [("service", self.service.to_owned()), ("topic", topic.clone()), ("partition", p.to_string())];
+                metrics::gauge!(crate::telemetry::CONSUMER_LAG, &labels).set(lag as f64);
+            }
+        }
+    }
+}
 
 impl rdkafka::consumer::ConsumerContext for RevocationLog {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
         if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            metrics::counter!(crate::telemetry::REBALANCES, "service" => self.service, "kind" => "revoke").increment(1);
             let mut r = self.revoked.lock().expect("revocation log poisoned");
             r.extend(tpl.elements().iter().map(|e| e.partition()));
             tracing::info!(partitions = ?r, "Partitions revoked.");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        if let rdkafka::consumer::Rebalance::Assign(_) = rebalance {
+            metrics::counter!(crate::telemetry::REBALANCES, "service" => self.service, "kind" => "assign").increment(1);
+            self.joined.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

@@ -4,12 +4,25 @@
 //! Labels are bounded sets only: `reason`, `outcome`, `region`, `tier`, `currency`,
 //! `type`, `partition`. Never merchant, order or event ids.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::{Error, Result};
+
+/// Gauge: 1 while a service is ready (see [`readiness`]), else 0. Labels: `service`.
+pub const READY: &str = "orderflow_ready";
+/// Gauge: records between a group consumer's position and its partition's end (0 for
+/// partitions it does not fetch). Labels: `service`, `topic`, `partition`.
+pub const CONSUMER_LAG: &str = "orderflow_consumer_lag_records";
+/// Rebalances a group consumer went through. Labels: `service`, `kind` (assign, revoke).
+pub const REBALANCES: &str = "orderflow_rebalances_total";
+/// Histogram: seconds to process one batch, from its last record read to its outputs
+/// delivered. Labels: `service`.
+pub const BATCH_DURATION: &str = "orderflow_batch_duration_seconds";
 
 /// Events published by `replay`. Labels: `outcome` (sent, refused).
 pub const PRODUCER_EVENTS: &str = "orderflow_producer_events_total";
@@ -52,6 +65,12 @@ pub const AGGREGATOR_CHECKPOINT_FAILURES: &str = "orderflow_aggregator_checkpoin
 pub const AGGREGATOR_BOUND_REFUSALS: &str = "orderflow_aggregator_bound_refusals_total";
 /// Merchant records from the merchants topic the enricher refused. Labels: `reason`.
 pub const ENRICHER_MERCHANTS_REFUSED: &str = "orderflow_enricher_merchant_records_refused_total";
+/// Gauge: wall clock minus the partition's watermark, in seconds. Labels: `partition`.
+pub const AGGREGATOR_EVENT_TIME_LAG: &str = "orderflow_aggregator_event_time_lag_seconds";
+/// Gauge: input partitions this aggregator owns (restored).
+pub const AGGREGATOR_PARTITIONS_OWNED: &str = "orderflow_aggregator_partitions_owned";
+/// Histogram: seconds to write and settle one round of checkpoints.
+pub const AGGREGATOR_CHECKPOINT_SECONDS: &str = "orderflow_aggregator_checkpoint_duration_seconds";
 /// Gauge: event ids remembered for dedup, per input partition (its bound is
 /// `--dedup-max-ids`). Labels: `partition`.
 pub const AGGREGATOR_DEDUP_IDS: &str = "orderflow_aggregator_dedup_ids";
@@ -82,6 +101,17 @@ pub fn describe() {
         "Events whose merchant is not in the table (enriched as region and tier unknown)."
     );
     describe_gauge!(ENRICHER_MERCHANTS, Unit::Count, "Merchants in the enricher's table.");
+    describe_gauge!(READY, Unit::Count, "1 while the service is ready (merchants loaded, partitions assigned and restored), else 0.");
+    describe_gauge!(
+        CONSUMER_LAG,
+        Unit::Count,
+        "Records between the consumer's position and the partition's end, by service, topic and partition."
+    );
+    describe_counter!(REBALANCES, Unit::Count, "Consumer-group rebalances, by service and kind (assign, revoke).");
+    describe_histogram!(BATCH_DURATION, Unit::Seconds, "Time to process one batch and deliver its outputs, by service.");
+    describe_gauge!(AGGREGATOR_EVENT_TIME_LAG, Unit::Seconds, "Wall clock minus the partition's watermark.");
+    describe_gauge!(AGGREGATOR_PARTITIONS_OWNED, Unit::Count, "Input partitions this aggregator owns.");
+    describe_histogram!(AGGREGATOR_CHECKPOINT_SECONDS, Unit::Seconds, "Time to write and settle one round of checkpoints.");
     describe_counter!(
         ENRICHER_MERCHANTS_REFUSED,
         Unit::Count,
@@ -125,11 +155,115 @@ pub fn describe() {
     describe_gauge!(WINDOW_LAST_CLOSED_END, Unit::Seconds, "End of the newest window merged.");
 }
 
-/// Serves Prometheus text at `http://addr/metrics` and describes every metric.
-/// Must be called within a Tokio runtime.
-pub fn install_prometheus(addr: SocketAddr) -> Result<()> {
-    PrometheusBuilder::new().with_http_listener(addr).install().map_err(|e| Error::Metrics { addr, reason: e.to_string() })?;
+/// Whether a service is ready to do its work, for `/readyz` and [`READY`]: not ready
+/// until it says so (merchants loaded, partitions assigned and restored).
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    service: &'static str,
+    state: Arc<Mutex<std::result::Result<(), String>>>,
+}
+
+impl Readiness {
+    /// Ready.
+    pub fn ready(&self) {
+        self.set(Ok(()));
+    }
+
+    /// Not ready, and why (shown by `/readyz`).
+    pub fn not_ready(&self, why: impl Into<String>) {
+        self.set(Err(why.into()));
+    }
+
+    /// Whether ready now.
+    pub fn is_ready(&self) -> bool {
+        self.state.lock().expect("readiness poisoned").is_ok()
+    }
+
+    fn set(&self, state: std::result::Result<(), String>) {
+        metrics::gauge!(READY, "service" => self.service).set(if state.is_ok() { 1.0 } else { 0.0 });
+        *self.state.lock().expect("readiness poisoned") = state;
+    }
+}
+
+fn registry() -> &'static Mutex<BTreeMap<&'static str, Readiness>> {
+    static REGISTRY: OnceLock<Mutex<BTreeMap<&'static str, Readiness>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// The readiness of `service` in this process (registered, not ready, on first use):
+/// `/readyz` answers 200 only while every registered service is ready.
+pub fn readiness(service: &'static str) -> Readiness {
+    registry()
+        .lock()
+        .expect("readiness registry poisoned")
+        .entry(service)
+        .or_insert_with(|| {
+            let r = Readiness { service, state: Arc::new(Mutex::new(Err("starting".into()))) };
+            metrics::gauge!(READY, "service" => service).set(0.0);
+            r
+        })
+        .clone()
+}
+
+/// What `/readyz` answers: every registered service ready, else why not.
+fn ready_report() -> std::result::Result<String, String> {
+    let services = registry().lock().expect("readiness registry poisoned").clone();
+    let mut lines = Vec::new();
+    let mut all = true;
+    for (service, r) in &services {
+        match &*r.state.lock().expect("readiness poisoned") {
+            Ok(()) => lines.push(format!("{service}: ready")),
+            Err(why) => {
+                all = false;
+                lines.push(format!("{service}: not ready: {why}"));
+            }
+        }
+    }
+    let report = lines.join("\n") + "\n";
+    if all {
+        Ok(report)
+    } else {
+        Err(report)
+    }
+}
+
+/// Serves, at `addr`, Prometheus text at `/metrics`, liveness at `/healthz` (200 while
+/// the process's runtime answers: a service whose task fails exits) and readiness at
+/// `/readyz` (200 while every service in the process is ready, else 503 saying why), and
+/// describes every metric. Must be called within a Tokio runtime; the server runs until
+/// the process ends.
+pub async fn serve(addr: SocketAddr) -> Result<()> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+
+    let handle: PrometheusHandle =
+        PrometheusBuilder::new().install_recorder().map_err(|e| Error::Metrics { addr, reason: e.to_string() })?;
     describe();
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::Metrics { addr, reason: e.to_string() })?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    let app = axum::Router::new()
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|| async {
+                match ready_report() {
+                    Ok(report) => (StatusCode::OK, report),
+                    Err(report) => (StatusCode::SERVICE_UNAVAILABLE, report),
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "The metrics and health server stopped.");
+        }
+    });
     Ok(())
 }
 

@@ -64,9 +64,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     for spec in topics.specs(Stage::All) {
         cluster.create_topic(&spec.name, spec.partitions, 1)?;
     }
-    telemetry::install_prometheus(args.metrics_addr)?;
+    telemetry::serve(args.metrics_addr).await?;
     println!("orderflow demo: embedded mock Kafka cluster (librdkafka's mock, in memory) at {}", kafka.brokers);
-    println!("Prometheus metrics at http://{}/metrics", args.metrics_addr);
+    println!("Prometheus metrics at http://{0}/metrics (health: /healthz, /readyz)", args.metrics_addr);
 
     let sample = sample::generate(args.seed, args.merchants, args.orders, MIDNIGHT_MS - 60_000, 3 * 60_000);
     let agg = AggregatorConfig { idle_close: args.idle_close, ..AggregatorConfig::default() };

@@ -179,13 +179,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Enrich { args, metrics_addr } => {
-            telemetry::install_prometheus(metrics_addr)?;
+            telemetry::serve(metrics_addr).await?;
             orderflow_enricher::run(&kafka, &topics, &args.into(), shutdown::on_signal()).await?;
         }
         Command::Aggregate { args, metrics_addr } => {
             let config: orderflow_aggregator::AggregatorConfig = args.into();
             config.spec()?;
-            telemetry::install_prometheus(metrics_addr)?;
+            telemetry::serve(metrics_addr).await?;
             orderflow_aggregator::run(&kafka, &topics, &config, shutdown::on_signal()).await?;
         }
         Command::Totals { json, follow } => inspect::totals(&kafka, &topics, json, follow).await?,

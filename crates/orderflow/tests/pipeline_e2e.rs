@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{sample, scrape, wait_for, wait_until, Broker, Orderflow};
+use common::{get, sample, scrape, wait_for, wait_until, Broker, Orderflow};
 use serde_json::{json, Value};
 
 const MERCHANTS: &str = "\
@@ -185,6 +185,24 @@ fn exact_totals_dead_letters_and_late_events_over_a_real_broker() {
     assert_eq!(sample(&enr, "orderflow_enricher_unknown_merchant_events_total", &[]), 2.0);
     assert_eq!(sample(&enr, "orderflow_enricher_events_total", &[]), 24.0);
     assert_eq!(sample(&enr, "orderflow_dead_letter_events_total", &[("reason", "undecodable"), ("stage", "enricher")]), 1.0);
+
+    // Health, readiness and the operational gauges.
+    for (addr, service) in [(&enricher_metrics, "enricher"), (&aggregator_metrics, "aggregator")] {
+        assert_eq!(get(addr, "/healthz"), Some((200, "ok\n".to_owned())));
+        let (status, body) = get(addr, "/readyz").unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(&format!("{service}: ready")), "{body}");
+        assert_eq!(sample(&scrape(addr).unwrap(), "orderflow_ready", &[("service", service)]), 1.0);
+    }
+    assert_eq!(sample(&agg, "orderflow_aggregator_partitions_owned", &[]), 3.0);
+    wait_for("the enricher's lag to be reported, and nil", Duration::from_secs(30), || {
+        let page = scrape(&enricher_metrics).unwrap();
+        let orders = format!("{}.orders", of.prefix);
+        (0..3).all(|p| {
+            page.contains(&format!("orderflow_consumer_lag_records{{service=\"enricher\",topic=\"{orders}\",partition=\"{p}\"}} 0"))
+        })
+    });
+    assert!(agg.contains("orderflow_batch_duration_seconds_count{service=\"aggregator\"}"), "batch durations are recorded");
 
     // SIGTERM drains and exits cleanly.
     assert!(enricher.terminate().success());
