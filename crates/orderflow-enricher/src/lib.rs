@@ -30,6 +30,10 @@ pub use pipeline::run;
 pub struct EnricherConfig {
     /// Most records enriched per batch (offsets are stored per batch).
     pub batch: usize,
+    /// Most outputs in flight (sent, not yet acknowledged by the broker): the enricher
+    /// reads and enriches the next batches while earlier ones are being delivered, and
+    /// waits for the oldest when this many are outstanding.
+    pub max_in_flight: usize,
     /// How long the enricher's tasks may take to stop once one has failed or a
     /// shutdown was requested.
     pub shutdown_grace: Duration,
@@ -63,11 +67,14 @@ impl EnricherConfig {
 
 /// Records per batch when not told otherwise.
 pub const DEFAULT_BATCH: usize = 5_000;
+/// Outputs in flight when not told otherwise (eight default batches).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 40_000;
 
 impl Default for EnricherConfig {
     fn default() -> Self {
         Self {
             batch: DEFAULT_BATCH,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             shutdown_grace: orderflow_runtime::supervisor::DEFAULT_SHUTDOWN_GRACE,
             max_event_time_skew: Duration::from_millis(orderflow_core::validate::DEFAULT_MAX_FUTURE_SKEW_MS as u64),
             max_amount_minor: orderflow_core::validate::DEFAULT_MAX_AMOUNT_MINOR,

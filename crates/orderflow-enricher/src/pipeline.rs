@@ -1,11 +1,12 @@
 //! The consume-enrich-produce loop, and [`run`], which supervises it beside the
 //! merchant follower.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use orderflow_core::validate::{InvalidReason, Limits};
 use orderflow_runtime::kafka::{partition_count, recv_batch, KafkaConfig, RevocationLog};
-use orderflow_runtime::outbox::{Outbox, Settled};
+use orderflow_runtime::outbox::Outbox;
 use orderflow_runtime::records::dead_letter::{self, Source};
 use orderflow_runtime::supervisor::Supervisor;
 use orderflow_runtime::telemetry;
@@ -40,6 +41,7 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &EnricherConfig, 
         enriched_topic: topics.enriched(),
         dlq_topic: topics.dead_letter(),
         batch: config.batch,
+        max_in_flight: config.max_in_flight,
         limits,
     };
     tracing::info!(input = %topics.orders(), output = %topics.enriched(), "Enricher running.");
@@ -68,14 +70,25 @@ fn same_partitions(kafka: &KafkaConfig, topics: &Topics) -> Result<()> {
     Ok(())
 }
 
+/// An output's tag: its batch's sequence number and its input's index in the batch.
+type Tag = (u64, usize);
+
+/// A batch whose outputs are not all on the broker yet.
+struct InFlight<'a> {
+    seq: u64,
+    messages: Vec<BorrowedMessage<'a>>,
+    /// Outputs not yet settled (one per input, plus dead letters of refused outputs).
+    outstanding: usize,
+}
+
 /// The loop's state.
 struct Enricher {
-    /// Outputs tagged with the index of their input in the batch.
-    outbox: Outbox<usize>,
+    outbox: Outbox<Tag>,
     merchants: MerchantStore,
     enriched_topic: String,
     dlq_topic: String,
     batch: usize,
+    max_in_flight: usize,
     /// What every event is held to (see `orderflow_core::validate::Limits`).
     limits: Limits,
 }
@@ -91,38 +104,99 @@ impl Enricher {
         result.and(closed.map(drop).map_err(Into::into))
     }
 
-    async fn enrich_until(&mut self, consumer: &StreamConsumer<RevocationLog>, cancel: &CancellationToken) -> Result<()> {
+    /// Reads, enriches and sends batch after batch, without waiting for one batch's
+    /// outputs before reading the next (at most `max_in_flight` outputs outstanding).
+    /// Batches land in order: a batch's input offsets are stored once every output of
+    /// it and of every batch before it is on the broker, so a crash re-processes, and
+    /// never skips, what was not delivered.
+    async fn enrich_until<'a>(&mut self, consumer: &'a StreamConsumer<RevocationLog>, cancel: &CancellationToken) -> Result<()> {
         let readiness = telemetry::readiness("enricher");
+        let mut in_flight: VecDeque<InFlight<'a>> = VecDeque::new();
+        let mut next_seq = 0u64;
         loop {
             let batch = recv_batch(consumer, self.batch, cancel, Duration::from_millis(500)).await;
             if !readiness.is_ready() && consumer.context().joined() {
                 readiness.ready();
             }
             if batch.is_empty() {
+                // Quiet (or stopping): land everything, so that offsets get committed.
+                self.land(&mut in_flight, consumer, 0).await?;
                 if cancel.is_cancelled() {
                     return Ok(());
                 }
                 continue;
             }
             let started = std::time::Instant::now();
-            self.enrich(&batch).await?;
+            let seq = next_seq;
+            next_seq += 1;
+            self.enrich(&batch, seq).await?;
             metrics::counter!(telemetry::ENRICHER_EVENTS).increment(batch.len() as u64);
-            let settled = self.outbox.settle().await?;
-            self.dead_letter_refused(&batch, settled).await?;
             metrics::histogram!(telemetry::BATCH_DURATION, "service" => "enricher").record(started.elapsed().as_secs_f64());
-            // Every output of the batch is on the broker: now the input may be forgotten.
-            consumer.context().take();
-            for m in &batch {
-                if let Err(e) = consumer.store_offset(m.topic(), m.partition(), m.offset()) {
-                    // The partition moved to another instance; it will re-process from the
-                    // last commit and the aggregator's dedup absorbs the repeat.
-                    tracing::debug!(partition = m.partition(), error = %e, "Offset not stored.");
+            in_flight.push_back(InFlight { seq, outstanding: batch.len(), messages: batch });
+            let max_pending = if cancel.is_cancelled() { 0 } else { self.max_in_flight };
+            self.land(&mut in_flight, consumer, max_pending).await?;
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Settles outputs until at most `max_pending` are outstanding (all of them for 0),
+    /// dead-letters the inputs of refused ones, and stores the offsets of the batches at
+    /// the front whose outputs have all landed.
+    async fn land<'a>(
+        &mut self,
+        in_flight: &mut VecDeque<InFlight<'a>>,
+        consumer: &'a StreamConsumer<RevocationLog>,
+        max_pending: usize,
+    ) -> Result<()> {
+        loop {
+            let front_seq = in_flight.front().map_or(0, |b| b.seq);
+            let settled = self
+                .outbox
+                .settle_ready_each(max_pending, |(seq, _)| {
+                    if let Some(b) = in_flight.get_mut((seq - front_seq) as usize) {
+                        b.outstanding -= 1;
+                    }
+                })
+                .await?;
+            let mut retried = 0;
+            for r in settled.rejected {
+                if r.topic == self.dlq_topic {
+                    refused_dead_letter(&r.reason());
+                    continue;
+                }
+                tracing::warn!(topic = %r.topic, error = %r.error, "Output refused by the broker; dead-lettering its input.");
+                let (seq, i) = r.tag;
+                let b = in_flight.get_mut((seq - front_seq) as usize).expect("a refused output's batch is in flight");
+                b.outstanding += 1;
+                let m = &b.messages[i];
+                self.dead_letter(m, &InvalidReason::RefusedByBroker(r.reason()), r.tag).await?;
+                retried += 1;
+            }
+            let mut stored = false;
+            while in_flight.front().is_some_and(|b| b.outstanding == 0) {
+                let done = in_flight.pop_front().expect("front exists");
+                // Every output of the batch, and of every batch before it, is on the broker:
+                // now its input may be forgotten.
+                consumer.context().take();
+                for m in &done.messages {
+                    if let Err(e) = consumer.store_offset(m.topic(), m.partition(), m.offset()) {
+                        // The partition moved to another instance; it will re-process from
+                        // the last commit and the aggregator's dedup absorbs the repeat.
+                        tracing::debug!(partition = m.partition(), error = %e, "Offset not stored.");
+                    }
+                }
+                stored = true;
+            }
+            if stored {
+                if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+                    tracing::debug!(error = %e, "Async commit failed; the next one covers it.");
                 }
             }
-            if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
-                tracing::debug!(error = %e, "Async commit failed; the next one covers it.");
-            }
-            if cancel.is_cancelled() {
+            // Dead letters of refused outputs were just sent: settle them too when
+            // everything is to land.
+            if retried == 0 || max_pending > 0 {
                 return Ok(());
             }
         }
@@ -130,7 +204,7 @@ impl Enricher {
 
     /// Validates and joins every record of the batch and sends its output: the enriched
     /// record, or the original bytes to the dead-letter topic with the reason.
-    async fn enrich(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<()> {
+    async fn enrich(&mut self, batch: &[BorrowedMessage<'_>], seq: u64) -> Result<()> {
         // One clock reading per batch: the time every event of it is held to.
         let now_ms = now_ms();
         // Decide every output under the table's read lock, then send without it.
@@ -159,15 +233,15 @@ impl Enricher {
                 // in both topics.
                 Ok((key, value)) => {
                     let record = FutureRecord::to(&self.enriched_topic).key(key.as_str()).payload(value.as_slice());
-                    self.outbox.send(record.partition(m.partition()), i).await?
+                    self.outbox.send(record.partition(m.partition()), (seq, i)).await?
                 }
-                Err(reason) => self.dead_letter(m, &reason, i).await?,
+                Err(reason) => self.dead_letter(m, &reason, (seq, i)).await?,
             }
         }
         Ok(())
     }
 
-    async fn dead_letter(&mut self, m: &BorrowedMessage<'_>, reason: &InvalidReason, tag: usize) -> Result<()> {
+    async fn dead_letter(&mut self, m: &BorrowedMessage<'_>, reason: &InvalidReason, tag: Tag) -> Result<()> {
         tracing::debug!(partition = m.partition(), offset = m.offset(), %reason, "Dead-lettering event.");
         metrics::counter!(telemetry::DEAD_LETTER_EVENTS, "stage" => "enricher", "reason" => reason.code()).increment(1);
         let source = Source { topic: m.topic(), partition: m.partition(), offset: m.offset() };
@@ -178,31 +252,6 @@ impl Enricher {
             .payload(dead_letter::payload(bytes))
             .headers(dead_letter::headers("enricher", reason, source, bytes.len()));
         Ok(self.outbox.send(record, tag).await?)
-    }
-
-    /// Sends the input of every refused output to the dead-letter topic with the
-    /// broker's reason, and settles those. A dead letter refused in turn is logged and
-    /// counted (`orderflow_dead_letter_refused_total`): there is nowhere further to put it.
-    async fn dead_letter_refused(&mut self, batch: &[BorrowedMessage<'_>], settled: Settled<usize>) -> Result<()> {
-        if settled.rejected.is_empty() {
-            return Ok(());
-        }
-        let mut retried = 0;
-        for r in settled.rejected {
-            if r.topic == self.dlq_topic {
-                refused_dead_letter(&r.reason());
-                continue;
-            }
-            tracing::warn!(topic = %r.topic, error = %r.error, "Output refused by the broker; dead-lettering its input.");
-            self.dead_letter(&batch[r.tag], &InvalidReason::RefusedByBroker(r.reason()), r.tag).await?;
-            retried += 1;
-        }
-        if retried > 0 {
-            for r in self.outbox.settle().await?.rejected {
-                refused_dead_letter(&r.reason());
-            }
-        }
-        Ok(())
     }
 }
 

@@ -166,7 +166,14 @@ impl<T> Outbox<T> {
     /// waits for the oldest ones while more than `max_pending` are outstanding. For
     /// loops that keep many records in flight and count them as they land.
     pub async fn settle_ready(&mut self, max_pending: usize) -> Result<Settled<T>> {
+        self.settle_ready_each(max_pending, |_| {}).await
+    }
+
+    /// [`Self::settle_ready`], calling `landed` with the tag of every record it settles
+    /// (delivered or refused), in the order they settle.
+    pub async fn settle_ready_each(&mut self, max_pending: usize, mut landed: impl FnMut(&T)) -> Result<Settled<T>> {
         let mut settled = Settled { delivered: 0, rejected: std::mem::take(&mut self.rejected_early) };
+        settled.rejected.iter().for_each(|r| landed(&r.tag));
         loop {
             let over = self.pending.len() > max_pending;
             let Some((_, front)) = self.pending.front_mut() else { break };
@@ -179,6 +186,7 @@ impl<T> Outbox<T> {
                 }
             };
             let (tag, _) = self.pending.pop_front().expect("front exists");
+            landed(&tag);
             judge(tag, result, &mut settled)?;
         }
         Ok(settled)
@@ -224,5 +232,29 @@ mod tests {
         assert_eq!(classify(&production(RDKafkaErrorCode::MessageTimedOut)), Fate::Fatal);
         assert_eq!(classify(&production(RDKafkaErrorCode::TopicAuthorizationFailed)), Fate::Fatal);
         assert_eq!(classify(&KafkaError::Canceled), Fate::Fatal);
+    }
+
+    /// Loops that keep many batches in flight account for each record as it settles:
+    /// every tag is named exactly once, a record refused on the spot first, then the
+    /// others in the order sent; at most `max_pending` stay outstanding.
+    #[tokio::test]
+    async fn settle_ready_each_names_every_record_once_in_order() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let kafka = crate::kafka::KafkaConfig::new(cluster.bootstrap_servers());
+        let mut outbox = Outbox::new(kafka.producer().unwrap());
+        for i in 0..10 {
+            outbox.send(FutureRecord::to("t").key("k").payload("v"), i).await.unwrap();
+        }
+        let too_large = vec![0u8; 80 << 20];
+        outbox.send(FutureRecord::<str, _>::to("t").payload(&too_large), 10).await.unwrap();
+        let mut landed = Vec::new();
+        let first = outbox.settle_ready_each(4, |t| landed.push(*t)).await.unwrap();
+        assert!(outbox.pending() <= 4, "{} outstanding", outbox.pending());
+        assert_eq!(first.rejected.iter().map(|r| r.tag).collect::<Vec<_>>(), [10]);
+        let rest = outbox.settle_ready_each(0, |t| landed.push(*t)).await.unwrap();
+        assert_eq!(outbox.pending(), 0);
+        assert_eq!(landed, [10, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(first.delivered + rest.delivered, 10);
     }
 }

@@ -149,6 +149,11 @@ pub struct EnricherArgs {
     /// Most records enriched per batch (offsets are stored per batch).
     #[arg(long, env = "ORDERFLOW_ENRICHER_BATCH", default_value_t = orderflow_enricher::DEFAULT_BATCH)]
     pub batch: usize,
+    /// Most outputs in flight: the enricher reads and enriches the next batches while
+    /// earlier ones are being delivered; input offsets are still committed only once
+    /// every output before them is on the broker.
+    #[arg(long, env = "ORDERFLOW_ENRICHER_MAX_IN_FLIGHT", default_value_t = orderflow_enricher::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
     /// How far ahead of this enricher's clock an event time may be; events dated further
     /// ahead (a storefront with a wrong clock) are dead-lettered as `event_time_in_future`.
     #[arg(long, env = "ORDERFLOW_MAX_EVENT_TIME_SKEW",
@@ -174,6 +179,7 @@ impl From<EnricherArgs> for EnricherConfig {
     fn from(a: EnricherArgs) -> Self {
         Self {
             batch: a.batch,
+            max_in_flight: a.max_in_flight,
             shutdown_grace: a.shutdown.shutdown_grace.into(),
             max_event_time_skew: a.max_event_time_skew.into(),
             max_amount_minor: a.max_amount_minor,
