@@ -10,6 +10,8 @@
 #     (the fault test's broker-restart scenario and the TLS/SASL tests always start
 #     their own Nisshi).
 #   - The fault test runs last, on its own, printing one line per scenario.
+#   - The Prometheus config and alerting rules (deploy/prometheus/) are checked and
+#     unit-tested with promtool (scripts/check-alerts.sh) right after formatting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,17 @@ log() { printf '==> %s\n' "$*" >&2; }
 # Formatting first: it needs nothing installed and fails in a second.
 log "cargo fmt --check"
 cargo fmt --all -- --check
+
+# The Prometheus config and alerting rules, with their unit tests: under a minute. promtool
+# comes with Debian's prometheus package (without its recommends); where systemd runs,
+# the package also starts its server, which the tests do not need.
+if ! command -v promtool >/dev/null; then
+  log "Installing Debian packages: prometheus (for promtool)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  if [[ -d /run/systemd/system ]]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+fi
+scripts/check-alerts.sh
 
 # The build compiles librdkafka and OpenSSL from source (rdkafka's ssl-vendored: no
 # system OpenSSL needed). OpenSSL's Configure needs perl with its core modules, which

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Checks the Prometheus config and alerting rules under deploy/ (README "Alerts and
+# runbook"); part of scripts/test.sh, which installs promtool (Debian's prometheus
+# package) when it is missing. A few seconds, plus about two per alert for the last step.
+#   1. promtool check config / check rules: both parse, and the config finds the rules.
+#   2. promtool test rules: every alert's unit tests (alerts_test.yml), firing and not.
+#   3. every runbook_url is README.md#<alert name in lower case>, and README.md has a
+#      heading of that name.
+#   4. every alert has a test that needs it to fire: with the alert's expression made
+#      one that never fires, alerts_test.yml must fail.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+rules=deploy/prometheus/alerts.yml
+tests=deploy/prometheus/alerts_test.yml
+
+log "promtool check config, check rules, test rules"
+promtool check config deploy/prometheus.yml
+promtool check rules "$rules"
+promtool test rules "$tests"
+
+alerts=$(sed -n 's/^ *- alert: *\([A-Za-z0-9_]*\) *$/\1/p' "$rules")
+[[ -n "$alerts" ]] || { echo "no alert found in $rules" >&2; exit 1; }
+
+log "runbook anchors in README.md"
+for alert in $alerts; do
+  anchor=$(printf '%s' "$alert" | tr '[:upper:]' '[:lower:]')
+  # The alert's runbook_url: the first one after its `- alert:` line.
+  url=$(sed -n "/^ *- alert: *$alert *\$/,\$ s/^ *runbook_url: *//p" "$rules" | head -n 1)
+  [[ "$url" == "README.md#$anchor" ]] || { echo "$alert: runbook_url is '$url', not README.md#$anchor" >&2; exit 1; }
+  grep -qiE "^#+ +$alert *\$" README.md || { echo "$alert: README.md has no heading '$alert' (anchor #$anchor)" >&2; exit 1; }
+done
+
+log "each alert's tests fail when it never fires"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cp "$tests" "$tmp/"
+for alert in $alerts; do
+  # Replaces the alert's expr (one line, or a block of deeper-indented lines after `|`).
+  awk -v alert="$alert" '
+    /^ *- alert: / { mine = ($3 == alert) }
+    skip && match($0, /^ */) && RLENGTH > indent { next }
+    { skip = 0 }
+    mine && /^ *expr:/ { match($0, /^ */); indent = RLENGTH; print substr($0, 1, indent) "expr: vector(1) < 0"; skip = 1; next }
+    { print }
+  ' "$rules" >"$tmp/alerts.yml"
+  if ! grep -q 'expr: vector(1) < 0' "$tmp/alerts.yml"; then
+    echo "$alert: could not replace its expr" >&2
+    exit 1
+  fi
+  promtool check rules "$tmp/alerts.yml" >/dev/null
+  if promtool test rules "$tmp/$(basename "$tests")" >/dev/null 2>&1; then
+    echo "$alert: $tests still passes when the alert never fires: add a test where it fires" >&2
+    exit 1
+  fi
+done
+echo "$(wc -w <<<"$alerts") alerts: each has a runbook entry and a test that needs it to fire"
