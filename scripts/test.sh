@@ -8,6 +8,9 @@
 #     stable): about 20 minutes on 2 cores, once per machine.
 #   - Set ORDERFLOW_TEST_BROKERS=host:port to run against another cluster instead
 #     (the fault test's broker-restart scenario always starts its own Nisshi).
+#   - A short fuzzing run follows clippy (scripts/fuzz.sh: cargo-fuzz is installed
+#     once per machine, the targets built with the nightly toolchain, or with
+#     stable and RUSTC_BOOTSTRAP=1 where there is none).
 #   - The fault test runs last, on its own, printing one line per scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +43,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+log "fuzzing: every decoder of outside bytes, 10 s each (scripts/fuzz.sh)"
+scripts/fuzz.sh 10
 log "cargo test (everything but the fault test)"
 cargo test --workspace "$@" -- --skip fault_
 log "fault tests: crashes, restarts, scale-out and a broker restart against the undisturbed run"
