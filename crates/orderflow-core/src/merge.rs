@@ -179,6 +179,20 @@ mod tests {
         assert_eq!(finished.recv_timeout(std::time::Duration::from_secs(5)), Ok(1), "the merger stalled");
     }
 
+    /// Partial totals whose counts add up past `i64::MAX` (a record on the partial-totals
+    /// topic can claim any count) overflowed the merge; they saturate, like amounts.
+    #[test]
+    fn counts_beyond_the_largest_saturate() {
+        let mut m = Merger::new();
+        let mut big = partial(0, "east", 0, 1);
+        big.total.as_mut().unwrap().paid.as_mut().unwrap().count = i64::MAX;
+        m.add_partial(&big).unwrap();
+        m.add_partial(&partial(0, "east", 1, 1)).unwrap();
+        m.progress(&progress(0, 60));
+        let done = m.progress(&progress(1, 60));
+        assert_eq!(done[0].totals[0].1 .0[1].count, i64::MAX);
+    }
+
     #[test]
     fn a_conflicting_partial_is_an_error() {
         let mut m = Merger::new();

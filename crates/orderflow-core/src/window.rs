@@ -126,14 +126,14 @@ impl Tallies {
     /// Counts one event of type index `i` with `amount_minor`.
     pub fn add(&mut self, i: usize, amount_minor: i64) {
         let t = &mut self.0[i];
-        t.count += 1;
+        t.count = t.count.saturating_add(1);
         t.amount_minor = t.amount_minor.saturating_add(amount_minor);
     }
 
     /// Adds another tally set into this one.
     pub fn merge(&mut self, other: &Tallies) {
         for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
-            a.count += b.count;
+            a.count = a.count.saturating_add(b.count);
             a.amount_minor = a.amount_minor.saturating_add(b.amount_minor);
         }
     }
@@ -197,6 +197,21 @@ mod tests {
         assert_eq!(w.closed_through(64_999), 0);
         assert_eq!(w.closed_through(65_000), 60_000);
         assert_eq!(w.closed_through(i64::MIN), i64::MIN);
+    }
+
+    /// Counts, like amounts, saturate: a count read from a checkpoint or a partial total
+    /// near `i64::MAX` (or `i64::MIN`) overflowed when an event or a partial was added.
+    #[test]
+    fn counts_saturate_like_amounts() {
+        let top = Tally { count: i64::MAX, amount_minor: i64::MAX };
+        let mut t = Tallies([top; 4]);
+        t.add(2, 1);
+        t.merge(&Tallies([top; 4]));
+        assert_eq!(t, Tallies([top; 4]));
+        let bottom = Tally { count: i64::MIN, amount_minor: i64::MIN };
+        let mut t = Tallies([bottom; 4]);
+        t.merge(&Tallies([bottom; 4]));
+        assert_eq!(t, Tallies([bottom; 4]));
     }
 
     #[test]
