@@ -3,8 +3,9 @@
 //! decode) with the running configuration, and with the checkpoint's own window
 //! configuration when that one is valid (so that the rest of the state is reached).
 //! A restored state must checkpoint to a record that restores to the same state, and
-//! must go on aggregating: a few events and an idle tick are applied to it, and it is
-//! checkpointed and restored again.
+//! must go on aggregating: a few events around its watermark and into its open
+//! windows, and an idle tick, are applied to it, and it is checkpointed and restored
+//! again.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,7 +13,7 @@ use orderflow_core::partition::PartitionState;
 use orderflow_core::window::WindowSpec;
 use orderflow_fuzz::seeds;
 use orderflow_proto::v1::{EnrichedOrderEvent, OrderEventType, PartitionCheckpoint};
-use orderflow_proto::Message;
+use orderflow_proto::{timestamp_millis, Message};
 
 fn exercise(cp: &PartitionCheckpoint, spec: WindowSpec) {
     let horizon = spec.size_ms().saturating_add(spec.lateness_ms());
@@ -29,6 +30,13 @@ fn exercise(cp: &PartitionCheckpoint, spec: WindowSpec) {
         let at = base.saturating_add(dt);
         let event = seeds::event(i as i64, OrderEventType::Paid, "m1", "CNY", 100, at);
         let record = EnrichedOrderEvent { event: Some(event), region: "r".into(), tier: "t".into(), merchant_known: true };
+        state.apply(&record, &mut closed);
+    }
+    // And into the windows restored open, under their keys.
+    for (i, w) in cp.open.iter().take(4).enumerate() {
+        let Some(start) = w.window_start.as_ref() else { continue };
+        let event = seeds::event(10 + i as i64, OrderEventType::Created, "m1", &w.currency, 100, timestamp_millis(start));
+        let record = EnrichedOrderEvent { event: Some(event), region: w.region.clone(), tier: w.tier.clone(), merchant_known: true };
         state.apply(&record, &mut closed);
     }
     state.idle_close(base.saturating_add(spec.size_ms()), &mut closed);
