@@ -73,7 +73,7 @@ pub mod seeds {
         enriched_record, partial_record, EnrichedOrderEvent, EnrichedRecord, IdleTick, OrderEvent, OrderEventType, PartialRecord,
         PartialTotal, PartitionProgress,
     };
-    use orderflow_proto::{millis_timestamp, Message};
+    use orderflow_proto::{millis_timestamp, Message, Timestamp};
 
     use super::{frame, MerchantRecord};
 
@@ -135,8 +135,21 @@ pub mod seeds {
     }
 
     fn tick(at_ms: i64) -> Vec<u8> {
-        EnrichedRecord { kind: Some(enriched_record::Kind::IdleTick(IdleTick { close_through: Some(millis_timestamp(at_ms)) })) }
-            .encode_to_vec()
+        tick_at(millis_timestamp(at_ms))
+    }
+
+    fn tick_at(t: Timestamp) -> Vec<u8> {
+        EnrichedRecord { kind: Some(enriched_record::Kind::IdleTick(IdleTick { close_through: Some(t) })) }.encode_to_vec()
+    }
+
+    /// `e` with the largest values its fields hold.
+    fn extremes(e: &OrderEvent) -> OrderEvent {
+        OrderEvent {
+            r#type: i32::MAX,
+            amount_minor: i64::MAX,
+            event_time: Some(Timestamp { seconds: i64::MAX, nanos: i32::MAX }),
+            ..e.clone()
+        }
     }
 
     fn spec() -> WindowSpec {
@@ -153,6 +166,8 @@ pub mod seeds {
         // An unknown field (a storefront on a newer contract) and an invalid event.
         order_events.push(("unknown-field".into(), [payloads[0].as_slice(), &[0xa0, 0x06, 0x01]].concat()));
         order_events.push(("bad-currency".into(), OrderEvent { currency: "cny".into(), ..events[1].clone() }.encode_to_vec()));
+        // The edges: the largest values every field can hold.
+        order_events.push(("extremes".into(), extremes(&events[1]).encode_to_vec()));
         let prost_seeds = order_events.clone();
         // The enricher's size limit (64 KiB): the largest event accepted, and one byte more.
         for (name, size) in [("largest", DEFAULT_MAX_EVENT_BYTES), ("too-large", DEFAULT_MAX_EVENT_BYTES + 1)] {
@@ -169,9 +184,17 @@ pub mod seeds {
             tick(T0 + 200_000),
             EnrichedRecord { kind: Some(enriched_record::Kind::Event(EnrichedOrderEvent::default())) }.encode_to_vec(),
         ];
+        let ends_of_time = [
+            enriched(&extremes(&events[0]), "r", "t"),
+            enriched(&OrderEvent { event_time: Some(Timestamp { seconds: i64::MIN, nanos: 0 }), ..events[1].clone() }, "r", "t"),
+            tick_at(Timestamp { seconds: i64::MIN, nanos: 0 }),
+            enriched(&events[2], "r", "t"),
+            tick_at(Timestamp { seconds: i64::MAX, nanos: i32::MAX }),
+        ];
         let enriched_seeds = vec![
             ("one-event".to_owned(), frame(&enriched_records[..1])),
             ("events-duplicate-late-tick".to_owned(), frame(&enriched_records)),
+            ("ends-of-time".to_owned(), frame(&ends_of_time)),
         ];
 
         let mut state = PartitionState::new(spec(), 65_000);
@@ -181,9 +204,18 @@ pub mod seeds {
             let record = EnrichedOrderEvent { event: Some(e.clone()), region: "r".into(), tier: "t".into(), merchant_known: i % 2 == 0 };
             state.apply(&record, &mut closed);
         }
+        let open = state.checkpoint("orderflow.enriched", 3, 17);
+        let mut largest = open.clone();
+        largest.watermark_ms = i64::MAX;
+        for w in &mut largest.open {
+            for t in [&mut w.created, &mut w.paid, &mut w.cancelled, &mut w.refunded].into_iter().flatten() {
+                (t.count, t.amount_minor) = (i64::MAX, i64::MAX);
+            }
+        }
         let checkpoint_seeds = vec![
             ("empty".to_owned(), checkpoint_empty),
-            ("open-windows-and-ids".to_owned(), state.checkpoint("orderflow.enriched", 3, 17).encode_to_vec()),
+            ("open-windows-and-ids".to_owned(), open.encode_to_vec()),
+            ("extremes".to_owned(), largest.encode_to_vec()),
         ];
 
         let key = TotalKey { region: "cn-east".into(), tier: "tmall".into(), currency: "CNY".into() };
@@ -216,7 +248,32 @@ pub mod seeds {
         .map(Message::encode_to_vec)
         .collect();
         let total = tallies.to_window_total(T0, T0 + 60_000, &key).encode_to_vec();
-        let partial_seeds = vec![("two-partitions".to_owned(), frame(&partials)), ("a-total".to_owned(), frame(&[total]))];
+        let mut extreme = tallies;
+        for t in &mut extreme.0 {
+            (t.count, t.amount_minor) = (i64::MAX, i64::MAX);
+        }
+        let extreme_partial = |partition: i32| PartialRecord {
+            kind: Some(partial_record::Kind::Partial(PartialTotal {
+                total: Some(extreme.to_window_total(i64::MIN, i64::MAX, &key)),
+                partition,
+            })),
+        };
+        let many = PartialRecord {
+            kind: Some(partial_record::Kind::Progress(PartitionProgress {
+                partition: i32::MAX,
+                closed_through: Some(Timestamp { seconds: i64::MAX, nanos: i32::MAX }),
+                partition_count: i32::MAX,
+            })),
+        };
+        let extremes: Vec<Vec<u8>> = [extreme_partial(0), extreme_partial(1), progress(0, i64::MAX), progress(1, i64::MAX), many]
+            .iter()
+            .map(Message::encode_to_vec)
+            .collect();
+        let partial_seeds = vec![
+            ("two-partitions".to_owned(), frame(&partials)),
+            ("a-total".to_owned(), frame(&[total])),
+            ("extremes".to_owned(), frame(&extremes)),
+        ];
 
         let lines: Vec<String> = events.iter().map(|e| serde_json::to_string(e).expect("a valid event serializes")).collect();
         let snake = r#"{"event_id":"e","orderId":"o","merchant_id":"m","type":"ORDER_EVENT_TYPE_CREATED","amount_minor":5,"currency":"USD","event_time":"2019-11-11T00:00:00.5+08:00"}"#;
