@@ -9,6 +9,9 @@
 #   - Set ORDERFLOW_TEST_BROKERS=host:port to run against another cluster instead
 #     (the fault test's broker-restart scenario and the TLS/SASL tests always start
 #     their own Nisshi).
+#   - A short fuzzing run follows clippy (scripts/fuzz.sh: cargo-fuzz is installed
+#     once per machine, the targets built with the nightly toolchain, or with
+#     stable and RUSTC_BOOTSTRAP=1 where there is none).
 #   - The fault test runs last, on its own, printing one line per scenario.
 #   - The Prometheus config and alerting rules (deploy/prometheus/) are checked and
 #     unit-tested with promtool (scripts/check-alerts.sh) right after formatting.
@@ -57,6 +60,10 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+log "fuzzing: every decoder of outside bytes, 10 s each (scripts/fuzz.sh)"
+scripts/fuzz.sh 10
+log "fuzz seeds are what their generator makes (FUZZ_WRITE_SEEDS=1 rewrites them)"
+cargo test --manifest-path fuzz/Cargo.toml --lib --quiet
 log "cargo test (everything but the fault test)"
 cargo test --workspace "$@" -- --skip fault_
 log "fault tests: crashes, restarts, scale-out and a broker restart against the undisturbed run"

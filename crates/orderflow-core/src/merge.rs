@@ -138,7 +138,12 @@ impl Merger {
         if self.partition_count == 0 {
             return Vec::new();
         }
-        let global = (0..self.partition_count).map(|i| self.frontiers.get(&i).copied().unwrap_or(i64::MIN)).min().unwrap_or(i64::MIN);
+        // The lowest frontier of partitions 0..partition_count (`i64::MIN` while one of
+        // them has none), from the frontiers heard of: a count is not a cost.
+        let count = self.partition_count;
+        let (heard, lowest) =
+            self.frontiers.iter().filter(|(p, _)| (0..count).contains(*p)).fold((0, i64::MAX), |(n, low), (_, f)| (n + 1, low.min(*f)));
+        let global = if heard < count { i64::MIN } else { lowest };
         if global == i64::MIN || self.emitted_through_ms.is_some_and(|e| global <= e) {
             return Vec::new();
         }
@@ -208,6 +213,41 @@ mod tests {
         assert_eq!(done[0].totals[0].1 .0[1].count, 5);
         assert_eq!(m.pending_windows(), 0);
         assert_eq!(m.emitted_through_ms(), Some(120));
+    }
+
+    /// Found by fuzzing (the `partial_records` target): a progress record claiming
+    /// 1,573,430,460 partitions made the merger look each of them up, on that record
+    /// and every progress record after it: about a minute each, the merger stalled.
+    #[test]
+    fn a_huge_partition_count_costs_no_more_than_the_partitions_heard_from() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut m = Merger::new();
+            m.add_partial(&partial(0, "east", 0, 2)).unwrap();
+            let mut huge = progress(0, 60);
+            huge.partition_count = 1_573_430_460;
+            assert!(m.progress(&huge).is_empty());
+            huge.partition_count = i32::MAX;
+            for p in 0..100 {
+                assert!(m.progress(&PartitionProgress { partition: p, ..huge }).is_empty(), "others have not closed it");
+            }
+            done.send(m.pending_windows()).unwrap();
+        });
+        assert_eq!(finished.recv_timeout(std::time::Duration::from_secs(5)), Ok(1), "the merger stalled");
+    }
+
+    /// Partial totals whose counts add up past `i64::MAX` (a record on the partial-totals
+    /// topic can claim any count) overflowed the merge; they saturate, like amounts.
+    #[test]
+    fn counts_beyond_the_largest_saturate() {
+        let mut m = Merger::new();
+        let mut big = partial(0, "east", 0, 1);
+        big.total.as_mut().unwrap().paid.as_mut().unwrap().count = i64::MAX;
+        m.add_partial(&big).unwrap();
+        m.add_partial(&partial(0, "east", 1, 1)).unwrap();
+        m.progress(&progress(0, 60));
+        let done = m.progress(&progress(1, 60));
+        assert_eq!(done[0].totals[0].1 .0[1].count, i64::MAX);
     }
 
     #[test]

@@ -179,7 +179,7 @@ impl PartitionState {
 
     /// End of the last open window, if any.
     pub fn last_open_end_ms(&self) -> Option<i64> {
-        self.open.keys().next_back().map(|s| s + self.spec.size_ms())
+        self.open.keys().next_back().map(|s| self.spec.end_of(*s))
     }
 
     /// Prepares `e` for [`Self::apply_prepared`]: fingerprints its event id and prefetches
@@ -264,7 +264,7 @@ impl PartitionState {
         for (start, totals) in closing {
             let mut totals: Vec<_> = totals.into_iter().collect();
             totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            closed.push(ClosedWindow { start_ms: start, end_ms: start + self.spec.size_ms(), totals });
+            closed.push(ClosedWindow { start_ms: start, end_ms: self.spec.end_of(start), totals });
         }
     }
 
@@ -274,7 +274,7 @@ impl PartitionState {
         for (start, totals) in &self.open {
             let mut totals: Vec<_> = totals.iter().collect();
             totals.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            open.extend(totals.into_iter().map(|(k, t)| t.to_window_total(*start, start + self.spec.size_ms(), k)));
+            open.extend(totals.into_iter().map(|(k, t)| t.to_window_total(*start, self.spec.end_of(*start), k)));
         }
         let entries = self.dedup.entries(self.watermark_ms);
         let mut fingerprints = Vec::with_capacity(entries.len() * 16);
@@ -560,6 +560,80 @@ mod tests {
         let cp = state().checkpoint("t", 0, 0);
         let err = PartitionState::restore(&cp, WindowSpec::new(2 * MIN, 5_000).unwrap(), StateBounds::new(MIN)).unwrap_err();
         assert!(err.to_string().contains("new consumer group"), "{err}");
+    }
+
+    /// Applies `e`, closes through `tick_ms`, and checks that the state checkpoints,
+    /// restores and checkpoints the same again.
+    fn apply_tick_and_round_trip(s: &mut PartitionState, spec: WindowSpec, e: &EnrichedOrderEvent, tick_ms: i64) {
+        let mut closed = Vec::new();
+        s.apply(e, &mut closed);
+        s.idle_close(tick_ms, &mut closed);
+        for w in &closed {
+            assert!(w.start_ms < w.end_ms && w.end_ms <= s.closed_through_ms(), "{w:?}");
+        }
+        // (Equal only for the last window, clipped to end where it starts: `i64::MAX`.)
+        assert!(s.last_open_end_ms().is_none_or(|end| end >= s.closed_through_ms()));
+        let cp = s.checkpoint("t", 0, 1);
+        let restored = PartitionState::restore(&cp, spec, StateBounds::new(spec.size_ms().saturating_add(spec.lateness_ms()))).unwrap();
+        assert_eq!(restored.checkpoint("t", 0, 1), cp);
+    }
+
+    /// Found by fuzzing (the `checkpoint` target): an event time at either end of the
+    /// `i64` milliseconds (a record on the enriched topic can carry seconds far outside
+    /// the protobuf range; they saturate) overflowed the window arithmetic: the start
+    /// of its window below `i64::MIN`, the end above `i64::MAX`.
+    #[test]
+    fn event_times_and_ticks_at_the_ends_of_time_do_not_overflow() {
+        use orderflow_proto::Timestamp;
+        let spec = WindowSpec::new(MIN, 5_000).unwrap();
+        for seconds in [i64::MIN, i64::MIN / 1000 - 1, i64::MIN / 1000, i64::MAX / 1000, i64::MAX / 1000 + 1, i64::MAX] {
+            for tick_ms in [i64::MIN, i64::MIN + 1, 0, i64::MAX - 1, i64::MAX] {
+                let mut e = ev("a", 0, OrderEventType::Paid, 5, "r");
+                e.event.as_mut().unwrap().event_time = Some(Timestamp { seconds, nanos: 999_999_999 });
+                let mut s = state();
+                apply_tick_and_round_trip(&mut s, spec, &e, tick_ms);
+                // And an ordinary event after it.
+                apply_tick_and_round_trip(&mut s, spec, &ev("b", 1_000, OrderEventType::Paid, 5, "r"), tick_ms);
+            }
+        }
+    }
+
+    /// Found by fuzzing (the `checkpoint` target), minimized: a checkpoint whose
+    /// watermark is `i64::MIN + 92` (window 60 s, lateness 0), then an event just before
+    /// the watermark: its window would start below `i64::MIN`.
+    #[test]
+    fn a_checkpoint_at_the_start_of_time_restores_and_goes_on() {
+        use orderflow_proto::Message as _;
+        let bytes = [0x20, 0xdc, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01, 0x48, 0xe0, 0xd4, 0x03];
+        let cp = PartitionCheckpoint::decode(&bytes[..]).unwrap();
+        assert_eq!((cp.watermark_ms, cp.window_ms, cp.lateness_ms), (i64::MIN + 92, MIN, 0));
+        let spec = WindowSpec::new(MIN, 0).unwrap();
+        let mut s = PartitionState::restore(&cp, spec, StateBounds::new(MIN)).unwrap();
+        let mut e = ev("a", 0, OrderEventType::Paid, 5, "r");
+        e.event.as_mut().unwrap().event_time = Some(millis_timestamp(i64::MIN + 91));
+        apply_tick_and_round_trip(&mut s, spec, &e, i64::MIN + 100);
+    }
+
+    /// Found by fuzzing (the `checkpoint` target): a window size near `i64::MAX` (a
+    /// checkpoint taken with `--window` in the hundreds of millions of years; the
+    /// minimized input is just that field), then an event in the second window: the
+    /// window's end overflowed.
+    #[test]
+    fn windows_near_the_largest_size_end_at_the_end_of_time() {
+        use orderflow_proto::Message as _;
+        let bytes = [0x48, 0xf9, 0xf9, 0xf9, 0xf9, 0xf9, 0xf9, 0xf9, 0xf9, 0x42];
+        let cp = PartitionCheckpoint::decode(&bytes[..]).unwrap();
+        let spec = WindowSpec::new(cp.window_ms, cp.lateness_ms).unwrap();
+        assert!(spec.size_ms() > i64::MAX / 2);
+        let mut s = PartitionState::restore(&cp, spec, StateBounds::new(spec.size_ms())).unwrap();
+        let t = 1_573_430_400_000 + spec.size_ms();
+        apply_tick_and_round_trip(&mut s, spec, &ev("a", t, OrderEventType::Paid, 5, "r"), 0);
+        assert_eq!(s.last_open_end_ms(), Some(i64::MAX));
+        let spec = WindowSpec::new(i64::MAX, 0).unwrap();
+        let mut s = PartitionState::new(spec, StateBounds::new(i64::MAX), KEY);
+        apply_tick_and_round_trip(&mut s, spec, &ev("a", -1, OrderEventType::Paid, 5, "r"), 0);
+        apply_tick_and_round_trip(&mut s, spec, &ev("b", i64::MAX, OrderEventType::Paid, 5, "r"), 0);
+        assert_eq!(s.last_open_end_ms(), Some(i64::MAX));
     }
 
     #[test]

@@ -45,9 +45,18 @@ impl WindowSpec {
         self.lateness_ms
     }
 
-    /// Start of the window containing `t_ms`.
+    /// Start of the window containing `t_ms`. Windows are clipped to the `i64`
+    /// milliseconds: a window that would start before `i64::MIN` starts there.
     pub fn start_of(&self, t_ms: i64) -> i64 {
-        t_ms - t_ms.rem_euclid(self.size_ms)
+        t_ms.checked_sub(t_ms.rem_euclid(self.size_ms)).unwrap_or(i64::MIN)
+    }
+
+    /// End of the window starting at `start_ms` (a [`Self::start_of`]): where the next
+    /// one starts, clipped to `i64::MAX`.
+    pub fn end_of(&self, start_ms: i64) -> i64 {
+        // A first window clipped at `i64::MIN` still ends where the second one starts.
+        let aligned = i128::from(start_ms) - i128::from(start_ms.rem_euclid(self.size_ms));
+        i64::try_from(aligned + i128::from(self.size_ms)).unwrap_or(i64::MAX)
     }
 
     /// The frontier a watermark implies: every window ending at or before it is closed.
@@ -117,14 +126,14 @@ impl Tallies {
     /// Counts one event of type index `i` with `amount_minor`.
     pub fn add(&mut self, i: usize, amount_minor: i64) {
         let t = &mut self.0[i];
-        t.count += 1;
+        t.count = t.count.saturating_add(1);
         t.amount_minor = t.amount_minor.saturating_add(amount_minor);
     }
 
     /// Adds another tally set into this one.
     pub fn merge(&mut self, other: &Tallies) {
         for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
-            a.count += b.count;
+            a.count = a.count.saturating_add(b.count);
             a.amount_minor = a.amount_minor.saturating_add(b.amount_minor);
         }
     }
@@ -188,6 +197,38 @@ mod tests {
         assert_eq!(w.closed_through(64_999), 0);
         assert_eq!(w.closed_through(65_000), 60_000);
         assert_eq!(w.closed_through(i64::MIN), i64::MIN);
+    }
+
+    /// Counts, like amounts, saturate: a count read from a checkpoint or a partial total
+    /// near `i64::MAX` (or `i64::MIN`) overflowed when an event or a partial was added.
+    #[test]
+    fn counts_saturate_like_amounts() {
+        let top = Tally { count: i64::MAX, amount_minor: i64::MAX };
+        let mut t = Tallies([top; 4]);
+        t.add(2, 1);
+        t.merge(&Tallies([top; 4]));
+        assert_eq!(t, Tallies([top; 4]));
+        let bottom = Tally { count: i64::MIN, amount_minor: i64::MIN };
+        let mut t = Tallies([bottom; 4]);
+        t.merge(&Tallies([bottom; 4]));
+        assert_eq!(t, Tallies([bottom; 4]));
+    }
+
+    #[test]
+    fn windows_are_clipped_at_the_ends_of_time() {
+        let w = WindowSpec::new(60_000, 5_000).unwrap();
+        // Where the second window starts.
+        let first = i64::try_from(i128::from(i64::MIN) - i128::from(i64::MIN.rem_euclid(60_000)) + 60_000).unwrap();
+        assert_eq!((w.start_of(i64::MIN), w.end_of(i64::MIN)), (i64::MIN, first));
+        assert_eq!(w.start_of(first - 1), i64::MIN);
+        assert_eq!((w.start_of(first), w.end_of(first)), (first, first + 60_000));
+        let last = i64::MAX - i64::MAX.rem_euclid(60_000);
+        assert_eq!((w.start_of(i64::MAX), w.end_of(last)), (last, i64::MAX));
+        assert_eq!(w.closed_through(i64::MIN + 1), i64::MIN);
+        let huge = WindowSpec::new(i64::MAX, 0).unwrap();
+        assert_eq!((huge.start_of(-1), huge.end_of(-i64::MAX)), (-i64::MAX, 0));
+        assert_eq!((huge.start_of(i64::MIN), huge.end_of(i64::MIN)), (i64::MIN, -i64::MAX));
+        assert_eq!((huge.start_of(i64::MAX), huge.end_of(i64::MAX)), (i64::MAX, i64::MAX));
     }
 
     #[test]

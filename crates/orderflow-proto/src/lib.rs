@@ -20,9 +20,11 @@ mod timestamp;
 pub use prost::Message;
 pub use timestamp::Timestamp;
 
-/// Milliseconds since the epoch of a protobuf timestamp (floored to the millisecond).
+/// Milliseconds since the epoch of a protobuf timestamp (floored to the millisecond,
+/// clipped to the range of `i64`).
 pub fn timestamp_millis(ts: &Timestamp) -> i64 {
-    ts.seconds.saturating_mul(1000).saturating_add(i64::from(ts.nanos).div_euclid(1_000_000))
+    let ms = i128::from(ts.seconds) * 1000 + i128::from(ts.nanos).div_euclid(1_000_000);
+    ms.clamp(i64::MIN.into(), i64::MAX.into()) as i64
 }
 
 /// The protobuf timestamp of milliseconds since the epoch.
@@ -63,6 +65,22 @@ mod tests {
         assert_eq!(event.order_id, "o");
         assert_eq!(event.amount_minor, 5);
         assert_eq!(timestamp_millis(event.event_time.as_ref().unwrap()), 1_573_430_400_000);
+    }
+
+    /// Found by fuzzing (the aggregator's checkpoints, minimized: a checkpoint with the
+    /// watermark at `i64::MIN + 513` ms, then events just before it): the times in the
+    /// first 808 ms of the `i64` milliseconds did not survive the trip through a
+    /// `Timestamp` (the whole seconds saturated before the rest was added), so a restored
+    /// window moved.
+    #[test]
+    fn millis_conversions_round_trip_at_the_ends_of_time() {
+        for ms in [i64::MIN, i64::MIN + 1, i64::MIN + 191, i64::MIN + 192, i64::MIN + 513, i64::MIN + 807, i64::MIN + 808, i64::MAX] {
+            assert_eq!(timestamp_millis(&millis_timestamp(ms)), ms);
+        }
+        // Beyond the range of `i64` milliseconds: clipped to it.
+        let t = |seconds, nanos| timestamp_millis(&Timestamp { seconds, nanos });
+        assert_eq!((t(i64::MAX, 0), t(i64::MAX, i32::MIN), t(i64::MAX / 1000 + 1, 0)), (i64::MAX, i64::MAX, i64::MAX));
+        assert_eq!((t(i64::MIN, 999_999_999), t(i64::MIN, i32::MAX), t(i64::MIN / 1000 - 1, 0)), (i64::MIN, i64::MIN, i64::MIN));
     }
 
     #[test]
