@@ -25,13 +25,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result};
 
-/// Merges partials into totals until `cancel`.
-pub async fn run(kafka: KafkaConfig, topics: Topics, cancel: CancellationToken) -> Result<()> {
+/// Merges partials into totals until `cancel`, over the `partitions` partitions of
+/// the enriched topic.
+pub async fn run(kafka: KafkaConfig, topics: Topics, partitions: i32, cancel: CancellationToken) -> Result<()> {
     let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("merger"), RevocationLog::new("merger"))?;
     consumer.subscribe(&[&topics.partials()])?;
     let mut outbox = Outbox::new(kafka.producer()?);
     let totals_topic = topics.totals();
-    let mut merger = Merger::new();
+    let mut merger = Merger::new().for_partitions(partitions);
     let mut counted = Counted::read(&kafka, &totals_topic).await?;
     let mut resync = Resync::default();
     while !cancel.is_cancelled() {
@@ -42,7 +43,7 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, cancel: CancellationToken) 
             // before the revocation come from the middle of the topic: merged into a
             // fresh state they would publish windows missing what came before, so they
             // are skipped until the topic is read again from its first record.
-            merger = Merger::new();
+            merger = Merger::new().for_partitions(partitions);
             counted = Counted::read(&kafka, &totals_topic).await?;
             resync.restart_at(match consumer.fetch_watermarks(&topics.partials(), 0, Duration::from_secs(10)) {
                 Ok((low, _)) => low,
@@ -93,6 +94,17 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, cancel: CancellationToken) 
                     metrics::counter!(telemetry::MERGER_PARTIALS, "outcome" => outcome).increment(1);
                 }
                 Some(partial_record::Kind::Progress(progress)) => {
+                    if !merger.fits(&progress) {
+                        metrics::counter!(telemetry::MERGER_PARTIALS, "outcome" => "stray_progress").increment(1);
+                        tracing::error!(
+                            offset = m.offset(),
+                            partition = progress.partition,
+                            partition_count = progress.partition_count,
+                            expected = partitions,
+                            "Progress record for partitions other than the enriched topic's; ignored."
+                        );
+                        continue;
+                    }
                     for window in merger.progress(&progress) {
                         publish(&mut outbox, &totals_topic, &mut counted, &window, true).await?;
                         tracing::info!(window_start = %millis_timestamp(window.start_ms), keys = window.totals.len(), "Window closed on every partition; totals published.");

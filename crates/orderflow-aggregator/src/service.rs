@@ -25,7 +25,7 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &AggregatorConfig
     let (watch, watcher) = Watcher::new(kafka, topics);
     let aggregator = Aggregator::new(kafka, topics, config, spec, bounds, input_partitions, watch)?;
     supervisor.spawn("partitions", aggregator.run(token.clone()));
-    supervisor.spawn("merger", merger::run(kafka.clone(), topics.clone(), token.clone()));
+    supervisor.spawn("merger", merger::run(kafka.clone(), topics.clone(), input_partitions, token.clone()));
     supervisor.spawn_blocking("upstream-watch", move || watcher.run(token));
     supervisor.run(config.shutdown_grace).await?;
     tracing::info!("Aggregator stopped.");

@@ -192,7 +192,7 @@ async fn the_merger_sums_partials_once_every_partition_has_passed_and_flags_conf
     .await;
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
-    let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), cancel.clone()));
+    let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), 2, cancel.clone()));
     let totals = eventually(Duration::from_secs(30), || {
         let totals = orderflow_aggregator::totals::read(kafka, &topics.totals()).unwrap();
         (!totals.is_empty()).then_some(totals)
@@ -250,7 +250,7 @@ async fn progress_far_ahead_does_not_freeze_the_merger() {
     .await;
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
-    let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), cancel.clone()));
+    let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), 2, cancel.clone()));
     let totals = eventually(Duration::from_secs(30), || {
         let totals = orderflow_aggregator::totals::read(kafka, &topics.totals()).unwrap();
         let got: Vec<_> = totals.iter().map(total_of).collect();
@@ -302,7 +302,7 @@ async fn a_merger_taking_over_republishes_but_does_not_count_published_windows_a
         let _guard = metrics::set_default_local_recorder(&recorder);
         let cancel = CancellationToken::new();
         let _stop = cancel.clone().drop_guard();
-        let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), cancel.clone()));
+        let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), 1, cancel.clone()));
         let want = round + 1;
         let totals = eventually(Duration::from_secs(30), || {
             let totals = orderflow_aggregator::totals::read(kafka, &topics.totals()).unwrap();

@@ -52,6 +52,9 @@ struct PendingWindow {
 #[derive(Debug)]
 pub struct Merger {
     partition_count: i32,
+    /// The input's partition count when the caller knows it (the aggregator reads it
+    /// from the enriched topic): progress records then cannot change it.
+    known_partitions: Option<i32>,
     frontiers: HashMap<i32, i64>,
     pending: BTreeMap<i64, PendingWindow>,
     /// The last windows emitted, with their parts, for corrections.
@@ -77,12 +80,28 @@ impl Merger {
     pub fn with_retention(retained_windows: usize) -> Self {
         Self {
             partition_count: 0,
+            known_partitions: None,
             frontiers: HashMap::new(),
             pending: BTreeMap::new(),
             emitted: BTreeMap::new(),
             emitted_through_ms: None,
             retained_windows: retained_windows.max(1),
         }
+    }
+
+    /// Merges over exactly `partitions` input partitions: a progress record naming
+    /// another count (a hostile or stray writer claiming millions, which would hold
+    /// every window back for good) or a partition outside them is ignored
+    /// ([`Self::progress`] returns `None` for it).
+    pub fn for_partitions(mut self, partitions: i32) -> Self {
+        self.known_partitions = Some(partitions);
+        self.partition_count = partitions;
+        self
+    }
+
+    /// Whether a progress record fits the known partition count (always, when unknown).
+    pub fn fits(&self, p: &PartitionProgress) -> bool {
+        self.known_partitions.is_none_or(|n| p.partition_count == n && (0..n).contains(&p.partition))
     }
 
     /// Every window ending at or before this has been emitted.
@@ -129,6 +148,9 @@ impl Merger {
     /// Takes in one partition's progress; returns the windows it completes, merged,
     /// oldest first.
     pub fn progress(&mut self, p: &PartitionProgress) -> Vec<ClosedWindow> {
+        if !self.fits(p) {
+            return Vec::new();
+        }
         self.partition_count = self.partition_count.max(p.partition_count);
         if let Some(t) = p.closed_through.as_ref() {
             let t = timestamp_millis(t);
@@ -289,5 +311,30 @@ mod tests {
         assert_eq!(m.add_partial(&partial(0, "east", 0, 2)).unwrap(), PartialOutcome::TooLate);
         assert_eq!(m.add_partial(&partial(60, "east", 0, 1)).unwrap(), PartialOutcome::TooLate);
         assert!(matches!(m.add_partial(&partial(900, "east", 0, 1)).unwrap(), PartialOutcome::Corrected(_)), "newer than the oldest kept");
+    }
+
+    /// With the partition count known, a progress record claiming another count, or a
+    /// partition outside it, cannot hold the merge back.
+    #[test]
+    fn a_known_partition_count_is_not_changed_by_progress_records() {
+        let mut m = Merger::new().for_partitions(2);
+        m.add_partial(&partial(0, "east", 0, 2)).unwrap();
+        let mut huge = progress(0, 60);
+        huge.partition_count = 1_573_430_460;
+        assert!(!m.fits(&huge));
+        assert!(m.progress(&huge).is_empty());
+        let mut stray = progress(7, 60);
+        stray.partition_count = 2;
+        assert!(!m.fits(&stray));
+        m.progress(&stray);
+        m.progress(&progress(0, 60));
+        let done = m.progress(&progress(1, 60));
+        assert_eq!(done.len(), 1, "both real partitions passed the window");
+        // Without the count known, the huge claim would hold it back for good.
+        let mut learning = Merger::new();
+        learning.add_partial(&partial(0, "east", 0, 2)).unwrap();
+        learning.progress(&huge);
+        learning.progress(&progress(0, 60));
+        assert!(learning.progress(&progress(1, 60)).is_empty());
     }
 }

@@ -79,7 +79,8 @@ pub const AGGREGATOR_RESTORE_SECONDS: &str = "orderflow_aggregator_restore_durat
 
 /// Partial totals the merger read. Labels: `outcome` (accepted, repeated, corrected: new to a
 /// window already published, whose total was re-published corrected; too_late: for a window
-/// older than the merger keeps, not merged; conflict).
+/// older than the merger keeps, not merged; conflict; stray_progress: a progress record
+/// for partitions other than the enriched topic's, ignored).
 pub const MERGER_PARTIALS: &str = "orderflow_merger_partials_total";
 /// Windows merged and published to the totals topic.
 pub const WINDOWS_CLOSED: &str = "orderflow_windows_closed_total";
