@@ -14,7 +14,8 @@
 #     stable and RUSTC_BOOTSTRAP=1 where there is none).
 #   - The fault test runs last, on its own, printing one line per scenario.
 #   - The Prometheus config and alerting rules (deploy/prometheus/) are checked and
-#     unit-tested with promtool (scripts/check-alerts.sh) right after formatting.
+#     unit-tested with promtool (scripts/check-alerts.sh) right after formatting, and
+#     the Kubernetes manifests (deploy/k8s/) checked by scripts/check-k8s.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,15 @@ if ! command -v promtool >/dev/null; then
   if [[ -d /run/systemd/system ]]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
 fi
 scripts/check-alerts.sh
+
+# The Kubernetes manifests against Kubernetes' schemas (kubernetes-validate, from PyPI,
+# in a virtualenv under target/), and against the code's variables and probe paths.
+if ! python3 -m venv --help >/dev/null 2>&1; then
+  log "Installing Debian packages: python3 python3-venv (for the manifests' schema check)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+fi
+scripts/check-k8s.sh
 
 # The build compiles librdkafka and OpenSSL from source (rdkafka's ssl-vendored: no
 # system OpenSSL needed). OpenSSL's Configure needs perl with its core modules, which

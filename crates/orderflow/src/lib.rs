@@ -68,7 +68,8 @@ enum Command {
     Enrich {
         #[command(flatten)]
         args: EnricherArgs,
-        /// Where to serve Prometheus metrics (`/metrics`).
+        /// Where to serve Prometheus metrics (`/metrics`), liveness (`/healthz`) and
+        /// readiness (`/readyz`).
         #[arg(long, env = "ORDERFLOW_METRICS_ADDR", default_value = "127.0.0.1:9101")]
         metrics_addr: SocketAddr,
     },
@@ -76,7 +77,8 @@ enum Command {
     Aggregate {
         #[command(flatten)]
         args: AggregatorArgs,
-        /// Where to serve Prometheus metrics (`/metrics`).
+        /// Where to serve Prometheus metrics (`/metrics`), liveness (`/healthz`) and
+        /// readiness (`/readyz`).
         #[arg(long, env = "ORDERFLOW_METRICS_ADDR", default_value = "127.0.0.1:9102")]
         metrics_addr: SocketAddr,
     },
