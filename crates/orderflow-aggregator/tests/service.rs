@@ -56,6 +56,27 @@ fn total_of(t: &WindowTotal) -> (i64, i64, i64) {
 }
 
 /// No idle ticks during the test: only event time closes windows.
+/// A partial-totals record (on partition 0 of that one-partition topic): partition
+/// `partition`'s paid total of cn-east/tmall/CNY for the minute starting at `start`.
+fn partial(partition: i32, start: i64, count: i64, amount: i64) -> (i32, Vec<u8>) {
+    let t = WindowTotal {
+        window_start: Some(millis_timestamp(start)),
+        window_end: Some(millis_timestamp(start + MINUTE)),
+        region: "cn-east".into(),
+        tier: "tmall".into(),
+        currency: "CNY".into(),
+        paid: Some(TypeTotal { count, amount_minor: amount }),
+        ..Default::default()
+    };
+    (0, PartialRecord { kind: Some(partial_record::Kind::Partial(PartialTotal { total: Some(t), partition })) }.encode_to_vec())
+}
+
+/// A progress record: `partition`, one of `partition_count`, has closed through `through`.
+fn progress(partition: i32, through: i64, partition_count: i32) -> (i32, Vec<u8>) {
+    let p = PartitionProgress { partition, closed_through: Some(millis_timestamp(through)), partition_count };
+    (0, PartialRecord { kind: Some(partial_record::Kind::Progress(p)) }.encode_to_vec())
+}
+
 fn no_idle() -> AggregatorConfig {
     AggregatorConfig { idle_close: Duration::from_secs(3600), ..AggregatorConfig::default() }
 }
@@ -161,32 +182,16 @@ async fn the_merger_sums_partials_once_every_partition_has_passed_and_flags_conf
     let _guard = metrics::set_default_local_recorder(&recorder);
     let mock = MockKafka::start(1, 2);
     let (kafka, topics) = (&mock.kafka, &mock.topics);
-    let partial = |partition, count, amount| {
-        let t = WindowTotal {
-            window_start: Some(millis_timestamp(MIDNIGHT)),
-            window_end: Some(millis_timestamp(MIDNIGHT + MINUTE)),
-            region: "cn-east".into(),
-            tier: "tmall".into(),
-            currency: "CNY".into(),
-            paid: Some(TypeTotal { count, amount_minor: amount }),
-            ..Default::default()
-        };
-        (0, PartialRecord { kind: Some(partial_record::Kind::Partial(PartialTotal { total: Some(t), partition })) }.encode_to_vec())
-    };
-    let progress = |partition, through| {
-        let p = PartitionProgress { partition, closed_through: Some(millis_timestamp(through)), partition_count: 2 };
-        (0, PartialRecord { kind: Some(partial_record::Kind::Progress(p)) }.encode_to_vec())
-    };
     write(
         kafka,
         &topics.partials(),
         &[
-            partial(0, 1, 100),
-            progress(0, MIDNIGHT + MINUTE),
-            partial(0, 1, 100), // re-emitted after a restart: same partial
-            partial(0, 9, 900), // a different one for the same key: a conflict, the first stays
-            partial(1, 2, 250),
-            progress(1, MIDNIGHT + MINUTE),
+            partial(0, MIDNIGHT, 1, 100),
+            progress(0, MIDNIGHT + MINUTE, 2),
+            partial(0, MIDNIGHT, 1, 100), // re-emitted after a restart: same partial
+            partial(0, MIDNIGHT, 9, 900), // a different one for the same key: a conflict, the first stays
+            partial(1, MIDNIGHT, 2, 250),
+            progress(1, MIDNIGHT + MINUTE, 2),
         ],
     )
     .await;
@@ -217,30 +222,14 @@ async fn progress_far_ahead_does_not_freeze_the_merger() {
     let _guard = metrics::set_default_local_recorder(&recorder);
     let mock = MockKafka::start(1, 2);
     let (kafka, topics) = (&mock.kafka, &mock.topics);
-    let partial = |partition, start: i64, count, amount| {
-        let t = WindowTotal {
-            window_start: Some(millis_timestamp(start)),
-            window_end: Some(millis_timestamp(start + MINUTE)),
-            region: "cn-east".into(),
-            tier: "tmall".into(),
-            currency: "CNY".into(),
-            paid: Some(TypeTotal { count, amount_minor: amount }),
-            ..Default::default()
-        };
-        (0, PartialRecord { kind: Some(partial_record::Kind::Partial(PartialTotal { total: Some(t), partition })) }.encode_to_vec())
-    };
-    let progress = |partition, through| {
-        let p = PartitionProgress { partition, closed_through: Some(millis_timestamp(through)), partition_count: 2 };
-        (0, PartialRecord { kind: Some(partial_record::Kind::Progress(p)) }.encode_to_vec())
-    };
     const DAY: i64 = 86_400_000;
     write(
         kafka,
         &topics.partials(),
         &[
             partial(0, MIDNIGHT, 1, 100),
-            progress(0, MIDNIGHT + DAY),
-            progress(1, MIDNIGHT + DAY),
+            progress(0, MIDNIGHT + DAY, 2),
+            progress(1, MIDNIGHT + DAY, 2),
             // After the jump: the rest of window 00:00, and window 00:01 from both partitions.
             partial(1, MIDNIGHT, 2, 250),
             partial(0, MIDNIGHT + MINUTE, 4, 40),
@@ -270,24 +259,7 @@ async fn progress_far_ahead_does_not_freeze_the_merger() {
 async fn a_merger_taking_over_republishes_but_does_not_count_published_windows_again() {
     let mock = MockKafka::start(1, 1);
     let (kafka, topics) = (&mock.kafka, &mock.topics);
-    let total = |start: i64, count, amount| WindowTotal {
-        window_start: Some(millis_timestamp(start)),
-        window_end: Some(millis_timestamp(start + MINUTE)),
-        region: "cn-east".into(),
-        tier: "tmall".into(),
-        currency: "CNY".into(),
-        paid: Some(TypeTotal { count, amount_minor: amount }),
-        ..Default::default()
-    };
-    let partial = |start, count, amount| {
-        let p = PartialTotal { total: Some(total(start, count, amount)), partition: 0 };
-        (0, PartialRecord { kind: Some(partial_record::Kind::Partial(p)) }.encode_to_vec())
-    };
-    let progress = |through| {
-        let p = PartitionProgress { partition: 0, closed_through: Some(millis_timestamp(through)), partition_count: 1 };
-        (0, PartialRecord { kind: Some(partial_record::Kind::Progress(p)) }.encode_to_vec())
-    };
-    write(kafka, &topics.partials(), &[partial(MIDNIGHT, 2, 300), progress(MIDNIGHT + MINUTE)]).await;
+    write(kafka, &topics.partials(), &[partial(0, MIDNIGHT, 2, 300), progress(0, MIDNIGHT + MINUTE, 1)]).await;
 
     // One merger after another over the same topics, each with its own metrics (two
     // instances, or one restarted): the window is counted once over both.
@@ -295,7 +267,7 @@ async fn a_merger_taking_over_republishes_but_does_not_count_published_windows_a
     for round in 0..2 {
         if round == 1 {
             // While the second merger runs, the next window closes: that one it counts.
-            write(kafka, &topics.partials(), &[partial(MIDNIGHT + MINUTE, 5, 500), progress(MIDNIGHT + 2 * MINUTE)]).await;
+            write(kafka, &topics.partials(), &[partial(0, MIDNIGHT + MINUTE, 5, 500), progress(0, MIDNIGHT + 2 * MINUTE, 1)]).await;
         }
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
@@ -365,8 +337,7 @@ async fn the_upstream_watch_sees_what_the_enricher_owes_and_the_global_frontier(
     .expect("settled after the commit");
 
     // Progress published by any partition moves the global frontier.
-    let p = PartitionProgress { partition: 0, closed_through: Some(millis_timestamp(MIDNIGHT + MINUTE)), partition_count: 2 };
-    write(kafka, &topics.partials(), &[(0, PartialRecord { kind: Some(partial_record::Kind::Progress(p)) }.encode_to_vec())]).await;
+    write(kafka, &topics.partials(), &[progress(0, MIDNIGHT + MINUTE, 2)]).await;
     eventually(Duration::from_secs(10), || (watch.get().global_frontier_ms == MIDNIGHT + MINUTE).then_some(()))
         .await
         .expect("global frontier");
