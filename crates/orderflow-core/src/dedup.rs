@@ -554,12 +554,20 @@ impl Dedup {
         entries: impl IntoIterator<Item = (u128, i64)>,
     ) -> Self {
         let mut d = Self { horizon_ms, max_ids, key, seen: FingerprintTable::default(), admissions: Admissions::default() };
-        let mut counted = Admissions::default();
         for (fp, t) in entries {
             *d.seen.entry(fp, t, i64::MIN).0 = t;
-            counted.admit(d.bucket(t), i64::MIN);
         }
-        d.admissions = admissions.unwrap_or(counted);
+        d.admissions = match admissions {
+            Some(a) => a,
+            // Older checkpoints: count the entries held.
+            None => {
+                let mut counted = Admissions::default();
+                for (_, t) in d.seen.iter() {
+                    counted.admit(d.bucket(t), i64::MIN);
+                }
+                counted
+            }
+        };
         d
     }
 }
@@ -667,6 +675,9 @@ mod tests {
         let back = Dedup::restore(10, usize::MAX, Some(KEY), Some(d.admissions().clone()), d.entries(7));
         assert_eq!(back.entries(7), d.entries(7));
         assert_eq!(back.admissions(), d.admissions());
+        // A checkpoint without counts (older than the bound): the entries are counted.
+        let old = Dedup::restore(10, usize::MAX, Some(KEY), None, d.entries(7));
+        assert_eq!(old.admissions(), d.admissions());
         assert_eq!(d.entries(16), vec![(fingerprint("y"), 7)]);
     }
 
