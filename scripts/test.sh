@@ -15,7 +15,8 @@
 #   - The fault test runs last, on its own, printing one line per scenario.
 #   - The Prometheus config and alerting rules (deploy/prometheus/) are checked and
 #     unit-tested with promtool (scripts/check-alerts.sh) right after formatting, and
-#     the Kubernetes manifests (deploy/k8s/) checked by scripts/check-k8s.sh.
+#     the Kubernetes manifests (deploy/k8s/) checked by scripts/check-k8s.sh, the
+#     Grafana dashboards (deploy/grafana/) by scripts/check-dashboards.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,10 +27,12 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 
 # The Prometheus config and alerting rules, with their unit tests: under a minute. promtool
-# comes with Debian's prometheus package (without its recommends); where systemd runs,
-# the package also starts its server, which the tests do not need.
-if ! command -v promtool >/dev/null; then
-  log "Installing Debian packages: prometheus (for promtool)"
+# comes with Debian's prometheus package (without its recommends), and so does the
+# prometheus server that the dashboards' check and crates/orderflow/tests/prometheus_e2e.rs
+# start on loopback ports of their own; where systemd runs, the package also starts its
+# server as a system service, which the tests do not need.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  log "Installing Debian packages: prometheus (promtool and the server)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   if [[ -d /run/systemd/system ]]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
@@ -44,6 +47,10 @@ if ! python3 -m venv --help >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
 fi
 scripts/check-k8s.sh
+
+# The Grafana dashboards (deploy/grafana/): the provisioned datasource on every panel,
+# only metrics the code declares, and every expression parsed by a throwaway prometheus.
+scripts/check-dashboards.py
 
 # The build compiles librdkafka and OpenSSL from source (rdkafka's ssl-vendored: no
 # system OpenSSL needed). OpenSSL's Configure needs perl with its core modules, which
