@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Checks the Prometheus config and alerting rules under deploy/ (README "Alerts and
 # runbook"); part of scripts/test.sh, which installs promtool (Debian's prometheus
-# package) when it is missing. A few seconds, plus about two per alert for the last step.
-#   1. promtool check config / check rules: both parse, and the config finds the rules.
+# package, and amtool with prometheus-alertmanager) when they are missing. A few seconds,
+# plus about two per alert for the last step.
+#   1. promtool check config / check rules: both parse, and the config finds the rules;
+#      amtool check-config: deploy/alertmanager.yml parses, and routes each severity
+#      to its receiver.
 #   2. promtool test rules: every alert's unit tests (alerts_test.yml), firing and not.
 #   3. every runbook_url is README.md#<alert name in lower case>, and README.md has a
 #      heading of that name.
@@ -19,6 +22,11 @@ log "promtool check config, check rules, test rules"
 promtool check config deploy/prometheus.yml
 promtool check rules "$rules"
 promtool test rules "$tests"
+
+log "amtool check-config, and the routes: severity=page pages, the rest makes tickets"
+amtool check-config deploy/alertmanager.yml >/dev/null
+[[ $(amtool config routes test --config.file deploy/alertmanager.yml severity=page 2>/dev/null) == pager ]] || { echo "deploy/alertmanager.yml: severity=page does not reach the pager receiver" >&2; exit 1; }
+[[ $(amtool config routes test --config.file deploy/alertmanager.yml severity=ticket 2>/dev/null) == tickets ]] || { echo "deploy/alertmanager.yml: severity=ticket does not reach the tickets receiver" >&2; exit 1; }
 
 alerts=$(sed -n 's/^ *- alert: *\([A-Za-z0-9_]*\) *$/\1/p' "$rules")
 [[ -n "$alerts" ]] || { echo "no alert found in $rules" >&2; exit 1; }

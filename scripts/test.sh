@@ -31,11 +31,12 @@ cargo fmt --all -- --check
 # prometheus server that the dashboards' check and crates/orderflow/tests/prometheus_e2e.rs
 # start on loopback ports of their own; where systemd runs, the package also starts its
 # server as a system service, which the tests do not need.
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
-  log "Installing Debian packages: prometheus (promtool and the server)"
+# amtool (Alertmanager's config check) comes with prometheus-alertmanager.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v amtool >/dev/null; then
+  log "Installing Debian packages: prometheus (promtool and the server), prometheus-alertmanager (amtool)"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  if [[ -d /run/systemd/system ]]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null
+  if [[ -d /run/systemd/system ]]; then systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true; fi
 fi
 scripts/check-alerts.sh
 
