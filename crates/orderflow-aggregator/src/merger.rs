@@ -151,12 +151,16 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, partitions: i32, cancel: Ca
         // The totals are on the broker: count them, and take their windows out of the
         // provisional figures, in one step.
         let finalized = merger.emitted_through_ms().map(|t| live.provisional.finalize_through(t)).unwrap_or_default();
-        let figures = live.figures();
+        live.changed |= !finalized.is_empty();
+        // Summed only when something changed (the gauges keep their values meanwhile).
+        let figures = std::mem::take(&mut live.changed).then(|| live.figures());
         telemetry::consistently(|| {
             for (window, closed) in &step.counted {
                 counted.record_metrics(window, *closed);
             }
-            live.export(&figures);
+            if let Some(figures) = &figures {
+                live.export(figures);
+            }
         });
         let now = now_ms();
         for w in finalized.iter().filter(|w| w.newest_record_ms > 0) {
@@ -225,6 +229,8 @@ struct Live {
     /// windows all became final is set to 0 rather than left at its last value.
     events: BTreeSet<(String, String, &'static str)>,
     amounts: BTreeSet<(String, String, String, &'static str)>,
+    /// Whether the figures may have changed since they were last exported.
+    changed: bool,
 }
 
 impl std::fmt::Debug for Live {
@@ -273,6 +279,7 @@ impl Live {
         }
         let (Some(start), Some(end)) = (total.window_start.as_ref(), total.window_end.as_ref()) else { return };
         let (key, tallies) = Tallies::from_window_total(total);
+        self.changed = true;
         self.provisional.heard(partition, timestamp_millis(start), timestamp_millis(end), &key, &tallies, newest_record_ms);
     }
 
