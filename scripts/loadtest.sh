@@ -27,8 +27,10 @@ export RUST_LOG="${RUST_LOG:-warn}"
 "$OF" merchants load "$TRACE_DIR/merchants.csv"
 "$OF" enrich --metrics-addr 127.0.0.1:0 &
 pids+=($!)
-"$OF" aggregate --metrics-addr 127.0.0.1:0 --checkpoint-interval 1s &
+AGG_METRICS="127.0.0.1:$(free_port)"
+"$OF" aggregate --metrics-addr "$AGG_METRICS" --checkpoint-interval 1s &
 pids+=($!)
 
 log "Load test: $EVENTS events at $SPEED (topic prefix $ORDERFLOW_TOPIC_PREFIX)"
-"$OF" loadtest "$TRACE_DIR/trace.jsonl" --speed "$SPEED" --broker-baseline --report "$REPORT_DIR"
+"$OF" loadtest "$TRACE_DIR/trace.jsonl" --speed "$SPEED" --broker-baseline --report "$REPORT_DIR" \
+  --aggregator-metrics "$AGG_METRICS"

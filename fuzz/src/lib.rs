@@ -230,6 +230,7 @@ pub mod seeds {
             kind: Some(partial_record::Kind::Partial(PartialTotal {
                 total: Some(tallies.to_window_total(start, start + 60_000, &key)),
                 partition,
+                newest_record_ms: 0,
             })),
         };
         let progress = |partition: i32, through: i64| PartialRecord {
@@ -260,6 +261,7 @@ pub mod seeds {
             kind: Some(partial_record::Kind::Partial(PartialTotal {
                 total: Some(extreme.to_window_total(i64::MIN, i64::MAX, &key)),
                 partition,
+                newest_record_ms: 0,
             })),
         };
         let many = PartialRecord {

@@ -97,6 +97,9 @@ pub struct AggregatorConfig {
     pub no_checkpoints: bool,
     /// Most records processed per batch.
     pub batch: usize,
+    /// How often each owned partition's open windows are snapshotted for the
+    /// provisional figures (zero: never).
+    pub provisional_interval: Duration,
     /// How long the aggregator's tasks may take to stop once one has failed or a
     /// shutdown was requested.
     pub shutdown_grace: Duration,
@@ -113,6 +116,7 @@ pub mod defaults {
     pub const IDLE_CLOSE: Duration = Duration::from_secs(10);
     pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
     pub const BATCH: usize = 5_000;
+    pub const PROVISIONAL_INTERVAL: Duration = Duration::from_millis(500);
     pub const DEDUP_MAX_IDS: usize = orderflow_core::dedup::DEFAULT_MAX_IDS;
     pub const MAX_KEYS_PER_WINDOW: usize = orderflow_core::partition::DEFAULT_MAX_KEYS_PER_WINDOW;
 }
@@ -129,6 +133,7 @@ impl Default for AggregatorConfig {
             checkpoint_interval: defaults::CHECKPOINT_INTERVAL,
             no_checkpoints: false,
             batch: defaults::BATCH,
+            provisional_interval: defaults::PROVISIONAL_INTERVAL,
             shutdown_grace: orderflow_runtime::supervisor::DEFAULT_SHUTDOWN_GRACE,
         }
     }

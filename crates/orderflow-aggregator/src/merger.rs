@@ -5,22 +5,30 @@
 //! partition over reads it from the beginning and rebuilds the merge state (partials
 //! are small: keys x partitions per window). Re-published totals are identical and
 //! keyed by (window, region, tier, currency), so publishing twice is harmless.
+//!
+//! The active merger also keeps the provisional figures
+//! ([`orderflow_core::provisional`]): it reads the partitions' snapshots of their open
+//! windows (the open-windows topic, from a little before it became active) and the
+//! partials, and exports their sum as `orderflow_open_window_*`. After each batch, in
+//! one step as a scrape sees it ([`telemetry::consistently`]), it adds the windows it
+//! published to the final counters and sets the provisional gauges without them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use orderflow_core::merge::{Merger, PartialOutcome};
+use orderflow_core::provisional::{Figures, Provisional};
 use orderflow_core::window::{ClosedWindow, Tallies, TotalKey, TYPE_NAMES};
-use orderflow_proto::v1::{partial_record, PartialRecord};
-use orderflow_proto::{millis_timestamp, Message as _};
+use orderflow_proto::v1::{partial_record, OpenWindows, PartialRecord};
+use orderflow_proto::{millis_timestamp, timestamp_millis, Message as _};
 use orderflow_runtime::kafka::{recv_batch, KafkaConfig, RevocationLog};
 use orderflow_runtime::outbox::Outbox;
 use orderflow_runtime::records;
 use orderflow_runtime::telemetry;
 use orderflow_runtime::topics::Topics;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result};
@@ -30,13 +38,18 @@ use crate::{Error, Result};
 pub async fn run(kafka: KafkaConfig, topics: Topics, partitions: i32, cancel: CancellationToken) -> Result<()> {
     let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("merger"), RevocationLog::new("merger"))?;
     consumer.subscribe(&[&topics.partials()])?;
-    let mut outbox = Outbox::new(kafka.producer()?);
+    let mut outbox = Outbox::new(kafka.producer_for("merger")?);
     let totals_topic = topics.totals();
     let mut merger = Merger::new().for_partitions(partitions);
     let mut counted = Counted::read(&kafka, &totals_topic).await?;
     let mut resync = Resync::default();
+    let mut live = Live::default();
     while !cancel.is_cancelled() {
-        let batch = recv_batch(&consumer, 10_000, &cancel, Duration::from_millis(500)).await;
+        // Short waits: snapshots of open windows are read between batches.
+        let batch = recv_batch(&consumer, 10_000, &cancel, Duration::from_millis(100)).await;
+        if !batch.is_empty() {
+            metrics::counter!(telemetry::RECORDS_CONSUMED, "service" => "merger").increment(batch.len() as u64);
+        }
         if !consumer.context().take().is_empty() {
             // Whoever owns the partition next starts over from the beginning (the merger
             // commits no offsets), this merger too if it gets it back. Records fetched
@@ -45,6 +58,7 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, partitions: i32, cancel: Ca
             // are skipped until the topic is read again from its first record.
             merger = Merger::new().for_partitions(partitions);
             counted = Counted::read(&kafka, &totals_topic).await?;
+            live.stop();
             resync.restart_at(match consumer.fetch_watermarks(&topics.partials(), 0, Duration::from_secs(10)) {
                 Ok((low, _)) => low,
                 Err(e) => {
@@ -53,6 +67,15 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, partitions: i32, cancel: Ca
                 }
             });
         }
+        // Only the merger that owns the partial-totals partition keeps provisional
+        // figures, so that a sum over instances counts each open window once.
+        let active = consumer.assignment().is_ok_and(|a| a.count() > 0);
+        if active && live.reader.is_none() {
+            live.start(&kafka, &topics.open_windows(), counted.through_ms)?;
+        } else if !active && live.reader.is_some() {
+            live.stop();
+        }
+        let mut step = Step::default();
         for m in &batch {
             if resync.skip(m.offset()) {
                 continue;
@@ -67,7 +90,12 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, partitions: i32, cancel: Ca
             match record.kind {
                 Some(partial_record::Kind::Partial(p)) => {
                     let outcome = match merger.add_partial(&p) {
-                        Ok(PartialOutcome::Accepted) => "accepted",
+                        Ok(PartialOutcome::Accepted) => {
+                            if let Some(total) = p.total.as_ref() {
+                                live.heard(p.partition, total, p.newest_record_ms);
+                            }
+                            "accepted"
+                        }
                         Ok(PartialOutcome::Repeated) => "repeated",
                         Ok(PartialOutcome::Corrected(window)) => {
                             tracing::warn!(
@@ -75,7 +103,8 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, partitions: i32, cancel: Ca
                                 partition = p.partition,
                                 "Partial total for a window already published; its corrected total is published in place."
                             );
-                            publish(&mut outbox, &totals_topic, &mut counted, &window, false).await?;
+                            publish(&mut outbox, &totals_topic, &window).await?;
+                            step.counted.push((window, false));
                             "corrected"
                         }
                         Ok(PartialOutcome::TooLate) => {
@@ -106,18 +135,42 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, partitions: i32, cancel: Ca
                         continue;
                     }
                     for window in merger.progress(&progress) {
-                        publish(&mut outbox, &totals_topic, &mut counted, &window, true).await?;
+                        publish(&mut outbox, &totals_topic, &window).await?;
                         tracing::info!(window_start = %millis_timestamp(window.start_ms), keys = window.totals.len(), "Window closed on every partition; totals published.");
+                        step.counted.push((window, true));
                     }
                 }
                 None => {}
             }
         }
+        live.read_snapshots(partitions, &mut step);
         if let Some(r) = outbox.settle().await?.rejected.first() {
             // A total is a few hundred bytes: only a misconfigured topic refuses one.
             return Err(Error::Refused(r.reason()));
         }
+        // The totals are on the broker: count them, and take their windows out of the
+        // provisional figures, in one step.
+        let finalized = merger.emitted_through_ms().map(|t| live.provisional.finalize_through(t)).unwrap_or_default();
+        live.changed |= !finalized.is_empty();
+        // Summed only when something changed (the gauges keep their values meanwhile).
+        let figures = std::mem::take(&mut live.changed).then(|| live.figures());
+        telemetry::consistently(|| {
+            for (window, closed) in &step.counted {
+                counted.record_metrics(window, *closed);
+            }
+            if let Some(figures) = &figures {
+                live.export(figures);
+            }
+        });
+        let now = now_ms();
+        for w in finalized.iter().filter(|w| w.newest_record_ms > 0) {
+            metrics::histogram!(telemetry::END_TO_END_LATENCY).record(now.saturating_sub(w.newest_record_ms).max(0) as f64 / 1000.0);
+        }
+        for newest in step.snapshot_newest.iter().filter(|n| **n > 0) {
+            metrics::histogram!(telemetry::PROVISIONAL_LATENCY).record(now.saturating_sub(*newest).max(0) as f64 / 1000.0);
+        }
     }
+    live.stop();
     outbox.close(Duration::from_secs(10)).await?;
     Ok(())
 }
@@ -148,10 +201,152 @@ impl Resync {
     }
 }
 
+/// What a batch did that the metrics show, in one step after the batch's totals are on
+/// the broker.
+#[derive(Debug, Default)]
+struct Step {
+    /// Windows published (`true`: closed on every partition; `false`: a correction).
+    counted: Vec<(ClosedWindow, bool)>,
+    /// Newest event's broker timestamp of each snapshot taken in.
+    snapshot_newest: Vec<i64>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// How far back (by broker timestamp) an active merger starts reading snapshots:
+/// further than a partition's refresh of unchanged open windows (10 s).
+const SNAPSHOT_LOOKBACK: Duration = Duration::from_secs(30);
+
+/// The provisional figures of the active merger: the snapshots' reader, the
+/// bookkeeping, and the gauge labels exported so far.
+#[derive(Default)]
+struct Live {
+    reader: Option<BaseConsumer>,
+    provisional: Provisional,
+    /// Every label set exported (bounded like the final counters'), so a label whose
+    /// windows all became final is set to 0 rather than left at its last value.
+    events: BTreeSet<(String, String, &'static str)>,
+    amounts: BTreeSet<(String, String, String, &'static str)>,
+    /// Whether the figures may have changed since they were last exported.
+    changed: bool,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").field("active", &self.reader.is_some()).field("windows", &self.provisional.windows()).finish()
+    }
+}
+
+impl Live {
+    /// Becomes active: reads snapshots from [`SNAPSHOT_LOOKBACK`] ago; windows ending at
+    /// or before `final_through_ms` (published already) are final.
+    fn start(&mut self, kafka: &KafkaConfig, topic: &str, final_through_ms: Option<i64>) -> Result<()> {
+        self.provisional.reset();
+        if let Some(t) = final_through_ms {
+            self.provisional.finalize_through(t);
+        }
+        let reader = kafka.reader()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Offset(now_ms() - SNAPSHOT_LOOKBACK.as_millis() as i64))?;
+        let start = match reader.offsets_for_times(tpl, Duration::from_secs(10)) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot find where recent open-window snapshots start; reading new ones only.");
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset(topic, 0, Offset::End)?;
+                tpl
+            }
+        };
+        reader.assign(&start)?;
+        self.reader = Some(reader);
+        Ok(())
+    }
+
+    /// Stops (another merger is active, or this one starts over): the figures go to 0.
+    fn stop(&mut self) {
+        self.reader = None;
+        self.provisional.reset();
+        let figures = Figures::default();
+        telemetry::consistently(|| self.export(&figures));
+    }
+
+    /// A partial total taken into the merge: the partition's last word on the window.
+    fn heard(&mut self, partition: i32, total: &orderflow_proto::v1::WindowTotal, newest_record_ms: i64) {
+        if self.reader.is_none() {
+            return;
+        }
+        let (Some(start), Some(end)) = (total.window_start.as_ref(), total.window_end.as_ref()) else { return };
+        let (key, tallies) = Tallies::from_window_total(total);
+        self.changed = true;
+        self.provisional.heard(partition, timestamp_millis(start), timestamp_millis(end), &key, &tallies, newest_record_ms);
+    }
+
+    /// Takes in the snapshots fetched so far (at most a batch's worth).
+    fn read_snapshots(&mut self, partitions: i32, step: &mut Step) {
+        let Some(reader) = self.reader.as_ref() else { return };
+        let mut snapshots = Vec::new();
+        while snapshots.len() < 10_000 {
+            match reader.poll(Duration::ZERO) {
+                Some(Ok(m)) => match m.payload().map(OpenWindows::decode) {
+                    Some(Ok(s)) => snapshots.push(s),
+                    _ => {
+                        metrics::counter!(telemetry::MERGER_OPEN_SNAPSHOTS, "outcome" => "stray").increment(1);
+                        tracing::error!(offset = m.offset(), "Unreadable open-windows snapshot; skipped.");
+                    }
+                },
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Reading open-window snapshots failed.");
+                    break;
+                }
+                None => break,
+            }
+        }
+        for s in snapshots {
+            if s.partition_count != partitions || !(0..partitions).contains(&s.partition) {
+                metrics::counter!(telemetry::MERGER_OPEN_SNAPSHOTS, "outcome" => "stray").increment(1);
+                tracing::error!(
+                    partition = s.partition,
+                    partition_count = s.partition_count,
+                    "Open-windows snapshot for other partitions; ignored."
+                );
+                continue;
+            }
+            metrics::counter!(telemetry::MERGER_OPEN_SNAPSHOTS, "outcome" => "applied").increment(1);
+            for total in &s.open {
+                // Its newest timestamp is the partition's, not each window's: the
+                // windows' own come with their partials.
+                self.heard(s.partition, total, 0);
+            }
+            step.snapshot_newest.push(s.newest_record_ms);
+        }
+    }
+
+    fn figures(&self) -> Figures {
+        self.provisional.figures()
+    }
+
+    /// Sets the provisional gauges to `f` (labels not in it to 0).
+    fn export(&mut self, f: &Figures) {
+        self.events.extend(f.events.keys().cloned());
+        self.amounts.extend(f.amounts.keys().cloned());
+        for k @ (region, tier, kind) in &self.events {
+            let v = f.events.get(k).copied().unwrap_or(0);
+            let labels = [("region", region.clone()), ("tier", tier.clone()), ("type", (*kind).to_owned())];
+            metrics::gauge!(telemetry::OPEN_WINDOW_EVENTS, &labels).set(v as f64);
+        }
+        for k @ (region, tier, currency, kind) in &self.amounts {
+            let v = f.amounts.get(k).copied().unwrap_or(0);
+            let labels = [("region", region.clone()), ("tier", tier.clone()), ("currency", currency.clone()), ("type", (*kind).to_owned())];
+            metrics::gauge!(telemetry::OPEN_WINDOW_AMOUNT, &labels).set(v as f64);
+        }
+    }
+}
+
 /// Publishes a merged window's totals (all of a closed window's keys, or one corrected
-/// key) and adds what they add to the business counters.
-async fn publish(outbox: &mut Outbox<()>, topic: &str, counted: &mut Counted, window: &ClosedWindow, closed: bool) -> Result<()> {
-    counted.record_metrics(window, closed);
+/// key); the caller adds them to the business counters once they are on the broker.
+async fn publish(outbox: &mut Outbox<()>, topic: &str, window: &ClosedWindow) -> Result<()> {
     for total in window.to_window_totals() {
         let key = records::total_key(window.start_ms, &total.region, &total.tier, &total.currency);
         let value = total.encode_to_vec();
@@ -169,6 +364,8 @@ async fn publish(outbox: &mut Outbox<()>, topic: &str, counted: &mut Counted, wi
 #[derive(Debug, Default)]
 struct Counted {
     published: HashMap<(i64, TotalKey), Tallies>,
+    /// End of the newest window on the totals topic when read.
+    through_ms: Option<i64>,
 }
 
 impl Counted {
@@ -185,7 +382,8 @@ impl Counted {
         if !published.is_empty() {
             tracing::info!(totals = published.len(), "Totals already published; they are not counted in the metrics again.");
         }
-        Ok(Self { published })
+        let through_ms = totals.iter().filter_map(|t| t.window_end.as_ref().map(orderflow_proto::timestamp_millis)).max();
+        Ok(Self { published, through_ms })
     }
 
     /// Adds to the business counters what a merged window's totals hold beyond what

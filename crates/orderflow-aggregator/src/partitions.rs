@@ -4,7 +4,7 @@
 //! record decode → apply → route ([`crate::router`]); settle; now and then write idle
 //! ticks and checkpoints.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use orderflow_core::dedup::DedupKey;
@@ -13,7 +13,7 @@ use orderflow_core::validate::InvalidReason;
 use orderflow_core::window::{ClosedWindow, WindowSpec};
 use orderflow_core::wire::{undecodable, EnrichedKind, EnrichedView};
 use orderflow_proto::timestamp_millis;
-use orderflow_proto::v1::EnrichedRecord;
+use orderflow_proto::v1::{EnrichedRecord, OpenWindows};
 use orderflow_runtime::kafka::{recv_batch, KafkaConfig, RevocationLog};
 use orderflow_runtime::outbox::Outbox;
 use orderflow_runtime::records;
@@ -55,11 +55,26 @@ struct Owned {
     last_input: Instant,
     /// When an idle tick was last sent.
     tick_sent: Option<Instant>,
+    /// Broker timestamp (ms) of the newest event counted per open window, as seen by
+    /// this owner (not checkpointed: after a restore, only events re-processed count).
+    newest: BTreeMap<i64, i64>,
+    /// Whether the open windows changed since the last snapshot, and when it was sent.
+    changed: bool,
+    snapshot_sent: Option<Instant>,
 }
 
 impl Owned {
     fn new(state: PartitionState, next_offset: i64, checkpointed: i64) -> Self {
-        Self { state, next_offset, checkpointed, last_input: Instant::now(), tick_sent: None }
+        Self {
+            state,
+            next_offset,
+            checkpointed,
+            last_input: Instant::now(),
+            tick_sent: None,
+            newest: BTreeMap::new(),
+            changed: true,
+            snapshot_sent: None,
+        }
     }
 }
 
@@ -67,9 +82,11 @@ impl Owned {
 #[derive(Debug)]
 pub struct Applied {
     pub route: Route,
-    /// Windows the record closed on the partition, and the partition's new
-    /// closed-through frontier when it moved.
+    /// Windows the record closed on the partition, the broker timestamp of each one's
+    /// newest event (0 when unknown), and the partition's new closed-through frontier
+    /// when it moved.
     pub closed: Vec<ClosedWindow>,
+    pub newest: Vec<i64>,
     pub moved_through: Option<i64>,
 }
 
@@ -86,6 +103,9 @@ pub struct Partitions {
     /// When input last came back to a partition after `--idle-close` without any
     /// (see [`idle::ticks`]).
     last_resumed: Option<Instant>,
+    /// The longest take-over and the largest checkpoint so far (their gauges).
+    restore_max_seconds: f64,
+    checkpoint_max_bytes: usize,
 }
 
 impl Partitions {
@@ -99,6 +119,8 @@ impl Partitions {
             idle_close,
             owned: HashMap::new(),
             last_resumed: None,
+            restore_max_seconds: 0.0,
+            checkpoint_max_bytes: 0,
         }
     }
 
@@ -155,7 +177,12 @@ impl Partitions {
             };
             self.owned.insert(p, owned);
         }
-        metrics::histogram!(telemetry::AGGREGATOR_RESTORE_SECONDS).record(started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        metrics::histogram!(telemetry::AGGREGATOR_RESTORE_SECONDS).record(seconds);
+        if seconds > self.restore_max_seconds {
+            self.restore_max_seconds = seconds;
+            metrics::gauge!(telemetry::AGGREGATOR_RESTORE_MAX_SECONDS).set(seconds);
+        }
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "Take-over done.");
         Ok(())
     }
@@ -172,9 +199,10 @@ impl Partitions {
         Parsed { record, prepared }
     }
 
-    /// Applies a parsed record to its partition; `None` when the partition is not
-    /// owned or the record is already in the restored state.
-    pub fn apply(&mut self, p: i32, offset: i64, parsed: Parsed<'_>) -> Option<Applied> {
+    /// Applies a parsed record (written to the broker at `timestamp_ms`, when known) to
+    /// its partition; `None` when the partition is not owned or the record is already
+    /// in the restored state.
+    pub fn apply(&mut self, p: i32, offset: i64, timestamp_ms: Option<i64>, parsed: Parsed<'_>) -> Option<Applied> {
         let owned = self.owned.get_mut(&p)?;
         let now = Instant::now();
         // Our own ticks read back are not input coming back.
@@ -206,11 +234,17 @@ impl Partitions {
             Ok(_) => Route::DeadLetter(InvalidReason::Undecodable("empty EnrichedRecord".into())),
             Err(reason) => Route::DeadLetter(reason),
         };
+        if let (Route::Counted { window_start_ms }, Some(ts)) = (&route, timestamp_ms) {
+            let newest = owned.newest.entry(*window_start_ms).or_insert(0);
+            *newest = (*newest).max(ts);
+        }
+        owned.changed |= matches!(route, Route::Counted { .. }) || !closed.is_empty();
+        let newest = closed.iter().map(|w| owned.newest.remove(&w.start_ms).unwrap_or(0)).collect();
         let (through, watermark) = (owned.state.closed_through_ms(), owned.state.watermark_ms());
         if watermark != i64::MIN {
             metrics::gauge!(telemetry::AGGREGATOR_WATERMARK, "partition" => p.to_string()).set(watermark as f64 / 1000.0);
         }
-        Some(Applied { route, closed, moved_through: (through != before).then_some(through) })
+        Some(Applied { route, closed, newest, moved_through: (through != before).then_some(through) })
     }
 
     /// Sets the owned-partitions and event-time-lag gauges.
@@ -224,6 +258,33 @@ impl Partitions {
                 metrics::gauge!(telemetry::AGGREGATOR_EVENT_TIME_LAG, "partition" => p.to_string()).set(lag);
             }
         }
+    }
+
+    /// Snapshots of the open windows of the owned partitions that changed since their
+    /// last one, or whose last one is older than `refresh` (so that a merger starting
+    /// over hears of every open window soon), for the provisional figures.
+    pub fn open_snapshots(&mut self, partition_count: i32, refresh: Duration) -> Vec<OpenWindows> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (&p, o) in self.owned.iter_mut() {
+            let stale = o.snapshot_sent.is_none_or(|at| now.duration_since(at) >= refresh);
+            let due = o.changed || (stale && o.state.open_windows() > 0);
+            if !due {
+                continue;
+            }
+            let open: Vec<_> = o.state.open_totals();
+            let newest_record_ms = o.newest.values().copied().max().unwrap_or(0);
+            out.push(OpenWindows {
+                partition: p,
+                partition_count,
+                open: open.iter().flat_map(ClosedWindow::to_window_totals).collect(),
+                newest_record_ms,
+            });
+            o.changed = false;
+            o.snapshot_sent = Some(now);
+        }
+        out.sort_unstable_by_key(|s| s.partition);
+        out
     }
 
     /// Open windows over the owned partitions.
@@ -266,6 +327,10 @@ impl Partitions {
             }
             let bytes = checkpoint::encode(&owned.state.checkpoint(&self.input, p, owned.next_offset));
             metrics::histogram!(telemetry::AGGREGATOR_CHECKPOINT_BYTES).record(bytes.len() as f64);
+            if bytes.len() > self.checkpoint_max_bytes {
+                self.checkpoint_max_bytes = bytes.len();
+                metrics::gauge!(telemetry::AGGREGATOR_CHECKPOINT_MAX_BYTES).set(bytes.len() as f64);
+            }
             let key = records::checkpoint_key(p);
             outbox
                 .send(FutureRecord::to(&self.checkpoints).partition(p).key(&key).payload(&bytes), (p, owned.next_offset, bytes.len()))
@@ -331,6 +396,9 @@ pub struct Aggregator {
     watch: Watch,
 }
 
+/// How often a partition whose open windows have not changed snapshots them anyway.
+const SNAPSHOT_REFRESH: Duration = Duration::from_secs(10);
+
 impl std::fmt::Debug for Aggregator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Aggregator").field("partitions", &self.partitions).finish_non_exhaustive()
@@ -351,7 +419,7 @@ impl Aggregator {
         let consumer: StreamConsumer<RevocationLog> =
             kafka.group_consumer(&topics.group("aggregator"), RevocationLog::new("aggregator"))?;
         consumer.subscribe(&[&topics.enriched()])?;
-        let producer = kafka.producer()?;
+        let producer = kafka.producer_for("aggregator")?;
         Ok(Self {
             config: config.clone(),
             consumer,
@@ -368,6 +436,7 @@ impl Aggregator {
         let Self { config, consumer, mut partitions, mut router, mut checkpoints, mut last_checkpoint, watch } = self;
         tracing::info!(window_ms = partitions.spec.size_ms(), lateness_ms = partitions.spec.lateness_ms(), "Aggregator running.");
         let mut housekeeping = Instant::now();
+        let mut last_snapshot = Instant::now();
         let readiness = telemetry::readiness("aggregator");
         readiness.not_ready("waiting for partitions");
         while !cancel.is_cancelled() {
@@ -375,6 +444,7 @@ impl Aggregator {
             partitions.forget(consumer.context().take());
             let started = Instant::now();
             if !batch.is_empty() {
+                metrics::counter!(telemetry::RECORDS_CONSUMED, "service" => "aggregator").increment(batch.len() as u64);
                 // Records of partitions revoked while the batch was fetched are skipped
                 // (`apply` ignores partitions not owned): their new owner processes them.
                 partitions.take_over(batch.iter().map(|m| m.partition()).collect(), &assignment(&consumer)).await?;
@@ -384,10 +454,12 @@ impl Aggregator {
                 for chunk in batch.chunks(PREPARE_CHUNK) {
                     let parsed: Vec<Parsed<'_>> = chunk.iter().map(|m| partitions.parse(m)).collect();
                     for (m, parsed) in chunk.iter().zip(parsed) {
-                        let Some(applied) = partitions.apply(m.partition(), m.offset(), parsed) else { continue };
+                        let Some(applied) = partitions.apply(m.partition(), m.offset(), m.timestamp().to_millis(), parsed) else {
+                            continue;
+                        };
                         router.route(m, applied.route).await?;
                         if let Some(through) = applied.moved_through {
-                            router.emit(m.partition(), &applied.closed, through).await?;
+                            router.emit(m.partition(), &applied.closed, &applied.newest, through).await?;
                             metrics::gauge!(telemetry::AGGREGATOR_OPEN_WINDOWS).set(partitions.open_windows() as f64);
                         }
                     }
@@ -395,6 +467,12 @@ impl Aggregator {
                 drop(batch);
                 router.settle().await?;
                 metrics::histogram!(telemetry::BATCH_DURATION, "service" => "aggregator").record(started.elapsed().as_secs_f64());
+            }
+            if !config.provisional_interval.is_zero() && last_snapshot.elapsed() >= config.provisional_interval {
+                last_snapshot = Instant::now();
+                for snapshot in partitions.open_snapshots(router.partition_count(), SNAPSHOT_REFRESH) {
+                    router.open_windows(&snapshot).await?;
+                }
             }
             if housekeeping.elapsed() >= Duration::from_millis(500) {
                 housekeeping = Instant::now();
@@ -457,6 +535,6 @@ mod tests {
         assert!(!partitions.owns(0), "the revoked partition stays forgotten");
         assert!(partitions.owns(1));
         let tick = Parsed { record: Ok(Some(EnrichedKind::IdleTick(None))), prepared: None };
-        assert!(partitions.apply(0, 7, tick).is_none(), "its records are skipped (and, not owned, it gets no idle ticks)");
+        assert!(partitions.apply(0, 7, None, tick).is_none(), "its records are skipped (and, not owned, it gets no idle ticks)");
     }
 }

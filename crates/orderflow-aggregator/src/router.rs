@@ -6,14 +6,17 @@ use orderflow_core::partition::Outcome;
 use orderflow_core::validate::InvalidReason;
 use orderflow_core::window::ClosedWindow;
 use orderflow_core::wire::{EnrichedKind, EnrichedView};
-use orderflow_proto::v1::{enriched_record, partial_record, EnrichedRecord, IdleTick, PartialRecord, PartialTotal, PartitionProgress};
+use orderflow_proto::v1::{
+    enriched_record, partial_record, EnrichedRecord, IdleTick, OpenWindows, PartialRecord, PartialTotal, PartitionProgress,
+};
 use orderflow_proto::{millis_timestamp, Message as _};
+use orderflow_runtime::kafka::Producer;
 use orderflow_runtime::outbox::{Outbox, Settled};
 use orderflow_runtime::records::{self, dead_letter, late};
 use orderflow_runtime::telemetry;
 use orderflow_runtime::topics::Topics;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::Message as _;
 
 use crate::Result;
@@ -21,8 +24,8 @@ use crate::Result;
 /// Where one applied record goes.
 #[derive(Debug)]
 pub enum Route {
-    /// Counted in its window: nothing to write for the record itself.
-    Counted,
+    /// Counted in the window starting then: nothing to write for the record itself.
+    Counted { window_start_ms: i64 },
     /// Its event id was already counted: nothing to write.
     Duplicate,
     /// An idle tick read back: nothing to write.
@@ -43,6 +46,7 @@ pub struct Router {
     outbox: Outbox<bool>,
     input: String,
     partials: String,
+    open_windows: String,
     late: String,
     dead_letter: String,
     /// Input partitions, stated in every progress record (the merger waits for all).
@@ -55,7 +59,7 @@ impl Route {
     /// The route of an event's outcome; `why` names an invalid one.
     pub fn of(outcome: Outcome, why: impl FnOnce() -> InvalidReason) -> Self {
         match outcome {
-            Outcome::Counted { .. } => Self::Counted,
+            Outcome::Counted { window_start_ms } => Self::Counted { window_start_ms },
             Outcome::Duplicate => Self::Duplicate,
             Outcome::Late { window_start_ms, closed_through_ms } => Self::Late { window_start_ms, closed_through_ms },
             Outcome::Invalid => Self::DeadLetter(why()),
@@ -65,11 +69,12 @@ impl Route {
 }
 
 impl Router {
-    pub fn new(producer: FutureProducer, topics: &Topics, partition_count: i32) -> Self {
+    pub fn new(producer: Producer, topics: &Topics, partition_count: i32) -> Self {
         Self {
             outbox: Outbox::new(producer),
             input: topics.enriched(),
             partials: topics.partials(),
+            open_windows: topics.open_windows(),
             late: topics.late(),
             dead_letter: topics.dead_letter(),
             partition_count,
@@ -81,7 +86,7 @@ impl Router {
     pub async fn route(&mut self, m: &BorrowedMessage<'_>, route: Route) -> Result<()> {
         match route {
             Route::Tick => {}
-            Route::Counted => metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "counted").increment(1),
+            Route::Counted { .. } => metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "counted").increment(1),
             Route::Duplicate => metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "duplicate").increment(1),
             Route::Late { window_start_ms, closed_through_ms } => {
                 metrics::counter!(telemetry::AGGREGATOR_EVENTS, "outcome" => "late").increment(1);
@@ -140,14 +145,16 @@ impl Router {
         Ok(self.outbox.send(record, false).await?)
     }
 
-    /// The partials of windows closed on partition `p`, then `p`'s progress.
-    pub async fn emit(&mut self, p: i32, closed: &[ClosedWindow], through: i64) -> Result<()> {
-        for w in closed {
+    /// The partials of windows closed on partition `p` (with the broker timestamp of
+    /// each one's newest event, 0 when unknown, in `newest`), then `p`'s progress.
+    pub async fn emit(&mut self, p: i32, closed: &[ClosedWindow], newest: &[i64], through: i64) -> Result<()> {
+        for (i, w) in closed.iter().enumerate() {
             metrics::counter!(telemetry::AGGREGATOR_PARTITION_WINDOWS_CLOSED).increment(1);
+            let newest_record_ms = newest.get(i).copied().unwrap_or(0);
             for total in w.to_window_totals() {
                 let key = records::partial_key(w.start_ms, &total.region, &total.tier, &total.currency, p);
-                let value = PartialRecord { kind: Some(partial_record::Kind::Partial(PartialTotal { total: Some(total), partition: p })) }
-                    .encode_to_vec();
+                let partial = PartialTotal { total: Some(total), partition: p, newest_record_ms };
+                let value = PartialRecord { kind: Some(partial_record::Kind::Partial(partial)) }.encode_to_vec();
                 self.outbox.send(FutureRecord::to(&self.partials).key(&key).payload(&value), true).await?;
             }
         }
@@ -156,6 +163,19 @@ impl Router {
         let value = PartialRecord { kind: Some(partial_record::Kind::Progress(progress)) }.encode_to_vec();
         let key = records::progress_key(p);
         Ok(self.outbox.send(FutureRecord::to(&self.partials).key(&key).payload(&value), true).await?)
+    }
+
+    /// A snapshot of partition `p`'s open windows, for the provisional figures.
+    pub async fn open_windows(&mut self, snapshot: &OpenWindows) -> Result<()> {
+        metrics::counter!(telemetry::AGGREGATOR_OPEN_SNAPSHOTS).increment(1);
+        let key = records::open_windows_key(snapshot.partition);
+        let value = snapshot.encode_to_vec();
+        Ok(self.outbox.send(FutureRecord::to(&self.open_windows).key(&key).payload(&value), false).await?)
+    }
+
+    /// Input partitions, as stated in progress records and snapshots.
+    pub fn partition_count(&self) -> i32 {
+        self.partition_count
     }
 
     /// An idle tick into input partition `p`, closing it through `target` when read back.
@@ -177,6 +197,11 @@ impl Router {
         for r in rejected {
             if r.tag {
                 return Err(crate::Error::Refused(r.reason()));
+            }
+            if r.topic == self.open_windows {
+                // Only the provisional figures miss it, until the next snapshot.
+                tracing::warn!(error = %r.error, "Open-windows snapshot refused by the broker; the next one replaces it.");
+                continue;
             }
             metrics::counter!(telemetry::DEAD_LETTER_REFUSED, "stage" => "aggregator").increment(1);
             tracing::error!(topic = %r.topic, error = %r.error, "Record refused by the broker for good; not written.");

@@ -26,6 +26,11 @@ const MIDNIGHT: i64 = 1_573_430_400_000;
 const MINUTE: i64 = 60_000;
 
 fn paid(id: &str, at_ms: i64, amount: i64) -> Vec<u8> {
+    paid_in(id, at_ms, amount, "cn-east")
+}
+
+/// A paid event of a merchant in `region` (tier tmall).
+fn paid_in(id: &str, at_ms: i64, amount: i64, region: &str) -> Vec<u8> {
     let event = OrderEvent {
         event_id: id.into(),
         order_id: format!("o-{id}"),
@@ -36,7 +41,7 @@ fn paid(id: &str, at_ms: i64, amount: i64) -> Vec<u8> {
         event_time: Some(millis_timestamp(at_ms)),
         ..Default::default()
     };
-    let enriched = EnrichedOrderEvent { region: "cn-east".into(), tier: "tmall".into(), merchant_known: true, event: Some(event) };
+    let enriched = EnrichedOrderEvent { region: region.into(), tier: "tmall".into(), merchant_known: true, event: Some(event) };
     EnrichedRecord { kind: Some(enriched_record::Kind::Event(enriched)) }.encode_to_vec()
 }
 
@@ -68,7 +73,11 @@ fn partial(partition: i32, start: i64, count: i64, amount: i64) -> (i32, Vec<u8>
         paid: Some(TypeTotal { count, amount_minor: amount }),
         ..Default::default()
     };
-    (0, PartialRecord { kind: Some(partial_record::Kind::Partial(PartialTotal { total: Some(t), partition })) }.encode_to_vec())
+    (
+        0,
+        PartialRecord { kind: Some(partial_record::Kind::Partial(PartialTotal { total: Some(t), partition, newest_record_ms: 0 })) }
+            .encode_to_vec(),
+    )
 }
 
 /// A progress record: `partition`, one of `partition_count`, has closed through `through`.
@@ -138,6 +147,95 @@ async fn partitions_and_merger_publish_exact_totals_and_route_late_and_bad_recor
     let paid_events = [("region", "cn-east"), ("tier", "tmall"), ("type", "paid")];
     assert_eq!(counters.get(telemetry::WINDOW_EVENTS, &paid_events), 4);
 
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(30), service).await.expect("stops on cancel").unwrap().unwrap();
+}
+
+/// The sum of the samples of `name` whose labels include `labels`, in Prometheus text.
+fn sum(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            let matches = n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse::<f64>().unwrap())
+        })
+        .sum()
+}
+
+/// What `/metrics` shows while windows are open and after they close: the provisional
+/// gauges hold exactly the open windows' figures, summed over both partitions; once a
+/// window is published its figures are in the final counters and gone from the gauges,
+/// and "so far" (final + provisional) never dips nor counts anything twice on any page.
+#[tokio::test]
+async fn provisional_figures_hold_the_open_windows_and_hand_them_over_to_the_final_counters() {
+    let recorder = telemetry::builder().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mock = MockKafka::start(1, 2);
+    let (kafka, topics) = (&mock.kafka, &mock.topics);
+    // Window 00:00, cn-west: 100 on partition 0, 200 and 50 on partition 1.
+    write(
+        kafka,
+        &topics.enriched(),
+        &[
+            (0, paid_in("a", MIDNIGHT + 1_000, 100, "cn-west")),
+            (1, paid_in("b", MIDNIGHT + 2_000, 200, "cn-west")),
+            (1, paid_in("b2", MIDNIGHT + 3_000, 50, "cn-west")),
+        ],
+    )
+    .await;
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let config = AggregatorConfig { provisional_interval: Duration::from_millis(100), ..no_idle() };
+    let service = tokio::spawn({
+        let (kafka, topics, cancel) = (kafka.clone(), topics.clone(), cancel.clone());
+        async move { orderflow_aggregator::run(&kafka, &topics, &config, cancel).await }
+    });
+    let west = [("region", "cn-west"), ("tier", "tmall"), ("currency", "CNY"), ("type", "paid")];
+    let east = [("region", "cn-east"), ("tier", "tmall"), ("currency", "CNY"), ("type", "paid")];
+    let west_events = [("region", "cn-west"), ("tier", "tmall"), ("type", "paid")];
+    let east_events = [("region", "cn-east"), ("tier", "tmall"), ("type", "paid")];
+    let mut so_far = 0.0;
+    let mut page_at = |written: f64| {
+        let page = telemetry::render(&handle);
+        let now = sum(&page, telemetry::WINDOW_AMOUNT, &[]) + sum(&page, telemetry::OPEN_WINDOW_AMOUNT, &[]);
+        assert!(now >= so_far && now <= written, "GMV so far went from {so_far} to {now} (written: {written})\n{page}");
+        so_far = now;
+        page
+    };
+    let page = eventually(Duration::from_secs(30), || {
+        let page = page_at(350.0);
+        (sum(&page, telemetry::OPEN_WINDOW_AMOUNT, &west) == 350.0).then_some(page)
+    })
+    .await
+    .expect("the open window's provisional figures");
+    assert_eq!(sum(&page, telemetry::OPEN_WINDOW_EVENTS, &west_events), 3.0);
+    assert_eq!(sum(&page, telemetry::WINDOW_AMOUNT, &[]), 0.0, "nothing final yet");
+
+    // Window 00:01, cn-east, on both partitions: their watermarks pass 00:01:05, so
+    // window 00:00 closes on both and is published.
+    write(kafka, &topics.enriched(), &[(0, paid("c", MIDNIGHT + MINUTE + 10_000, 400)), (1, paid("d", MIDNIGHT + MINUTE + 10_000, 800))])
+        .await;
+    let page = eventually(Duration::from_secs(30), || {
+        let page = page_at(1_550.0);
+        (sum(&page, telemetry::WINDOW_AMOUNT, &west) == 350.0 && sum(&page, telemetry::OPEN_WINDOW_AMOUNT, &east) == 1_200.0)
+            .then_some(page)
+    })
+    .await
+    .expect("window 00:00 final, window 00:01 provisional");
+    assert_eq!(sum(&page, telemetry::OPEN_WINDOW_AMOUNT, &west), 0.0, "the published window left the provisional figures");
+    assert_eq!(sum(&page, telemetry::OPEN_WINDOW_EVENTS, &west_events), 0.0);
+    assert_eq!(sum(&page, telemetry::WINDOW_EVENTS, &west_events), 3.0);
+    assert_eq!(sum(&page, telemetry::OPEN_WINDOW_EVENTS, &east_events), 2.0);
+    assert_eq!(sum(&page, telemetry::WINDOW_AMOUNT, &east), 0.0);
+    assert_eq!(so_far, 1_550.0, "final + provisional: every event once");
+    // Latencies, as Prometheus histograms: one window published, snapshots taken in.
+    assert_eq!(sum(&page, "orderflow_end_to_end_latency_seconds_count", &[]), 1.0);
+    assert!(page.contains("orderflow_end_to_end_latency_seconds_bucket{le=\"1\"}"), "{page}");
+    assert!(sum(&page, "orderflow_provisional_latency_seconds_count", &[]) >= 1.0);
+    assert!(!page.contains("quantile="), "no summaries: {page}");
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(30), service).await.expect("stops on cancel").unwrap().unwrap();
 }

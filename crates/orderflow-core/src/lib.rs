@@ -13,6 +13,8 @@
 //!   closing, lateness, checkpoints. Its output depends only on the partition's log.
 //! - [`merge`]: merges per-partition partial totals into one exact total per key once
 //!   every partition has closed the window.
+//! - [`provisional`]: the provisional figures of windows not yet final, from the
+//!   partitions' snapshots of their open windows, dropped as each window becomes final.
 //! - [`wire`]: borrowed, allocation-free views of `OrderEvent` and `EnrichedRecord`
 //!   payloads for the per-event hot paths, and the enricher's spliced output record.
 //!
@@ -24,6 +26,7 @@ pub mod dedup;
 pub mod merchant;
 pub mod merge;
 pub mod partition;
+pub mod provisional;
 pub mod reason;
 pub mod validate;
 pub mod window;

@@ -206,7 +206,7 @@ mod tests {
             t.add(1, 10);
         }
         let key = TotalKey { region: region.into(), tier: "gold".into(), currency: "CNY".into() };
-        PartialTotal { total: Some(t.to_window_total(start, start + 60, &key)), partition }
+        PartialTotal { total: Some(t.to_window_total(start, start + 60, &key)), partition, newest_record_ms: 0 }
     }
 
     fn progress(partition: i32, through: i64) -> PartitionProgress {

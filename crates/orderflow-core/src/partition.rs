@@ -177,6 +177,19 @@ impl PartitionState {
         self.dedup.slots()
     }
 
+    /// The open windows' totals so far, oldest window first, keys sorted (a snapshot
+    /// for the provisional figures).
+    pub fn open_totals(&self) -> Vec<ClosedWindow> {
+        self.open
+            .iter()
+            .map(|(start, totals)| {
+                let mut totals: Vec<_> = totals.iter().map(|(k, t)| (k.clone(), *t)).collect();
+                totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                ClosedWindow { start_ms: *start, end_ms: self.spec.end_of(*start), totals }
+            })
+            .collect()
+    }
+
     /// End of the last open window, if any.
     pub fn last_open_end_ms(&self) -> Option<i64> {
         self.open.keys().next_back().map(|s| self.spec.end_of(*s))
@@ -472,6 +485,14 @@ mod tests {
         // A duplicate of a counted event is a duplicate, not late.
         assert_eq!(s.apply(&ev("b", 30_000, Paid, 100, "east"), &mut closed), Outcome::Duplicate);
         assert_eq!(s.open_windows(), 1);
+        // The snapshot of the open windows: window 1 with west's two paid events (7 and 3).
+        let open = s.open_totals();
+        assert_eq!(open.len(), 1);
+        assert_eq!((open[0].start_ms, open[0].end_ms, open[0].totals.len()), (MIN, 2 * MIN, 1));
+        assert_eq!(
+            (open[0].totals[0].0.region.as_str(), open[0].totals[0].1 .0[1].count, open[0].totals[0].1 .0[1].amount_minor),
+            ("west", 2, 10)
+        );
     }
 
     #[test]

@@ -31,12 +31,14 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &EnricherConfig, 
     topics::ensure(kafka, &topics.specs(Stage::Enricher)).await?;
     same_partitions(kafka, topics)?;
     readiness.not_ready("loading merchants");
+    metrics::gauge!(telemetry::ENRICHER_MERCHANTS_LOADED).set(0.0);
     let (merchants, follower) = MerchantStore::load(kafka, &topics.merchants()).await?;
+    metrics::gauge!(telemetry::ENRICHER_MERCHANTS_LOADED).set(1.0);
     readiness.not_ready("merchants loaded; waiting for partitions");
     let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("enricher"), RevocationLog::new("enricher"))?;
     consumer.subscribe(&[&topics.orders()])?;
     let enricher = Enricher {
-        outbox: Outbox::new(kafka.producer()?),
+        outbox: Outbox::new(kafka.producer_for("enricher")?),
         merchants,
         enriched_topic: topics.enriched(),
         dlq_topic: topics.dead_letter(),
@@ -131,6 +133,7 @@ impl Enricher {
             next_seq += 1;
             self.enrich(&batch, seq).await?;
             metrics::counter!(telemetry::ENRICHER_EVENTS).increment(batch.len() as u64);
+            metrics::counter!(telemetry::RECORDS_CONSUMED, "service" => "enricher").increment(batch.len() as u64);
             metrics::histogram!(telemetry::BATCH_DURATION, "service" => "enricher").record(started.elapsed().as_secs_f64());
             in_flight.push_back(InFlight { seq, outstanding: batch.len(), messages: batch });
             let max_pending = if cancel.is_cancelled() { 0 } else { self.max_in_flight };
@@ -232,8 +235,14 @@ impl Enricher {
                 // the aggregator's idle ticks rely on an order's partition being the same
                 // in both topics.
                 Ok((key, value)) => {
-                    let record = FutureRecord::to(&self.enriched_topic).key(key.as_str()).payload(value.as_slice());
-                    self.outbox.send(record.partition(m.partition()), (seq, i)).await?
+                    let mut record =
+                        FutureRecord::to(&self.enriched_topic).key(key.as_str()).payload(value.as_slice()).partition(m.partition());
+                    // The orders record's broker timestamp, carried on: the aggregator
+                    // measures end-to-end latency from it.
+                    if let Some(ts) = m.timestamp().to_millis() {
+                        record = record.timestamp(ts);
+                    }
+                    self.outbox.send(record, (seq, i)).await?
                 }
                 Err(reason) => self.dead_letter(m, &reason, (seq, i)).await?,
             }

@@ -24,9 +24,10 @@ use std::time::Duration;
 use orderflow_proto::v1::{Merchant, OrderEvent};
 use orderflow_proto::Message;
 use orderflow_runtime::kafka::KafkaConfig;
+use orderflow_runtime::kafka::Producer;
 use orderflow_runtime::outbox::{Outbox, Settled};
 use orderflow_runtime::records::merchant_key;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 /// Errors of publishing.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +46,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Publishes order events to the orders topic.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
 }
 
@@ -68,7 +69,7 @@ pub fn event_key(event: &OrderEvent) -> &str {
 impl Publisher {
     /// A publisher to `topic` with an idempotent producer.
     pub fn new(kafka: &KafkaConfig, topic: impl Into<String>) -> Result<Self> {
-        Ok(Self { producer: kafka.producer()?, topic: topic.into() })
+        Ok(Self { producer: kafka.producer_for("producer")?, topic: topic.into() })
     }
 
     /// The topic published to.
@@ -162,7 +163,7 @@ pub async fn load_merchants(kafka: &KafkaConfig, topic: &str, merchants: &[Merch
         orderflow_core::merchant::check_merchant(m)
             .map_err(|problem| Error::BadMerchant { merchant_id: m.merchant_id.clone(), problem })?;
     }
-    let mut outbox: Outbox<&str> = Outbox::new(kafka.producer()?);
+    let mut outbox: Outbox<&str> = Outbox::new(kafka.producer_for("merchants")?);
     let mut delivered = 0;
     for chunk in merchants.chunks(50_000) {
         for m in chunk {

@@ -371,7 +371,14 @@ impl KafkaConfig {
     }
 
     /// An idempotent producer: retries never duplicate or reorder a partition's records.
-    pub fn producer(&self) -> Result<FutureProducer> {
+    /// Its metrics carry `service="client"`; services use [`Self::producer_for`].
+    pub fn producer(&self) -> Result<Producer> {
+        self.producer_for("client")
+    }
+
+    /// [`Self::producer`] for `service` (the `service` label of its queue depth, the
+    /// records it writes and its errors).
+    pub fn producer_for(&self, service: &'static str) -> Result<Producer> {
         Ok(self
             .config(&[
                 ("enable.idempotence", "true"),
@@ -379,8 +386,11 @@ impl KafkaConfig {
                 ("batch.num.messages", "10000"),
                 ("queue.buffering.max.messages", "500000"),
                 ("message.max.bytes", "67108864"),
+                // The queue depth, through the context's statistics callback.
+                ("statistics.interval.ms", "1000"),
             ])?
-            .create()?)
+            .create_with_context(ClientMetrics::new(service))
+            .map(|inner| Producer { inner, service })?)
     }
 
     /// A consumer in `group` that stores offsets only when told to (at-least-once).
@@ -419,6 +429,73 @@ impl KafkaConfig {
                 ("receive.message.max.bytes", "134217728"),
             ])?
             .create()?)
+    }
+}
+
+/// The producer every stage writes with (through an [`crate::outbox::Outbox`]): a
+/// librdkafka producer (it derefs to one) that knows its service, the `service` label of
+/// its metrics.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer<ClientMetrics>,
+    service: &'static str,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").field("service", &self.service).finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// The `service` label of its metrics.
+    pub fn service(&self) -> &'static str {
+        self.service
+    }
+}
+
+impl std::ops::Deref for Producer {
+    type Target = FutureProducer<ClientMetrics>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+/// The name of a Kafka error's librdkafka code (`BrokerTransportFailure`,
+/// `MessageSizeTooLarge`, ...), or `other` for an error without one: a closed set, the
+/// `code` label of [`crate::telemetry::KAFKA_ERRORS`].
+pub fn error_code_name(e: &KafkaError) -> String {
+    e.rdkafka_error_code().map_or_else(|| "other".to_owned(), |c| format!("{c:?}"))
+}
+
+/// Counts a Kafka client error of `service` in [`crate::telemetry::KAFKA_ERRORS`].
+pub fn count_error(service: &'static str, e: &KafkaError) {
+    metrics::counter!(crate::telemetry::KAFKA_ERRORS, "service" => service, "code" => error_code_name(e)).increment(1);
+}
+
+/// A producer's context: logs and counts librdkafka's errors and reports the
+/// producer's queue depth (from its statistics, every second), under its service.
+#[derive(Debug, Clone)]
+pub struct ClientMetrics {
+    service: &'static str,
+}
+
+impl ClientMetrics {
+    /// The context of `service`'s producer.
+    pub fn new(service: &'static str) -> Self {
+        Self { service }
+    }
+}
+
+impl ClientContext for ClientMetrics {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        metrics::gauge!(crate::telemetry::PRODUCER_QUEUE, "service" => self.service).set(statistics.msg_cnt as f64);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        count_error(self.service, &error);
+        tracing::warn!(service = self.service, %error, reason, "Kafka client error.");
     }
 }
 
@@ -599,6 +676,11 @@ impl rdkafka::client::ClientContext for RevocationLog {
                 metrics::gauge!(crate::telemetry::CONSUMER_LAG, &labels).set(lag as f64);
             }
         }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        count_error(self.service, &error);
+        tracing::warn!(service = self.service, %error, reason, "Kafka client error.");
     }
 }
 

@@ -30,10 +30,11 @@ use futures::FutureExt as _;
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{OwnedMessage, ToBytes};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message as _;
 
+use crate::kafka::{count_error, Producer};
 use crate::{Error, Result};
 
 /// How long to wait before offering a record again while the producer's queue is full.
@@ -96,7 +97,7 @@ pub struct Settled<T> {
 
 /// Records sent and not yet settled, over one producer.
 pub struct Outbox<T = ()> {
-    producer: FutureProducer,
+    producer: Producer,
     pending: VecDeque<(T, DeliveryFuture)>,
     /// Rejected before they were even queued (librdkafka's own size check).
     rejected_early: Vec<Rejected<T>>,
@@ -110,7 +111,10 @@ impl<T> std::fmt::Debug for Outbox<T> {
 
 impl<T> Outbox<T> {
     /// An outbox over `producer` (make it with [`crate::kafka::KafkaConfig::producer`]).
-    pub fn new(producer: FutureProducer) -> Self {
+    /// Records it gets onto the broker are counted in
+    /// [`crate::telemetry::RECORDS_PRODUCED`], and its delivery failures in
+    /// [`crate::telemetry::KAFKA_ERRORS`], under the producer's service.
+    pub fn new(producer: Producer) -> Self {
         Self { producer, pending: VecDeque::new(), rejected_early: Vec::new() }
     }
 
@@ -131,14 +135,19 @@ impl<T> Outbox<T> {
                 }
                 Err((e, r)) => match classify(&e) {
                     Fate::Retry => {
+                        // Back-pressure, not an error: the queue depth shows it.
                         record = r;
                         tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                     }
                     Fate::Rejected => {
+                        count_error(self.service(), &e);
                         self.rejected_early.push(Rejected { tag, topic: r.topic.to_owned(), error: e });
                         return Ok(());
                     }
-                    Fate::Fatal => return Err(Error::Delivery { topic: r.topic.to_owned(), error: e }),
+                    Fate::Fatal => {
+                        count_error(self.service(), &e);
+                        return Err(Error::Delivery { topic: r.topic.to_owned(), error: e });
+                    }
                 },
             }
         }
@@ -151,11 +160,13 @@ impl<T> Outbox<T> {
         let mut settled = Settled { delivered: 0, rejected: std::mem::take(&mut self.rejected_early) };
         let results = join_all(self.pending.drain(..).map(|(tag, f)| async move { (tag, f.await) })).await;
         let mut fatal = None;
+        let service = self.service();
         for (tag, result) in results {
-            if let Err(e) = judge(tag, result, &mut settled) {
+            if let Err(e) = judge(service, tag, result, &mut settled) {
                 fatal.get_or_insert(e);
             }
         }
+        self.count_produced(settled.delivered);
         match fatal {
             Some(e) => Err(e),
             None => Ok(settled),
@@ -187,9 +198,24 @@ impl<T> Outbox<T> {
             };
             let (tag, _) = self.pending.pop_front().expect("front exists");
             landed(&tag);
-            judge(tag, result, &mut settled)?;
+            if let Err(e) = judge(self.service(), tag, result, &mut settled) {
+                self.count_produced(settled.delivered);
+                return Err(e);
+            }
         }
+        self.count_produced(settled.delivered);
         Ok(settled)
+    }
+
+    /// The `service` label of its metrics (its producer's).
+    fn service(&self) -> &'static str {
+        self.producer.service()
+    }
+
+    fn count_produced(&self, delivered: u64) {
+        if delivered > 0 {
+            metrics::counter!(crate::telemetry::RECORDS_PRODUCED, "service" => self.service()).increment(delivered);
+        }
     }
 
     /// Settles, then waits up to `timeout` for anything else the producer holds.
@@ -203,13 +229,16 @@ impl<T> Outbox<T> {
 type DeliveryResult = std::result::Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>;
 
 /// Files one delivery's result into `settled`, or returns the fatal error.
-fn judge<T>(tag: T, result: DeliveryResult, settled: &mut Settled<T>) -> Result<()> {
+fn judge<T>(service: &'static str, tag: T, result: DeliveryResult, settled: &mut Settled<T>) -> Result<()> {
     match result {
         Ok(Ok(_)) => settled.delivered += 1,
-        Ok(Err((error, message))) => match classify(&error) {
-            Fate::Rejected | Fate::Retry => settled.rejected.push(rejected(tag, error, &message)),
-            Fate::Fatal => return Err(Error::Delivery { topic: message.topic().to_owned(), error }),
-        },
+        Ok(Err((error, message))) => {
+            count_error(service, &error);
+            match classify(&error) {
+                Fate::Rejected | Fate::Retry => settled.rejected.push(rejected(tag, error, &message)),
+                Fate::Fatal => return Err(Error::Delivery { topic: message.topic().to_owned(), error }),
+            }
+        }
         Err(_) => return Err(Error::ProducerGone),
     }
     Ok(())
@@ -256,5 +285,28 @@ mod tests {
         assert_eq!(outbox.pending(), 0);
         assert_eq!(landed, [10, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
         assert_eq!(first.delivered + rest.delivered, 10);
+    }
+
+    /// Records delivered are counted under the producer's service, and a record refused
+    /// on the spot as a Kafka error by its code.
+    #[tokio::test]
+    async fn deliveries_and_refusals_are_counted_by_service() {
+        let recorder = crate::telemetry::builder().build_recorder();
+        let handle = recorder.handle();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let kafka = crate::kafka::KafkaConfig::new(cluster.bootstrap_servers());
+        let mut outbox = Outbox::new(kafka.producer_for("enricher").unwrap());
+        for i in 0..3 {
+            outbox.send(FutureRecord::to("t").key("k").payload("v"), i).await.unwrap();
+        }
+        let too_large = vec![0u8; 80 << 20];
+        outbox.send(FutureRecord::<str, _>::to("t").payload(&too_large), 3).await.unwrap();
+        let settled = outbox.settle().await.unwrap();
+        assert_eq!((settled.delivered, settled.rejected.len()), (3, 1));
+        let page = handle.render();
+        assert!(page.contains("orderflow_records_produced_total{service=\"enricher\"} 3\n"), "{page}");
+        assert!(page.contains("orderflow_kafka_errors_total{service=\"enricher\",code=\"MessageSizeTooLarge\"} 1\n"), "{page}");
     }
 }

@@ -36,6 +36,11 @@ pub fn progress_key(partition: i32) -> String {
     format!("progress/{partition}")
 }
 
+/// Open-windows topic: a partition's snapshot of its open windows.
+pub fn open_windows_key(partition: i32) -> String {
+    format!("open/{partition}")
+}
+
 /// Totals topic (compacted): one merged total.
 pub fn total_key(window_start_ms: i64, region: &str, tier: &str, currency: &str) -> String {
     let (region, tier, currency) = (component(region), component(tier), component(currency));

@@ -2,14 +2,15 @@
 //! end in `_total`), their descriptions, the exporter, and tracing.
 //!
 //! Labels are bounded sets only: `reason`, `outcome`, `region`, `tier`, `currency`,
-//! `type`, `partition`. Never merchant, order or event ids.
+//! `type`, `partition`, `service`, `code`. Never merchant, order or event ids.
+//! Histograms are exported as Prometheus histograms with buckets ([`builder`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::{Error, Result};
 
@@ -23,6 +24,19 @@ pub const REBALANCES: &str = "orderflow_rebalances_total";
 /// Histogram: seconds to process one batch, from its last record read to its outputs
 /// delivered. Labels: `service`.
 pub const BATCH_DURATION: &str = "orderflow_batch_duration_seconds";
+/// Counter: Kafka records a service's consumers read (`rate()` gives records per
+/// second). Labels: `service` (enricher, aggregator, merger).
+pub const RECORDS_CONSUMED: &str = "orderflow_records_consumed_total";
+/// Counter: Kafka records a service wrote, counted once the broker has them. Labels:
+/// `service` (enricher, aggregator, merger, replay, ...).
+pub const RECORDS_PRODUCED: &str = "orderflow_records_produced_total";
+/// Gauge: records in a service's producer queue (librdkafka's `msg_cnt`, every second).
+/// Labels: `service`.
+pub const PRODUCER_QUEUE: &str = "orderflow_producer_queue_messages";
+/// Counter: Kafka client errors, from librdkafka's error callback and from failed
+/// deliveries. Labels: `service`, `code` (librdkafka's error code name, e.g.
+/// `BrokerTransportFailure`, `MessageSizeTooLarge`: a closed set).
+pub const KAFKA_ERRORS: &str = "orderflow_kafka_errors_total";
 
 /// Events published by `replay`. Labels: `outcome` (sent, refused).
 pub const PRODUCER_EVENTS: &str = "orderflow_producer_events_total";
@@ -35,6 +49,9 @@ pub const ENRICHER_EVENTS: &str = "orderflow_enricher_events_total";
 pub const ENRICHER_UNKNOWN_MERCHANT: &str = "orderflow_enricher_unknown_merchant_events_total";
 /// Merchants in the enricher's table.
 pub const ENRICHER_MERCHANTS: &str = "orderflow_enricher_merchants";
+/// Gauge: 1 once the enricher has read the whole merchants topic (its initial load),
+/// else 0.
+pub const ENRICHER_MERCHANTS_LOADED: &str = "orderflow_enricher_merchants_loaded";
 /// Merchant records applied from the merchants topic.
 pub const ENRICHER_MERCHANT_UPDATES: &str = "orderflow_enricher_merchant_updates_total";
 /// Events sent to the dead-letter topic. Labels: `stage`, `reason`.
@@ -76,6 +93,13 @@ pub const AGGREGATOR_CHECKPOINT_SECONDS: &str = "orderflow_aggregator_checkpoint
 pub const AGGREGATOR_DEDUP_IDS: &str = "orderflow_aggregator_dedup_ids";
 /// Histogram: seconds to read and decode the checkpoints of partitions taken over.
 pub const AGGREGATOR_RESTORE_SECONDS: &str = "orderflow_aggregator_restore_duration_seconds";
+/// Gauge: the longest take-over (see [`AGGREGATOR_RESTORE_SECONDS`]) since the process
+/// started, in seconds.
+pub const AGGREGATOR_RESTORE_MAX_SECONDS: &str = "orderflow_aggregator_restore_duration_max_seconds";
+/// Gauge: the largest checkpoint written since the process started, in bytes.
+pub const AGGREGATOR_CHECKPOINT_MAX_BYTES: &str = "orderflow_aggregator_checkpoint_size_max_bytes";
+/// Open-window snapshots the aggregator's partitions wrote (see [`OPEN_WINDOW_AMOUNT`]).
+pub const AGGREGATOR_OPEN_SNAPSHOTS: &str = "orderflow_aggregator_open_snapshots_total";
 
 /// Partial totals the merger read. Labels: `outcome` (accepted, repeated, corrected: new to a
 /// window already published, whose total was re-published corrected; too_late: for a window
@@ -90,6 +114,26 @@ pub const WINDOW_EVENTS: &str = "orderflow_window_events_total";
 pub const WINDOW_AMOUNT: &str = "orderflow_window_amount_minor_total";
 /// End of the newest window merged, seconds since the epoch.
 pub const WINDOW_LAST_CLOSED_END: &str = "orderflow_window_last_closed_end_seconds";
+/// Gauge: events in windows still open (their final total not yet published), summed
+/// over every input partition: the provisional figures. Labels: `region`, `tier`, `type`.
+/// [`WINDOW_EVENTS`] plus this is "events so far", each event counted once.
+pub const OPEN_WINDOW_EVENTS: &str = "orderflow_open_window_events";
+/// Gauge: amount in windows still open, in minor units, summed over every input
+/// partition. Labels: `region`, `tier`, `currency`, `type`. [`WINDOW_AMOUNT`] plus this
+/// is "GMV so far": a window's amount leaves this gauge in the same step (as seen by a
+/// scrape) as its final total enters the counter.
+pub const OPEN_WINDOW_AMOUNT: &str = "orderflow_open_window_amount_minor";
+/// Histogram: seconds from the broker timestamp of a window's newest event (the
+/// orders-topic record's, carried onto the enriched record) to the window's total
+/// being published by the merger; one observation per window.
+pub const END_TO_END_LATENCY: &str = "orderflow_end_to_end_latency_seconds";
+/// Histogram: seconds from the broker timestamp of the newest event an open-window
+/// snapshot includes to the merger taking the snapshot into the provisional figures;
+/// one observation per snapshot.
+pub const PROVISIONAL_LATENCY: &str = "orderflow_provisional_latency_seconds";
+/// Open-window snapshots the merger read. Labels: `outcome` (applied; stray: for
+/// partitions other than the enriched topic's, ignored).
+pub const MERGER_OPEN_SNAPSHOTS: &str = "orderflow_merger_open_snapshots_total";
 
 /// Describes every metric once, so `/metrics` carries HELP and TYPE lines.
 pub fn describe() {
@@ -110,6 +154,39 @@ pub fn describe() {
     );
     describe_counter!(REBALANCES, Unit::Count, "Consumer-group rebalances, by service and kind (assign, revoke).");
     describe_histogram!(BATCH_DURATION, Unit::Seconds, "Time to process one batch and deliver its outputs, by service.");
+    describe_counter!(RECORDS_CONSUMED, Unit::Count, "Kafka records read by the service's consumers, by service.");
+    describe_counter!(RECORDS_PRODUCED, Unit::Count, "Kafka records written and acknowledged by the broker, by service.");
+    describe_gauge!(PRODUCER_QUEUE, Unit::Count, "Records in the producer's queue (librdkafka msg_cnt), by service.");
+    describe_counter!(
+        KAFKA_ERRORS,
+        Unit::Count,
+        "Kafka client errors (error callback and failed deliveries), by service and librdkafka error code."
+    );
+    describe_gauge!(ENRICHER_MERCHANTS_LOADED, Unit::Count, "1 once the enricher's initial merchant load is complete, else 0.");
+    describe_gauge!(AGGREGATOR_RESTORE_MAX_SECONDS, Unit::Seconds, "Longest take-over of partitions since the process started.");
+    describe_gauge!(AGGREGATOR_CHECKPOINT_MAX_BYTES, Unit::Bytes, "Largest partition checkpoint written since the process started.");
+    describe_counter!(AGGREGATOR_OPEN_SNAPSHOTS, Unit::Count, "Snapshots of open windows written for the provisional figures.");
+    describe_counter!(MERGER_OPEN_SNAPSHOTS, Unit::Count, "Open-window snapshots read by the merger, by outcome.");
+    describe_gauge!(
+        OPEN_WINDOW_EVENTS,
+        Unit::Count,
+        "Events in windows not yet published (provisional), summed over partitions, by region, tier and type."
+    );
+    describe_gauge!(
+        OPEN_WINDOW_AMOUNT,
+        Unit::Count,
+        "Amount in windows not yet published (provisional) in the currency's minor unit, by region, tier, currency and type."
+    );
+    describe_histogram!(
+        END_TO_END_LATENCY,
+        Unit::Seconds,
+        "Broker timestamp of a window's newest event to the window's total published, one observation per window."
+    );
+    describe_histogram!(
+        PROVISIONAL_LATENCY,
+        Unit::Seconds,
+        "Broker timestamp of a snapshot's newest event to the snapshot in the provisional figures."
+    );
     describe_gauge!(AGGREGATOR_EVENT_TIME_LAG, Unit::Seconds, "Wall clock minus the partition's watermark.");
     describe_gauge!(AGGREGATOR_PARTITIONS_OWNED, Unit::Count, "Input partitions this aggregator owns.");
     describe_histogram!(AGGREGATOR_CHECKPOINT_SECONDS, Unit::Seconds, "Time to write and settle one round of checkpoints.");
@@ -228,6 +305,46 @@ fn ready_report() -> std::result::Result<String, String> {
     }
 }
 
+/// Buckets (upper bounds) of the histograms in seconds: 1 ms to 10 minutes, about
+/// three per decade, so that latencies from a batch's milliseconds to a window's
+/// minute (plus lateness) all land in a bucket of their own.
+pub const SECONDS_BUCKETS: [f64; 19] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 75.0, 120.0, 300.0, 600.0];
+
+/// Buckets of [`AGGREGATOR_CHECKPOINT_BYTES`]: 1 KiB to 256 MiB, by powers of four.
+pub const BYTES_BUCKETS: [f64; 10] =
+    [1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0, 268435456.0];
+
+/// The exporter: every histogram a real Prometheus histogram (`_bucket{le}`, `_sum`,
+/// `_count`), so that instances aggregate in PromQL
+/// (`histogram_quantile(0.99, sum by (le) (rate(X_bucket[1m])))`).
+pub fn builder() -> PrometheusBuilder {
+    PrometheusBuilder::new()
+        .set_buckets(&SECONDS_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(AGGREGATOR_CHECKPOINT_BYTES.to_owned()), &BYTES_BUCKETS))
+        .expect("buckets are not empty")
+}
+
+/// The lock that makes a group of metric updates one step as a scrape sees it: the
+/// merger moving a window from the provisional gauges to the final counters holds it
+/// ([`consistently`]), and so does `/metrics` while it renders, so no scrape sees the
+/// window in both or in neither.
+fn step_lock() -> &'static Mutex<()> {
+    static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(Default::default)
+}
+
+/// Runs `f` (metric updates) so that no `/metrics` render sees part of them.
+pub fn consistently<R>(f: impl FnOnce() -> R) -> R {
+    let _guard = step_lock().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    f()
+}
+
+/// The Prometheus text, rendered between steps (see [`consistently`]).
+pub fn render(handle: &PrometheusHandle) -> String {
+    consistently(|| handle.render())
+}
+
 /// Serves, at `addr`, Prometheus text at `/metrics`, liveness at `/healthz` (200 while
 /// the process's runtime answers: a service whose task fails exits) and readiness at
 /// `/readyz` (200 while every service in the process is ready, else 503 saying why), and
@@ -237,8 +354,7 @@ pub async fn serve(addr: SocketAddr) -> Result<()> {
     use axum::http::StatusCode;
     use axum::routing::get;
 
-    let handle: PrometheusHandle =
-        PrometheusBuilder::new().install_recorder().map_err(|e| Error::Metrics { addr, reason: e.to_string() })?;
+    let handle: PrometheusHandle = builder().install_recorder().map_err(|e| Error::Metrics { addr, reason: e.to_string() })?;
     describe();
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::Metrics { addr, reason: e.to_string() })?;
     let upkeep = handle.clone();
@@ -249,7 +365,7 @@ pub async fn serve(addr: SocketAddr) -> Result<()> {
         }
     });
     let app = axum::Router::new()
-        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route("/metrics", get(move || std::future::ready(render(&handle))))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",

@@ -93,10 +93,10 @@ pub async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
-/// The counters of one snapshot of `metrics_util`'s debugging recorder (taking a
-/// snapshot resets its counters, so take one and ask it several things).
+/// The counters and gauges of one snapshot of `metrics_util`'s debugging recorder
+/// (taking a snapshot resets its counters, so take one and ask it several things).
 #[derive(Debug)]
-pub struct Counters(Vec<(String, Labels, u64)>);
+pub struct Counters(Vec<(String, Labels, u64)>, Vec<(String, Labels, f64)>);
 
 type Labels = Vec<(String, String)>;
 
@@ -104,30 +104,29 @@ impl Counters {
     /// Takes a snapshot.
     pub fn of(snapshotter: &metrics_util::debugging::Snapshotter) -> Self {
         use metrics_util::debugging::DebugValue;
-        Self(
-            snapshotter
-                .snapshot()
-                .into_vec()
-                .into_iter()
-                .filter_map(|(key, _, _, value)| match value {
-                    DebugValue::Counter(c) => {
-                        let labels = key.key().labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
-                        Some((key.key().name().to_owned(), labels, c))
-                    }
-                    _ => None,
-                })
-                .collect(),
-        )
+        let (mut counters, mut gauges) = (Vec::new(), Vec::new());
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let labels: Labels = key.key().labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
+            match value {
+                DebugValue::Counter(c) => counters.push((key.key().name().to_owned(), labels, c)),
+                DebugValue::Gauge(g) => gauges.push((key.key().name().to_owned(), labels, g.into_inner())),
+                DebugValue::Histogram(_) => {}
+            }
+        }
+        Self(counters, gauges)
+    }
+
+    /// A gauge's value by name and exact label set (`None` when never set).
+    pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.1.iter().find(|(n, ls, _)| n == name && same_labels(ls, labels)).map(|(_, _, g)| *g)
     }
 
     /// A counter's value by name and exact label set (0 when never incremented).
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        self.0
-            .iter()
-            .filter(|(n, ls, _)| {
-                n == name && ls.len() == labels.len() && labels.iter().all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v))
-            })
-            .map(|(_, _, c)| c)
-            .sum()
+        self.0.iter().filter(|(n, ls, _)| n == name && same_labels(ls, labels)).map(|(_, _, c)| c).sum()
     }
+}
+
+fn same_labels(have: &Labels, want: &[(&str, &str)]) -> bool {
+    have.len() == want.len() && want.iter().all(|(k, v)| have.iter().any(|(lk, lv)| lk == k && lv == v))
 }

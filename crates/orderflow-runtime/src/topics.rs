@@ -11,6 +11,7 @@
 //! | `P.orders.dead-letter` | source `topic/partition/offset` | original bytes; reason in headers | delete |
 //! | `P.orders.late` | event id | `EnrichedOrderEvent`; window in headers | delete |
 //! | `P.totals.partial` | `window/region/tier/currency/partition` | `PartialRecord` | delete, 1 partition |
+//! | `P.totals.open` | input partition | `OpenWindows` (a partition's open windows so far) | delete, 1 partition |
 //! | `P.totals` | `window/region/tier/currency` | `WindowTotal` | compact, 1 partition |
 //! | `P.aggregator.checkpoints` | input partition | `PartitionCheckpoint` | compact, one partition per input partition |
 
@@ -79,14 +80,15 @@ impl Topics {
         let (orders, merchants, enriched) = (self.wide(self.orders()), self.narrow(self.merchants(), true), self.wide(self.enriched()));
         let (dead_letter, late) = (self.wide(self.dead_letter()), self.wide(self.late()));
         let (partials, totals) = (self.narrow(self.partials(), false), self.narrow(self.totals(), true));
+        let open = self.narrow(self.open_windows(), false);
         match stage {
             Stage::MerchantLoader => vec![merchants],
             Stage::Publisher => vec![orders],
             Stage::Enricher => vec![orders, merchants, enriched, dead_letter],
-            Stage::Aggregator => vec![orders, enriched, dead_letter, late, partials, totals],
+            Stage::Aggregator => vec![orders, enriched, dead_letter, late, partials, open, totals],
             Stage::All => {
                 let checkpoints = self.checkpoint_spec(self.partitions);
-                vec![orders, merchants, enriched, dead_letter, late, partials, totals, checkpoints]
+                vec![orders, merchants, enriched, dead_letter, late, partials, open, totals, checkpoints]
             }
         }
     }
@@ -130,6 +132,10 @@ impl Topics {
     /// Per-partition partial totals and progress.
     pub fn partials(&self) -> String {
         self.name("totals.partial")
+    }
+    /// Snapshots of the partitions' open windows, for the provisional figures.
+    pub fn open_windows(&self) -> String {
+        self.name("totals.open")
     }
     /// Merged window totals (compacted).
     pub fn totals(&self) -> String {

@@ -228,6 +228,10 @@ pub struct AggregatorArgs {
     /// Most records processed per batch.
     #[arg(long, env = "ORDERFLOW_AGGREGATOR_BATCH", default_value_t = agg::BATCH)]
     pub batch: usize,
+    /// How often each input partition's open windows are snapshotted for the
+    /// provisional figures (`orderflow_open_window_*`); 0 disables them.
+    #[arg(long, env = "ORDERFLOW_PROVISIONAL_INTERVAL", default_value_t = agg::PROVISIONAL_INTERVAL.into())]
+    pub provisional_interval: humantime::Duration,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
 }
@@ -244,6 +248,7 @@ impl From<AggregatorArgs> for AggregatorConfig {
             checkpoint_interval: a.checkpoint_interval.into(),
             no_checkpoints: a.no_checkpoints,
             batch: a.batch,
+            provisional_interval: a.provisional_interval.into(),
             shutdown_grace: a.shutdown.shutdown_grace.into(),
         }
     }

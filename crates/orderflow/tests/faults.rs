@@ -233,18 +233,12 @@ impl<'a> Run<'a> {
             evidence.duplicates += common::sample(&page, "orderflow_aggregator_events_total", &[("outcome", "duplicate")]);
             evidence.restored_from_checkpoint +=
                 common::sample(&page, "orderflow_aggregator_partition_restores_total", &[("from", "checkpoint")]);
-            evidence.restore_max_seconds = evidence.restore_max_seconds.max(common::sample(
-                &page,
-                "orderflow_aggregator_restore_duration_seconds",
-                &[("quantile", "1")],
-            ));
+            evidence.restore_max_seconds =
+                evidence.restore_max_seconds.max(common::sample(&page, "orderflow_aggregator_restore_duration_max_seconds", &[]));
             evidence.checkpoints += common::sample(&page, "orderflow_aggregator_checkpoint_size_bytes_count", &[]);
             evidence.checkpoint_bytes_sum += common::sample(&page, "orderflow_aggregator_checkpoint_size_bytes_sum", &[]);
-            evidence.checkpoint_bytes_max = evidence.checkpoint_bytes_max.max(common::sample(
-                &page,
-                "orderflow_aggregator_checkpoint_size_bytes",
-                &[("quantile", "1")],
-            ));
+            evidence.checkpoint_bytes_max =
+                evidence.checkpoint_bytes_max.max(common::sample(&page, "orderflow_aggregator_checkpoint_size_max_bytes", &[]));
         }
         for s in self.services.drain(..).filter_map(|mut s| s.running().then_some(s)) {
             let name = s.name.clone();

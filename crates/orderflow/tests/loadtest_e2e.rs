@@ -35,15 +35,8 @@ fn loadtest_replays_a_synthetic_trace_and_finds_the_totals_exact() {
 
     of.run(&["merchants", "load", trace_dir.join("merchants.csv").to_str().unwrap()]);
     let enricher = of.spawn(&["enrich", "--metrics-addr", &format!("127.0.0.1:{}", free_port())]);
-    let aggregator = of.spawn(&[
-        "aggregate",
-        "--metrics-addr",
-        &format!("127.0.0.1:{}", free_port()),
-        "--idle-close",
-        "2s",
-        "--checkpoint-interval",
-        "1s",
-    ]);
+    let aggregator_metrics = format!("127.0.0.1:{}", free_port());
+    let aggregator = of.spawn(&["aggregate", "--metrics-addr", &aggregator_metrics, "--idle-close", "2s", "--checkpoint-interval", "1s"]);
     let report_dir = dir.path().join("report");
     let out = of.run(&[
         "loadtest",
@@ -54,6 +47,8 @@ fn loadtest_replays_a_synthetic_trace_and_finds_the_totals_exact() {
         "--no-progress",
         "--report",
         report_dir.to_str().unwrap(),
+        "--aggregator-metrics",
+        &aggregator_metrics,
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Totals match the trace"), "{stdout}");
@@ -72,6 +67,11 @@ fn loadtest_replays_a_synthetic_trace_and_finds_the_totals_exact() {
     let late = report["totals"]["lateEvents"].as_u64().unwrap();
     let timed = report["latency"]["events"].as_u64().unwrap();
     assert!((valid - late..=valid).contains(&timed), "{timed} timed of {valid} valid, {late} late");
+    // The provisional figures show every counted event the pipeline did not find late,
+    // and those are timed from their acknowledgement.
+    let visible = report["visibleLatency"]["events"].as_u64().unwrap();
+    assert!((valid - late..=valid).contains(&visible), "{visible} visible of {valid} valid, {late} late");
+    assert!(seconds_with(&report, "visibleP99Ms") > 0, "per-second provisional latency: {report}");
     assert_eq!(report["brokerBaseline"]["events"].as_u64().unwrap() as usize, lines);
     assert!(report["throughput"]["pipelineToBrokerRatio"].as_f64().unwrap() > 0.0);
     let seconds = report["seconds"].as_array().unwrap();
@@ -79,6 +79,7 @@ fn loadtest_replays_a_synthetic_trace_and_finds_the_totals_exact() {
     assert_eq!(achieved as usize, lines, "every acknowledged event is in the per-second series");
     let svg = std::fs::read_to_string(report_dir.join("report.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("Events per second") && svg.contains("Consumer lag"));
+    assert!(svg.contains("visible in the provisional figures"));
 
     // A second run on the same topics is refused: its totals could not be told apart.
     let again = of.command().args(["loadtest", trace.to_str().unwrap(), "--no-progress"]).output().unwrap();
@@ -87,4 +88,9 @@ fn loadtest_replays_a_synthetic_trace_and_finds_the_totals_exact() {
 
     assert!(enricher.terminate().success());
     assert!(aggregator.terminate().success());
+}
+
+/// Seconds of the report's per-second series with a value for `field`.
+fn seconds_with(report: &Value, field: &str) -> usize {
+    report["seconds"].as_array().unwrap().iter().filter(|s| s[field].is_u64()).count()
 }

@@ -9,13 +9,14 @@ use super::timeline::Second;
 /// One line of a panel: its legend, colour and points.
 type Line<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 
-/// Draws three panels: offered and achieved events/s; latency p50 and p99; enricher and
+/// Draws four panels: offered and achieved events/s; latency p50 and p99 to the final
+/// totals; latency p50 and p99 to the provisional figures (when measured); enricher and
 /// aggregator lag.
 pub fn draw(path: &Path, title: &str, seconds: &[Second]) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (1200, 1000)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 1300)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 22))?;
-    let panels = root.split_evenly((3, 1));
+    let panels = root.split_evenly((4, 1));
     let x_max = seconds.len().max(1) as f64;
     let series =
         |f: &dyn Fn(&Second) -> Option<f64>| -> Vec<(f64, f64)> { seconds.iter().filter_map(|s| f(s).map(|v| (s.t as f64, v))).collect() };
@@ -61,6 +62,15 @@ pub fn draw(path: &Path, title: &str, seconds: &[Second]) -> anyhow::Result<()> 
     )?;
     panel(
         &panels[2],
+        "Live screen latency: event acknowledged to visible in the provisional figures (aggregator /metrics)",
+        "ms",
+        vec![
+            ("p50", RGBColor(0, 140, 0), series(&|s| s.visible_p50_ms.map(|v| v as f64))),
+            ("p99", RED, series(&|s| s.visible_p99_ms.map(|v| v as f64))),
+        ],
+    )?;
+    panel(
+        &panels[3],
         "Consumer lag (records not yet committed)",
         "records",
         vec![

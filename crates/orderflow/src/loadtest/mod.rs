@@ -2,7 +2,9 @@
 //! aggregator on the same brokers and topic prefix) at a chosen pace, watches the
 //! totals, the late topic and the consumer groups, and writes a report: offered and
 //! achieved events/s, end-to-end latency percentiles, lag over time and whether the
-//! totals match the trace exactly. With `--broker-baseline` it first measures the broker
+//! totals match the trace exactly. With `--aggregator-metrics` it also polls the
+//! aggregator's `/metrics` and reports how long an acknowledged event takes to show in
+//! the provisional figures (final + provisional events). With `--broker-baseline` it first measures the broker
 //! alone on the same messages, so the pipeline's throughput comes out as a ratio.
 //!
 //! - `check`: the reference totals from the trace, and the comparison.
@@ -13,6 +15,7 @@ mod chart;
 pub(crate) mod check;
 mod timeline;
 
+use std::collections::VecDeque;
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -85,7 +88,14 @@ pub struct LoadtestArgs {
     /// Never draw the progress bar (it is drawn only on a terminal anyway).
     #[arg(long, env = "ORDERFLOW_NO_PROGRESS")]
     pub no_progress: bool,
+    /// The aggregator's metrics address (its `--metrics-addr`, `host:port`): polled
+    /// every 150 ms to time acknowledged events to the provisional figures.
+    #[arg(long, env = "ORDERFLOW_LOADTEST_AGGREGATOR_METRICS")]
+    pub aggregator_metrics: Option<String>,
 }
+
+/// How often the aggregator's `/metrics` is polled for the provisional figures.
+pub const VISIBLE_POLL: Duration = Duration::from_millis(150);
 
 /// The report (`report.json`).
 #[derive(Debug, Serialize)]
@@ -105,6 +115,9 @@ struct Report {
     last_total_seconds: Option<f64>,
     throughput: Throughput,
     latency: Latency,
+    /// Acknowledged to visible in the aggregator's final + provisional figures (with
+    /// `--aggregator-metrics`).
+    visible_latency: Option<Latency>,
     totals: TotalsCheck,
     broker_baseline: Option<Baseline>,
     /// Per second: offered, achieved, latency p50/p99, lag.
@@ -165,7 +178,7 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> an
     let table = read_merchants(kafka, topics).await?;
     let baseline = if args.broker_baseline { Some(broker_baseline(kafka, topics, &args).await?) } else { None };
 
-    let watchers = Watchers::start(kafka, topics, &cancel);
+    let watchers = Watchers::start(kafka, topics, args.aggregator_metrics.clone(), &cancel);
     let mut reference = Reference::new(spec, table);
     let mut timeline = Timeline::default();
     let replayed = replay_trace(kafka, topics, &args, &mut reference, &mut timeline, watchers.started, &cancel).await?;
@@ -221,11 +234,14 @@ struct Watchers {
     totals_thread: std::thread::JoinHandle<anyhow::Result<()>>,
     lag: mpsc::Receiver<(u64, i64, i64)>,
     lag_thread: std::thread::JoinHandle<()>,
+    /// Polls of the aggregator's metrics: (ms since start, events final + provisional).
+    visible: mpsc::Receiver<(u64, u64)>,
+    visible_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watchers {
     /// Starts the clock and both watchers.
-    fn start(kafka: &KafkaConfig, topics: &Topics, cancel: &CancellationToken) -> Self {
+    fn start(kafka: &KafkaConfig, topics: &Topics, aggregator_metrics: Option<String>, cancel: &CancellationToken) -> Self {
         let started_wall = now_ms();
         let started = Instant::now();
         let watch = cancel.child_token();
@@ -239,7 +255,12 @@ impl Watchers {
             let (kafka, topics, watch) = (kafka.clone(), topics.clone(), watch.clone());
             std::thread::spawn(move || sample_lag(&kafka, &topics, &watch, started, &lag_tx))
         };
-        Self { started, started_wall, watch, totals, totals_thread, lag, lag_thread }
+        let (visible_tx, visible) = mpsc::channel::<(u64, u64)>();
+        let visible_thread = aggregator_metrics.map(|addr| {
+            let watch = watch.clone();
+            std::thread::spawn(move || poll_visible(&addr, &watch, started, &visible_tx))
+        });
+        Self { started, started_wall, watch, totals, totals_thread, lag, lag_thread, visible, visible_thread }
     }
 }
 
@@ -277,7 +298,7 @@ async fn replay_trace(
         on_refused: OnRefused::Fail,
         started: Some(started.into()),
     };
-    let mut accounting = Accounting { reference, timeline, started };
+    let mut accounting = Accounting { reference, timeline, started, counted: VecDeque::new(), acked_counted: 0 };
     let report = replay(Source::Trace(&mut trace), &mut publisher.batch(), &opts, &mut accounting, cancel).await?;
     trace.bar().finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
@@ -296,6 +317,11 @@ struct Accounting<'a> {
     reference: &'a mut Reference,
     timeline: &'a mut Timeline,
     started: Instant,
+    /// Whether each event sent and not yet acknowledged is counted, in the order sent
+    /// (acknowledgements come in that order).
+    counted: VecDeque<bool>,
+    /// Counted events acknowledged so far.
+    acked_counted: u64,
 }
 
 impl Accounting<'_> {
@@ -307,14 +333,22 @@ impl Accounting<'_> {
 impl Observer for Accounting<'_> {
     fn offered(&mut self, _line: u64, event: &OrderEvent, due: Duration) {
         self.timeline.offered(due.as_millis() as u64);
-        if let Counted::Window(w) = self.reference.add(event) {
-            self.timeline.sent(w, self.elapsed_ms());
-        }
+        let counted = match self.reference.add(event) {
+            Counted::Window(w) => {
+                self.timeline.sent(w, self.elapsed_ms());
+                true
+            }
+            _ => false,
+        };
+        self.counted.push_back(counted);
     }
 
     fn delivered(&mut self, n: u64) {
         let ms = self.elapsed_ms();
         self.timeline.achieved(ms, n);
+        let n = (n as usize).min(self.counted.len());
+        self.acked_counted += self.counted.drain(..n).filter(|c| *c).count() as u64;
+        self.timeline.acked_counted(ms, self.acked_counted);
     }
 }
 
@@ -330,7 +364,7 @@ async fn wait_for_totals(
     settle_timeout: Duration,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Option<u64>> {
-    let Watchers { started, started_wall, watch, totals, totals_thread, lag, lag_thread } = watchers;
+    let Watchers { started, started_wall, watch, totals, totals_thread, lag, lag_thread, visible, visible_thread } = watchers;
     let mut last_change = Instant::now();
     let replay_done_ms = started.elapsed().as_millis() as u64;
     let mut caught_up_ms: Option<u64> = None;
@@ -364,6 +398,12 @@ async fn wait_for_totals(
     watch.cancel();
     totals_thread.join().expect("totals watcher panicked")?;
     let _ = lag_thread.join();
+    if let Some(t) = visible_thread {
+        let _ = t.join();
+    }
+    while let Ok((at, events)) = visible.try_recv() {
+        timeline.visible(at, events);
+    }
     while let Ok((at, e, a)) = lag.try_recv() {
         timeline.lag(at, e, a);
     }
@@ -404,7 +444,7 @@ fn build_report(
     let windows = reference.totals().keys().map(|(w, _)| *w).collect::<std::collections::BTreeSet<_>>().len();
     let last_total_seconds = timeline.last_published_ms().map(|ms| ms as f64 / 1000.0);
     let pipeline_seconds = caught_up_ms.map(|ms| ms as f64 / 1000.0);
-    let (seconds, latency) = timeline.finish();
+    let (seconds, latency, visible_latency) = timeline.finish();
     let pipeline_rate = pipeline_seconds.map(|s| replayed.published as f64 / s);
     let report = Report {
         trace: args.trace.display().to_string(),
@@ -435,6 +475,7 @@ fn build_report(
                 .map(|(b, p)| p / b.events_per_second),
         },
         latency,
+        visible_latency,
         totals: TotalsCheck {
             matched: differences.is_empty(),
             windows,
@@ -489,6 +530,12 @@ fn print_report(report: &Report, differences: &[String], json_path: &Path, svg_p
         "Latency, event sent to its window's total: p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms over {} events.",
         report.latency.p50_ms, report.latency.p99_ms, report.latency.p999_ms, report.latency.max_ms, report.latency.events
     );
+    if let Some(v) = &report.visible_latency {
+        println!(
+            "Latency, event acknowledged to visible in the provisional figures: p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms over {} events.",
+            v.p50_ms, v.p99_ms, v.p999_ms, v.max_ms, v.events
+        );
+    }
     if report.totals.matched {
         println!(
             "Totals match the trace: {} totals over {} windows; {} late events reported.",
@@ -532,6 +579,55 @@ fn follow_totals(
         }
     }
     Ok(())
+}
+
+/// Polls the aggregator's `/metrics` at `addr` every [`VISIBLE_POLL`], sending the events
+/// it shows, final plus provisional, with the time of the poll (ms since `started`).
+fn poll_visible(addr: &str, cancel: &CancellationToken, started: Instant, tx: &mpsc::Sender<(u64, u64)>) {
+    let mut failures = 0;
+    while !cancel.is_cancelled() {
+        let t = Instant::now();
+        match scrape(addr) {
+            Ok(page) => {
+                let events = visible_events(&page);
+                if tx.send((started.elapsed().as_millis() as u64, events)).is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(%addr, error = %e, "Cannot read the aggregator's metrics; retrying.");
+                }
+            }
+        }
+        std::thread::sleep(VISIBLE_POLL.saturating_sub(t.elapsed()));
+    }
+}
+
+/// One `GET /metrics` over plain HTTP/1.1.
+fn scrape(addr: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// Events a metrics page shows: every `orderflow_window_events_total` (final) and
+/// `orderflow_open_window_events` (provisional) sample, summed.
+fn visible_events(page: &str) -> u64 {
+    use orderflow_runtime::telemetry::{OPEN_WINDOW_EVENTS, WINDOW_EVENTS};
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let name = series.split_once('{').map_or(series, |(n, _)| n);
+            (name == WINDOW_EVENTS || name == OPEN_WINDOW_EVENTS).then(|| value.trim().parse::<f64>().ok()).flatten()
+        })
+        .sum::<f64>() as u64
 }
 
 /// Samples, four times a second, how many records the enricher and the aggregator groups
@@ -619,6 +715,17 @@ async fn broker_baseline(kafka: &KafkaConfig, topics: &Topics, args: &LoadtestAr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn visible_events_sum_final_and_provisional_samples() {
+        let page = "# HELP orderflow_window_events_total x\n\
+            orderflow_window_events_total{region=\"a\",tier=\"t\",type=\"paid\"} 10\n\
+            orderflow_window_events_total{region=\"b\",tier=\"t\",type=\"created\"} 5\n\
+            orderflow_open_window_events{region=\"a\",tier=\"t\",type=\"paid\"} 3\n\
+            orderflow_open_window_events_other 100\n\
+            orderflow_windows_closed_total 7\n";
+        assert_eq!(visible_events(page), 18);
+    }
 
     #[test]
     fn speeds_parse() {

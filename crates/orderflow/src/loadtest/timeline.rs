@@ -4,6 +4,16 @@
 //! moment the first merged total of its window was published (the total record's broker
 //! timestamp, on the same clock). Events whose window was already published when they
 //! were sent are late ones: never counted, so they have no latency.
+//!
+//! The provisional figures' latency is measured from the other end: the counted events
+//! acknowledged so far (a cumulative curve, in the order they were sent) against the
+//! events the aggregator's `/metrics` shows, final plus provisional, polled every
+//! [`super::VISIBLE_POLL`]. The k-th counted event acknowledged is visible at the first
+//! poll, no earlier than its acknowledgement, that shows at least k events. Events are
+//! taken to become visible in the order they were acknowledged (the pipeline keeps each
+//! partition's order, not the order across partitions), so the figures are the curves'
+//! horizontal distance, to within a poll; late events (never counted) make the last
+//! ones never visible, and they are left out.
 
 use std::collections::HashMap;
 
@@ -26,6 +36,10 @@ pub struct Second {
     /// Records the enricher and the aggregator had yet to commit, sampled in this second.
     pub enricher_lag: Option<i64>,
     pub aggregator_lag: Option<i64>,
+    /// Latency percentiles, acknowledgement to visible in the aggregator's provisional
+    /// (or final) figures, of the events acknowledged in this second (ms).
+    pub visible_p50_ms: Option<u64>,
+    pub visible_p99_ms: Option<u64>,
 }
 
 /// Latency percentiles over the whole run (ms).
@@ -47,6 +61,10 @@ pub struct Timeline {
     sent: HashMap<i64, Vec<u32>>,
     /// When each window's first merged total was published (ms since start).
     published: HashMap<i64, i64>,
+    /// Counted events acknowledged so far, cumulative, by ms since start.
+    acked: Vec<(u64, u64)>,
+    /// Events the aggregator's metrics showed (final + provisional), by ms since start.
+    visible: Vec<(u64, u64)>,
 }
 
 impl Timeline {
@@ -80,6 +98,67 @@ impl Timeline {
         self.published.entry(window_start).or_insert(ms);
     }
 
+    /// By `ms`, `cumulative` counted events had been acknowledged.
+    pub fn acked_counted(&mut self, ms: u64, cumulative: u64) {
+        self.acked.push((ms, cumulative));
+    }
+
+    /// At `ms`, the aggregator's metrics showed `events` (final + provisional).
+    pub fn visible(&mut self, ms: u64, events: u64) {
+        self.visible.push((ms, events));
+    }
+
+    /// Acknowledgement-to-visible latency, per second of acknowledgement and over the
+    /// run (see the module docs); `None` without polls.
+    fn visibility(&mut self) -> Option<Latency> {
+        if self.visible.is_empty() {
+            return None;
+        }
+        let new = || Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("static bounds");
+        let mut all = new();
+        let mut per_second: HashMap<u64, Histogram<u64>> = HashMap::new();
+        // Polls in time order, their counts made monotone (a restarted aggregator would
+        // show fewer for a while).
+        let mut polls = std::mem::take(&mut self.visible);
+        polls.sort_unstable();
+        let mut high = 0;
+        for p in &mut polls {
+            high = high.max(p.1);
+            p.1 = high;
+        }
+        let mut acked = std::mem::take(&mut self.acked);
+        acked.sort_unstable();
+        // Acknowledgements come later and cover more events one after the other, so
+        // the poll that shows an event only moves forward.
+        let (mut j, mut done) = (0, 0u64);
+        for (at, cumulative) in acked {
+            while done < cumulative {
+                // The first poll no earlier than the acknowledgement showing event done + 1.
+                while j < polls.len() && (polls[j].0 < at || polls[j].1 <= done) {
+                    j += 1;
+                }
+                let Some(&(seen_at, seen)) = polls.get(j) else { break };
+                let n = seen.min(cumulative) - done;
+                let latency = (seen_at - at).clamp(1, 3_600_000);
+                all.record_n(latency, n).expect("clamped");
+                per_second.entry(at / 1000).or_insert_with(new).record_n(latency, n).expect("clamped");
+                done += n;
+            }
+        }
+        for (t, h) in &per_second {
+            let s = self.second(t * 1000);
+            s.visible_p50_ms = Some(h.value_at_quantile(0.5));
+            s.visible_p99_ms = Some(h.value_at_quantile(0.99));
+        }
+        Some(Latency {
+            events: all.len(),
+            p50_ms: all.value_at_quantile(0.5),
+            p99_ms: all.value_at_quantile(0.99),
+            p999_ms: all.value_at_quantile(0.999),
+            max_ms: all.max(),
+        })
+    }
+
     /// Lag sampled at `ms`.
     pub fn lag(&mut self, ms: u64, enricher: i64, aggregator: i64) {
         let s = self.second(ms);
@@ -102,8 +181,10 @@ impl Timeline {
         self.published.values().copied().max()
     }
 
-    /// Per-second series (latency filled in) and the whole run's latency percentiles.
-    pub fn finish(mut self) -> (Vec<Second>, Latency) {
+    /// Per-second series (latencies filled in), the whole run's latency percentiles,
+    /// and its acknowledgement-to-visible percentiles (when the metrics were polled).
+    pub fn finish(mut self) -> (Vec<Second>, Latency, Option<Latency>) {
+        let visible = self.visibility();
         let new = || Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("static bounds");
         let mut all = new();
         let mut per_second: HashMap<u64, Histogram<u64>> = HashMap::new();
@@ -131,7 +212,7 @@ impl Timeline {
             p999_ms: all.value_at_quantile(0.999),
             max_ms: all.max(),
         };
-        (self.seconds, latency)
+        (self.seconds, latency, visible)
     }
 }
 
@@ -154,7 +235,8 @@ mod tests {
         t.sent(0, 11_000); // late: sent after its window was out
         assert_eq!(t.unpublished(), 1);
         t.lag(2_100, 7, 9);
-        let (seconds, latency) = t.finish();
+        let (seconds, latency, visible) = t.finish();
+        assert_eq!(visible, None, "no polls, no visibility figures");
         assert_eq!(seconds.len(), 3);
         assert_eq!((seconds[0].offered, seconds[1].offered, seconds[1].achieved), (2, 1, 3));
         assert_eq!((seconds[2].enricher_lag, seconds[2].aggregator_lag), (Some(7), Some(9)));
@@ -162,5 +244,38 @@ mod tests {
         assert_eq!((latency.p50_ms, latency.max_ms), (9_503, 10_007)); // 3-digit precision buckets
         assert_eq!(seconds[0].latency_p99_ms, Some(10_007));
         assert_eq!(seconds[1].latency_p50_ms, Some(8_503));
+    }
+
+    /// Acknowledged 3 counted events at 0.1 s and 2 more at 1.2 s; the metrics showed
+    /// 0 at 0.15 s, 2 at 0.3 s, 4 at 1.0 s (before the last two were acknowledged: the
+    /// 4th only counts from 1.2 s) and 5 at 1.5 s.
+    #[test]
+    fn visibility_runs_from_acknowledgement_to_the_first_poll_showing_the_event() {
+        let mut t = Timeline::default();
+        t.acked_counted(100, 3);
+        t.acked_counted(1_200, 5);
+        for (ms, n) in [(150, 0), (300, 2), (1_000, 4), (1_500, 5)] {
+            t.visible(ms, n);
+        }
+        let (seconds, _, visible) = t.finish();
+        let v = visible.expect("polled");
+        // Events 1-2: 200 ms; event 3: 900 ms; event 4: poll at 1.0 s is before its
+        // acknowledgement, so 1.5 s: 300 ms; event 5: 300 ms.
+        assert_eq!(v.events, 5);
+        assert_eq!((v.p50_ms, v.max_ms), (300, 900));
+        assert_eq!((seconds[0].visible_p50_ms, seconds[0].visible_p99_ms), (Some(200), Some(900)));
+        assert_eq!((seconds[1].visible_p50_ms, seconds[1].visible_p99_ms), (Some(300), Some(300)));
+    }
+
+    /// Events never shown (late ones, say) are left out, not timed at the end of the run.
+    #[test]
+    fn events_never_visible_are_left_out() {
+        let mut t = Timeline::default();
+        t.acked_counted(0, 10);
+        t.visible(500, 7);
+        t.visible(400, 6); // polls out of order, and a dip, are taken in order and monotone
+        let (_, _, visible) = t.finish();
+        let v = visible.unwrap();
+        assert_eq!((v.events, v.p50_ms, v.max_ms), (7, 400, 500));
     }
 }
