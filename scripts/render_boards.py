@@ -52,8 +52,13 @@ def fmt_value(v, unit, decimals=None, short=False):
         return datetime.fromtimestamp(v / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     if unit == "s":
         return duration(v)
+    if unit == "bytes":
+        for scale, name in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+            if abs(v) >= scale:
+                return f"{v / scale:.3g} {name}"
+        return f"{v:.0f} B"
     prefix = unit[len("prefix:"):] if unit and unit.startswith("prefix:") else ""
-    suffix = {"bytes": " B"}.get(unit, "")
+    suffix = ""
     if short:
         for scale, letter in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
             if abs(v) >= scale:
@@ -69,7 +74,7 @@ def duration(v):
     a = abs(v)
     for scale, name in ((365 * 86400, " year"), (86400, " day"), (3600, " hour"), (60, " min"), (1, " s")):
         if a >= scale:
-            return f"{v / scale:.3g}{name}"
+            return f"{v / scale:.4g}{name}"
     return f"{v * 1000:.3g} ms" if a else "0"
 
 
@@ -189,7 +194,7 @@ def render(url, path, out, start, end):
             continue
         pad_x, pad_y = 0.004, 0.012 * 30 / height
         # Graphs keep room on the left for their axis labels, inside the panel.
-        left = 0.028 if p["type"] == "timeseries" else 0
+        left = {"timeseries": 0.028, "bargauge": 0.055}.get(p["type"], 0)
         ax = fig.add_axes([x0 + pad_x + left, y1 - h + pad_y, w - 2 * pad_x - left, h - 2 * pad_y - 0.028 * 30 / height])
         ax.set_facecolor(PANEL)
         for s in ax.spines.values():
