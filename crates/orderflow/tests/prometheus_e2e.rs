@@ -9,7 +9,9 @@
 //!    while no final total exists yet.
 //! 2. Phase 2 (one event per partition two windows later, which closes the first): the
 //!    final totals (`orderflow_window_*_total`) equal the trace's exactly, the open window
-//!    holds phase 2, and "GMV so far" is both together, counted once.
+//!    holds phase 2, and "GMV so far" is both together, counted once; second by second
+//!    (a range query), it never went down while the window moved from the one to the
+//!    other.
 //! 3. Phase 3 (a late event): every target of every panel returns data; only panels of
 //!    counters that never moved in this run (they appear on their first increment) may
 //!    be empty, and only those the dashboards mark with a "No data" value.
@@ -143,6 +145,19 @@ impl Prometheus {
             .collect()
     }
 
+    /// The values of a one-series expression every second from `start` (Unix seconds)
+    /// to now, as a range query (a graph) evaluates it.
+    fn every_second_since(&self, expr: &str, start: u64) -> Vec<f64> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let path = format!("/api/v1/query_range?query={}&start={start}&end={now:.3}&step=1", encode(expr));
+        let (status, body) = http_get(&self.addr, &path).expect("prometheus answers");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "HTTP {status}: {body}");
+        let series = v["data"]["result"].as_array().unwrap();
+        assert_eq!(series.len(), 1, "{expr}: {body}");
+        series[0]["values"].as_array().unwrap().iter().map(|p| p[1].as_str().unwrap().parse().unwrap()).collect()
+    }
+
     /// The one value of an expression, `None` when it has no series.
     fn scalar(&self, expr: &str) -> Option<f64> {
         let r = self.query(expr).unwrap();
@@ -176,6 +191,10 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// `GET http://addr/path` over HTTP/1.0 (no chunked answer): status and body.
@@ -353,6 +372,7 @@ fn dashboards_gmv_and_alerts_through_a_real_prometheus() {
     // No idle close within the test: windows close only when phase 2 moves the watermarks.
     let aggregator = of.spawn(&["aggregate", "--metrics-addr", &aggregator_addr, "--idle-close", "1h", "--checkpoint-interval", "1s"]);
     let prometheus = Prometheus::start(&prometheus_bin, &enricher_addr, &aggregator_addr);
+    let started = unix_now();
     wait_for("both services scraped up and ready", Duration::from_secs(60), || {
         prometheus.scalar("sum(up{job=~\"orderflow-enricher|orderflow-aggregator\"})") == Some(2.0)
             && prometheus.scalar("min(orderflow_ready)") == Some(1.0)
@@ -381,7 +401,17 @@ fn dashboards_gmv_and_alerts_through_a_real_prometheus() {
     assert_eq!(prometheus.by_type("orderflow_window_events_total"), counts_1);
     assert_eq!(prometheus.by_type("orderflow_open_window_events"), counts_2);
     assert_eq!(prometheus.scalar("sum(orderflow_windows_closed_total)"), Some(1.0));
-    assert_eq!(prometheus.scalar(&gmv_so_far), Some((gmv_cny_paid(&amounts_1) + gmv_cny_paid(&amounts_2)) as f64 / 100.0));
+    let gmv_now = (gmv_cny_paid(&amounts_1) + gmv_cny_paid(&amounts_2)) as f64 / 100.0;
+    assert_eq!(prometheus.scalar(&gmv_so_far), Some(gmv_now));
+    // Second by second, as the screen's graph shows it: GMV so far never went down and
+    // never passed the total, so no scrape saw the closing window in both the
+    // provisional and the final figures, or in neither.
+    let seen = wait_until("the graph's last second to show phase 2", Duration::from_secs(30), || {
+        let seen = prometheus.every_second_since(&gmv_so_far, started);
+        (seen.last() == Some(&gmv_now)).then_some(seen)
+    });
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "GMV so far went down: {seen:?}");
+    assert!(seen.contains(&(gmv_cny_paid(&amounts_1) as f64 / 100.0)), "phase 1 alone was on the screen: {seen:?}");
 
     // 3. A late event; then every panel's queries answer with data.
     of.run(&["replay", &write(&dir, "p3.jsonl", PHASE_3)]);
