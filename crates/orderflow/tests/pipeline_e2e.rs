@@ -203,6 +203,26 @@ fn exact_totals_dead_letters_and_late_events_over_a_real_broker() {
         })
     });
     assert!(agg.contains("orderflow_batch_duration_seconds_count{service=\"aggregator\"}"), "batch durations are recorded");
+    assert!(agg.contains("orderflow_batch_duration_seconds_bucket{service=\"aggregator\",le=\""), "histograms have buckets");
+    // Every window is published: nothing provisional is left, and each was timed.
+    let agg = scrape(&aggregator_metrics).unwrap();
+    let open: f64 = agg
+        .lines()
+        .filter(|l| l.starts_with("orderflow_open_window_amount_minor{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(open, 0.0, "no provisional figures once every window is published");
+    assert_eq!(sample(&agg, "orderflow_end_to_end_latency_seconds_count", &[]), 2.0);
+    // Records read and written, by service (one output per input for the enricher,
+    // enriched or dead-lettered; the aggregator reads at least the events it counted or
+    // found late); the merchants loaded.
+    let enr = scrape(&enricher_metrics).unwrap();
+    assert_eq!(sample(&enr, "orderflow_records_consumed_total", &[("service", "enricher")]), 24.0);
+    assert_eq!(sample(&enr, "orderflow_records_produced_total", &[("service", "enricher")]), 24.0);
+    assert!(sample(&agg, "orderflow_records_consumed_total", &[("service", "aggregator")]) >= 15.0);
+    assert!(sample(&agg, "orderflow_records_produced_total", &[("service", "merger")]) > 0.0);
+    assert_eq!(sample(&enr, "orderflow_enricher_merchants_loaded", &[]), 1.0);
+    assert!(enr.contains("orderflow_producer_queue_messages{service=\"enricher\"}"), "the producer's queue is reported");
 
     // SIGTERM drains and exits cleanly.
     assert!(enricher.terminate().success());
