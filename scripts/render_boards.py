@@ -109,9 +109,14 @@ def draw_stat(ax, url, panel, end):
     d = panel["fieldConfig"]["defaults"]
     r = instant(url, panel["targets"][0], end)
     text = fmt_value(float(r[0]["value"][1]), d.get("unit", ""), d.get("decimals")) if r else d.get("noValue", "No data")
-    color = d.get("color", {}).get("fixedColor", "#73bf69")
-    color = {"orange": "#ff9830", "green": "#73bf69"}.get(color, color)
-    ax.text(0.5, 0.45, text, color=color if r else FG, ha="center", va="center", fontsize=30 if len(text) < 16 else 22,
+    color = d.get("color", {}).get("fixedColor", "green")
+    if d.get("color", {}).get("mode") == "thresholds" and r:
+        v = float(r[0]["value"][1])
+        for step in d.get("thresholds", {}).get("steps", []):
+            if step["value"] is None or v >= step["value"]:
+                color = step["color"]
+    color = {"orange": "#ff9830", "green": "#73bf69", "red": "#f2495c"}.get(color, color)
+    ax.text(0.5, 0.45, text, color=color if r else FG, ha="center", va="center", fontsize=30 if len(text) < 12 else 20,
             fontweight="bold", transform=ax.transAxes)
     ax.set_xticks([])
     ax.set_yticks([])
