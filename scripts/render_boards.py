@@ -94,6 +94,7 @@ def draw_timeseries(ax, url, panel, start, end, step):
         ax.set_xticks([])
         ax.set_yticks([])
         return
+    ax.set_xlim(datetime.fromtimestamp(start, timezone.utc), datetime.fromtimestamp(end, timezone.utc))
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
     ax.tick_params(colors=FG, labelsize=7)
     ax.grid(color=GRID, linewidth=0.5)
