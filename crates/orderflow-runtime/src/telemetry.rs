@@ -91,8 +91,39 @@ pub const WINDOW_AMOUNT: &str = "orderflow_window_amount_minor_total";
 /// End of the newest window merged, seconds since the epoch.
 pub const WINDOW_LAST_CLOSED_END: &str = "orderflow_window_last_closed_end_seconds";
 
+/// HTTP requests `orderflow ingest` answered. Labels: `route` (`/v1/events`), `status`
+/// (the HTTP status code).
+pub const INGEST_REQUESTS: &str = "orderflow_ingest_requests_total";
+/// Events in requests `orderflow ingest` judged. Labels: `outcome` (accepted,
+/// rejected), `reason` (`none` when accepted, else the rejection's code: a validation
+/// reason, `invalid_json`, `foreign_storefront`, `refused_by_broker`). Events of
+/// requests refused whole (401, 413, 429, 503) are not counted here.
+pub const INGEST_EVENTS: &str = "orderflow_ingest_events_total";
+/// Histogram: seconds from a request's arrival to its answer. Labels: `route`.
+pub const INGEST_REQUEST_SECONDS: &str = "orderflow_ingest_request_duration_seconds";
+/// Histogram: seconds from handing a request's accepted events to the producer until
+/// the broker acknowledged them all.
+pub const INGEST_ACK_SECONDS: &str = "orderflow_ingest_broker_ack_duration_seconds";
+/// Request body bytes received, as sent (compressed or not). Labels: `encoding`
+/// (identity, gzip, zstd).
+pub const INGEST_BYTES: &str = "orderflow_ingest_received_bytes_total";
+/// Gauge: requests being answered now.
+pub const INGEST_IN_FLIGHT: &str = "orderflow_ingest_requests_in_flight";
+/// Loads of the tokens file. Labels: `outcome` (loaded, failed: the previous tokens
+/// stay in force).
+pub const INGEST_TOKEN_RELOADS: &str = "orderflow_ingest_token_reloads_total";
+/// Histogram buckets (seconds) of the ingest latencies.
+pub const INGEST_SECONDS_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
 /// Describes every metric once, so `/metrics` carries HELP and TYPE lines.
 pub fn describe() {
+    describe_counter!(INGEST_REQUESTS, Unit::Count, "HTTP requests answered by ingest, by route and status code.");
+    describe_counter!(INGEST_EVENTS, Unit::Count, "Events judged by ingest, by outcome (accepted, rejected) and reason.");
+    describe_histogram!(INGEST_REQUEST_SECONDS, Unit::Seconds, "Time from a request's arrival to its answer, by route.");
+    describe_histogram!(INGEST_ACK_SECONDS, Unit::Seconds, "Time for the broker to acknowledge every accepted event of a request.");
+    describe_counter!(INGEST_BYTES, Unit::Bytes, "Request body bytes received by ingest, as sent, by content encoding.");
+    describe_gauge!(INGEST_IN_FLIGHT, Unit::Count, "Ingest requests being answered now.");
+    describe_counter!(INGEST_TOKEN_RELOADS, Unit::Count, "Loads of the ingest tokens file, by outcome (loaded, failed).");
     describe_counter!(PRODUCER_EVENTS, Unit::Count, "Events published by replay or the producer API, by outcome.");
     describe_counter!(PRODUCER_INVALID_LINES, Unit::Count, "Trace lines skipped because they are not an OrderEvent in canonical JSON.");
     describe_counter!(ENRICHER_EVENTS, Unit::Count, "Raw order events read by the enricher.");
@@ -237,8 +268,10 @@ pub async fn serve(addr: SocketAddr) -> Result<()> {
     use axum::http::StatusCode;
     use axum::routing::get;
 
-    let handle: PrometheusHandle =
-        PrometheusBuilder::new().install_recorder().map_err(|e| Error::Metrics { addr, reason: e.to_string() })?;
+    let handle: PrometheusHandle = PrometheusBuilder::new()
+        .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Prefix("orderflow_ingest_".into()), INGEST_SECONDS_BUCKETS)
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| Error::Metrics { addr, reason: e.to_string() })?;
     describe();
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::Metrics { addr, reason: e.to_string() })?;
     let upkeep = handle.clone();
