@@ -31,6 +31,10 @@ pub const PRODUCER_INVALID_LINES: &str = "orderflow_producer_invalid_lines_total
 
 /// Raw events read by the enricher.
 pub const ENRICHER_EVENTS: &str = "orderflow_enricher_events_total";
+/// Orders-topic records read by the enricher, by the form they came in. Labels:
+/// `format` (`protobuf`: plain; `schema_registry`: Confluent Schema Registry wire
+/// format, including frames too broken to read).
+pub const ENRICHER_RECORDS: &str = "orderflow_enricher_records_total";
 /// Events enriched with an unknown merchant (region and tier `unknown`).
 pub const ENRICHER_UNKNOWN_MERCHANT: &str = "orderflow_enricher_unknown_merchant_events_total";
 /// Merchants in the enricher's table.
@@ -127,6 +131,11 @@ pub fn describe() {
     describe_counter!(PRODUCER_EVENTS, Unit::Count, "Events published by replay or the producer API, by outcome.");
     describe_counter!(PRODUCER_INVALID_LINES, Unit::Count, "Trace lines skipped because they are not an OrderEvent in canonical JSON.");
     describe_counter!(ENRICHER_EVENTS, Unit::Count, "Raw order events read by the enricher.");
+    describe_counter!(
+        ENRICHER_RECORDS,
+        Unit::Count,
+        "Orders-topic records read by the enricher, by format (protobuf, schema_registry: Confluent Schema Registry framing)."
+    );
     describe_counter!(
         ENRICHER_UNKNOWN_MERCHANT,
         Unit::Count,
