@@ -183,8 +183,8 @@ fn watch_broker(kafka: &KafkaConfig, orders: &str, readiness: &telemetry::Readin
             },
             Err(e) => readiness.not_ready(format!("brokers unreachable: {}", orderflow_runtime::kafka_cause(&e))),
         }
-        std::thread::sleep(BROKER_WATCH.min(Duration::from_millis(500)));
-        for _ in 0..3 {
+        // In quarters, so that a shutdown is not kept waiting.
+        for _ in 0..4 {
             if cancel.is_cancelled() {
                 break;
             }
