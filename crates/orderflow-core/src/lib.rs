@@ -5,6 +5,8 @@
 //! # Layout
 //! - [`reason`]: why a record is not counted (dead-letter reasons and their codes).
 //! - [`validate`]: what makes an `OrderEvent` acceptable, and the dead-letter reasons.
+//! - [`framing`]: plain protobuf or Confluent Schema Registry framing, told apart per
+//!   orders-topic record.
 //! - [`merchant`]: the merchant table and the temporal join (region and tier of the
 //!   merchant version in effect at the event's time).
 //! - [`window`]: tumbling event-time windows aligned to the epoch, keys and tallies.
@@ -23,6 +25,7 @@
 //! ([`validate::InvalidReason`]), because they are routed, not propagated.
 
 pub mod dedup;
+pub mod framing;
 pub mod merchant;
 pub mod merge;
 pub mod partition;

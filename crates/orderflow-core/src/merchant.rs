@@ -15,7 +15,7 @@ use hashbrown::{Equivalent, HashMap};
 use orderflow_proto::v1::{EnrichedOrderEvent, Merchant, OrderEvent};
 use orderflow_proto::{millis_timestamp, timestamp_millis, Timestamp};
 
-use crate::validate::{check_limits, decode_and_validate_view, InvalidReason, Limits};
+use crate::validate::{check_payload, InvalidReason, Limits};
 use crate::{wire, Error, Result};
 
 /// Region and tier given to orders whose merchant is not in the table.
@@ -354,11 +354,7 @@ impl MerchantTable {
     /// The event is held to `limits` at the clock reading `now_ms`: a record larger than
     /// `limits.max_event_bytes` is refused before it is parsed.
     pub fn enrich_payload(&self, payload: &[u8], limits: &Limits, now_ms: i64) -> Result<EnrichedPayload, InvalidReason> {
-        if payload.len() > limits.max_event_bytes {
-            return Err(InvalidReason::EventTooLarge { bytes: payload.len(), max: limits.max_event_bytes });
-        }
-        let event = decode_and_validate_view(payload)?;
-        check_limits(&event, limits, now_ms)?;
+        let event = check_payload(payload, limits, now_ms)?;
         let at = event.event_time.as_ref().map_or(i64::MIN, timestamp_millis);
         let (region, tier, merchant_known) = self.join(event.merchant_id, at);
         Ok(EnrichedPayload {

@@ -92,6 +92,25 @@ pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 << 10;
 /// ids become keys on the orders, enriched and late topics, and are remembered for dedup.
 pub const MAX_ID_BYTES: usize = 256;
 
+impl Limits {
+    /// The limits of a service's settings (the enricher's and ingest's
+    /// `--max-event-time-skew`, `--max-amount-minor`, `--max-event-bytes` and
+    /// `--extra-currencies`); fails on a malformed extra currency.
+    pub fn from_settings(
+        max_event_time_skew: std::time::Duration,
+        max_amount_minor: i64,
+        max_event_bytes: usize,
+        extra_currencies: &[String],
+    ) -> Result<Self, String> {
+        Ok(Self {
+            max_future_skew_ms: i64::try_from(max_event_time_skew.as_millis()).unwrap_or(i64::MAX),
+            max_amount_minor,
+            max_event_bytes,
+            currencies: Currencies::iso_4217_and(extra_currencies)?,
+        })
+    }
+}
+
 impl Default for Limits {
     /// The default limits, with ISO 4217's currencies.
     fn default() -> Self {
@@ -168,6 +187,20 @@ pub fn validate_view(event: &OrderEventView<'_>) -> Result<(), InvalidReason> {
         return Err(InvalidReason::BadCurrency(event.currency.to_owned()));
     }
     Ok(())
+}
+
+/// The whole check of one orders-topic record, as the enricher makes it (and as HTTP
+/// ingest makes it before publishing, so a storefront hears at once what the enricher
+/// would dead-letter): refused as `event_too_large` before parsing when larger than
+/// `limits.max_event_bytes`, then decoded and validated ([`decode_and_validate_view`]),
+/// then held to `limits` at the clock reading `now_ms` ([`check_limits`]).
+pub fn check_payload<'a>(payload: &'a [u8], limits: &Limits, now_ms: i64) -> Result<OrderEventView<'a>, InvalidReason> {
+    if payload.len() > limits.max_event_bytes {
+        return Err(InvalidReason::EventTooLarge { bytes: payload.len(), max: limits.max_event_bytes });
+    }
+    let event = decode_and_validate_view(payload)?;
+    check_limits(&event, limits, now_ms)?;
+    Ok(event)
 }
 
 /// Decodes a raw orders-topic payload and validates it.

@@ -56,12 +56,12 @@ pub use orderflow_core::validate::DEFAULT_MAX_EVENT_BYTES;
 impl EnricherConfig {
     /// The limits every event is held to; fails on a malformed extra currency.
     pub fn limits(&self) -> std::result::Result<orderflow_core::validate::Limits, String> {
-        Ok(orderflow_core::validate::Limits {
-            max_future_skew_ms: i64::try_from(self.max_event_time_skew.as_millis()).unwrap_or(i64::MAX),
-            max_amount_minor: self.max_amount_minor,
-            max_event_bytes: self.max_event_bytes,
-            currencies: orderflow_core::validate::Currencies::iso_4217_and(&self.extra_currencies)?,
-        })
+        orderflow_core::validate::Limits::from_settings(
+            self.max_event_time_skew,
+            self.max_amount_minor,
+            self.max_event_bytes,
+            &self.extra_currencies,
+        )
     }
 }
 

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use orderflow_core::framing::{unframe, Format};
 use orderflow_core::validate::{InvalidReason, Limits};
 use orderflow_runtime::kafka::{partition_count, recv_batch, KafkaConfig, RevocationLog};
 use orderflow_runtime::outbox::Outbox;
@@ -211,16 +212,24 @@ impl Enricher {
         // One clock reading per batch: the time every event of it is held to.
         let now_ms = now_ms();
         // Decide every output under the table's read lock, then send without it.
+        // Records by form: plain protobuf, or Confluent Schema Registry framing.
+        let mut registry_framed = 0u64;
         let outputs: Vec<std::result::Result<(String, Vec<u8>), InvalidReason>> = {
             let table = self.merchants.read();
             batch
                 .iter()
                 .map(|m| {
-                    // Validated without allocating; the output record is built around
-                    // the payload's own bytes (no re-encoding). Fields a newer storefront
+                    // Told apart per record (see `orderflow_core::framing`); validated
+                    // without allocating; the output record is built around the
+                    // message's own bytes (no re-encoding). Fields a newer storefront
                     // contract adds pass through to the enriched topic: orderflow's
                     // decoders skip them, as they would on the orders topic.
-                    table.enrich_payload(m.payload().unwrap_or_default(), &self.limits, now_ms).map(|enriched| {
+                    let payload = m.payload().unwrap_or_default();
+                    let unframed = unframe(payload);
+                    if unframed.as_ref().map_or(true, |u| u.format == Format::SchemaRegistry) {
+                        registry_framed += 1;
+                    }
+                    unframed.and_then(|u| table.enrich_payload(u.message, &self.limits, now_ms)).map(|enriched| {
                         if !enriched.merchant_known {
                             metrics::counter!(telemetry::ENRICHER_UNKNOWN_MERCHANT).increment(1);
                         }
@@ -229,6 +238,9 @@ impl Enricher {
                 })
                 .collect()
         };
+        let plain = batch.len() as u64 - registry_framed;
+        metrics::counter!(telemetry::ENRICHER_RECORDS, "format" => Format::Protobuf.label()).increment(plain);
+        metrics::counter!(telemetry::ENRICHER_RECORDS, "format" => Format::SchemaRegistry.label()).increment(registry_framed);
         for (i, (m, out)) in batch.iter().zip(outputs).enumerate() {
             match out {
                 // The input's partition number, whatever partitioner the storefront used:

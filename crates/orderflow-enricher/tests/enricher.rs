@@ -65,29 +65,44 @@ async fn enriches_joins_and_dead_letters_each_event_with_its_reason() {
     publisher.publish(&paid("", "m1", 1, "CNY")).await.unwrap();
     publisher.publish(&paid("e4", "m1", 1, "yuan")).await.unwrap();
     publisher.publish_raw(Some("garbage"), b"\xff\xff\xff not protobuf").await.unwrap();
+    // Confluent Schema Registry wire format, as its serializers write it: magic 0,
+    // schema id 7 (big-endian), message indexes [0] in the short form (one 0 byte).
+    let mut framed = vec![0, 0, 0, 0, 7, 0];
+    framed.extend(orderflow_proto::Message::encode_to_vec(&paid("e5", "m1", 700, "CNY")));
+    publisher.publish_raw(Some("o-e5"), &framed).await.unwrap();
+    // A registry frame cut short inside its schema id.
+    publisher.publish_raw(Some("cut"), &[0, 0, 0]).await.unwrap();
 
     let dead = eventually(Duration::from_secs(20), || {
         let dead = mock.read_all(&topics.dead_letter());
-        (dead.len() == 3 && mock.read_all(&topics.enriched()).len() == 2).then_some(dead)
+        (dead.len() == 4 && mock.read_all(&topics.enriched()).len() == 3).then_some(dead)
     })
     .await
-    .expect("2 enriched records and 3 dead letters");
+    .expect("3 enriched records and 4 dead letters");
     let mut reasons: Vec<&str> = dead.iter().map(|m| header(m, dead_letter::REASON_CODE).unwrap()).collect();
     reasons.sort_unstable();
-    assert_eq!(reasons, ["bad_currency", "missing_event_id", "undecodable"]);
+    assert_eq!(reasons, ["bad_currency", "missing_event_id", "undecodable", "undecodable"]);
+    assert!(dead.iter().any(|m| m.payload() == Some(&[0u8, 0, 0][..])), "the broken frame is kept as it came");
     assert!(dead.iter().all(|m| header(m, dead_letter::STAGE) == Some("enricher")));
-    let garbage = dead.iter().find(|m| header(*m, dead_letter::REASON_CODE) == Some("undecodable")).unwrap();
+    let garbage = dead.iter().find(|m| m.payload().is_some_and(|p| p.starts_with(b"\xff"))).unwrap();
     assert_eq!(garbage.payload().unwrap(), b"\xff\xff\xff not protobuf", "the original bytes are kept");
     let enriched: Vec<String> = mock.keys(&topics.enriched());
-    assert_eq!(enriched.len(), 2);
-    assert!(enriched.contains(&"o-e1".to_owned()) && enriched.contains(&"o-e2".to_owned()), "{enriched:?}");
+    assert_eq!(enriched.len(), 3);
+    assert!(["o-e1", "o-e2", "o-e5"].iter().all(|k| enriched.contains(&k.to_string())), "{enriched:?}");
+    // The framed event is enriched like a plain one: the same event, its merchant joined.
+    let e5 = mock.read_all(&topics.enriched()).into_iter().find(|m| m.key() == Some(b"o-e5")).unwrap();
+    let record = <orderflow_proto::v1::EnrichedRecord as orderflow_proto::Message>::decode(e5.payload().unwrap()).unwrap();
+    let shown = format!("{record:?}");
+    assert!(shown.contains("cn-east") && shown.contains("\"e5\"") && shown.contains("700"), "{shown}");
 
     let counters = Counters::of(&snapshotter);
-    assert_eq!(counters.get(telemetry::ENRICHER_EVENTS, &[]), 5);
+    assert_eq!(counters.get(telemetry::ENRICHER_EVENTS, &[]), 7);
+    assert_eq!(counters.get(telemetry::ENRICHER_RECORDS, &[("format", "protobuf")]), 5);
+    assert_eq!(counters.get(telemetry::ENRICHER_RECORDS, &[("format", "schema_registry")]), 2);
     assert_eq!(counters.get(telemetry::ENRICHER_UNKNOWN_MERCHANT, &[]), 1);
-    for reason in ["bad_currency", "missing_event_id", "undecodable"] {
+    for (reason, n) in [("bad_currency", 1), ("missing_event_id", 1), ("undecodable", 2)] {
         let labels = [("stage", "enricher"), ("reason", reason)];
-        assert_eq!(counters.get(telemetry::DEAD_LETTER_EVENTS, &labels), 1, "{reason}");
+        assert_eq!(counters.get(telemetry::DEAD_LETTER_EVENTS, &labels), n, "{reason}");
     }
 
     cancel.cancel();

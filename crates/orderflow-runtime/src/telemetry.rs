@@ -45,6 +45,10 @@ pub const PRODUCER_INVALID_LINES: &str = "orderflow_producer_invalid_lines_total
 
 /// Raw events read by the enricher.
 pub const ENRICHER_EVENTS: &str = "orderflow_enricher_events_total";
+/// Orders-topic records read by the enricher, by the form they came in. Labels:
+/// `format` (`protobuf`: plain; `schema_registry`: Confluent Schema Registry wire
+/// format, including frames too broken to read).
+pub const ENRICHER_RECORDS: &str = "orderflow_enricher_records_total";
 /// Events enriched with an unknown merchant (region and tier `unknown`).
 pub const ENRICHER_UNKNOWN_MERCHANT: &str = "orderflow_enricher_unknown_merchant_events_total";
 /// Merchants in the enricher's table.
@@ -135,11 +139,45 @@ pub const PROVISIONAL_LATENCY: &str = "orderflow_provisional_latency_seconds";
 /// partitions other than the enriched topic's, ignored).
 pub const MERGER_OPEN_SNAPSHOTS: &str = "orderflow_merger_open_snapshots_total";
 
+/// HTTP requests `orderflow ingest` answered. Labels: `route` (`/v1/events`), `status`
+/// (the HTTP status code).
+pub const INGEST_REQUESTS: &str = "orderflow_ingest_requests_total";
+/// Events in requests `orderflow ingest` judged. Labels: `outcome` (accepted,
+/// rejected), `reason` (`none` when accepted, else the rejection's code: a validation
+/// reason, `invalid_json`, `foreign_storefront`, `refused_by_broker`). Events of
+/// requests refused whole (401, 413, 429, 503) are not counted here.
+pub const INGEST_EVENTS: &str = "orderflow_ingest_events_total";
+/// Histogram: seconds from a request's arrival to its answer. Labels: `route`.
+pub const INGEST_REQUEST_SECONDS: &str = "orderflow_ingest_request_duration_seconds";
+/// Histogram: seconds from handing a request's accepted events to the producer until
+/// the broker acknowledged them all.
+pub const INGEST_ACK_SECONDS: &str = "orderflow_ingest_broker_ack_duration_seconds";
+/// Request body bytes received, as sent (compressed or not). Labels: `encoding`
+/// (identity, gzip, zstd).
+pub const INGEST_BYTES: &str = "orderflow_ingest_received_bytes_total";
+/// Gauge: requests being answered now.
+pub const INGEST_IN_FLIGHT: &str = "orderflow_ingest_requests_in_flight";
+/// Loads of the tokens file. Labels: `outcome` (loaded, failed: the previous tokens
+/// stay in force).
+pub const INGEST_TOKEN_RELOADS: &str = "orderflow_ingest_token_reloads_total";
+
 /// Describes every metric once, so `/metrics` carries HELP and TYPE lines.
 pub fn describe() {
+    describe_counter!(INGEST_REQUESTS, Unit::Count, "HTTP requests answered by ingest, by route and status code.");
+    describe_counter!(INGEST_EVENTS, Unit::Count, "Events judged by ingest, by outcome (accepted, rejected) and reason.");
+    describe_histogram!(INGEST_REQUEST_SECONDS, Unit::Seconds, "Time from a request's arrival to its answer, by route.");
+    describe_histogram!(INGEST_ACK_SECONDS, Unit::Seconds, "Time for the broker to acknowledge every accepted event of a request.");
+    describe_counter!(INGEST_BYTES, Unit::Bytes, "Request body bytes received by ingest, as sent, by content encoding.");
+    describe_gauge!(INGEST_IN_FLIGHT, Unit::Count, "Ingest requests being answered now.");
+    describe_counter!(INGEST_TOKEN_RELOADS, Unit::Count, "Loads of the ingest tokens file, by outcome (loaded, failed).");
     describe_counter!(PRODUCER_EVENTS, Unit::Count, "Events published by replay or the producer API, by outcome.");
     describe_counter!(PRODUCER_INVALID_LINES, Unit::Count, "Trace lines skipped because they are not an OrderEvent in canonical JSON.");
     describe_counter!(ENRICHER_EVENTS, Unit::Count, "Raw order events read by the enricher.");
+    describe_counter!(
+        ENRICHER_RECORDS,
+        Unit::Count,
+        "Orders-topic records read by the enricher, by format (protobuf, schema_registry: Confluent Schema Registry framing)."
+    );
     describe_counter!(
         ENRICHER_UNKNOWN_MERCHANT,
         Unit::Count,

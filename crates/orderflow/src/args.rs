@@ -143,6 +143,30 @@ pub struct ShutdownArgs {
     pub shutdown_grace: humantime::Duration,
 }
 
+/// What every event is held to: the enricher's rules, which ingest applies too
+/// before it publishes (the same flags for both).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitsArgs {
+    /// How far ahead of this service's clock an event time may be; events dated further
+    /// ahead (a storefront with a wrong clock) are refused as `event_time_in_future` (the enricher
+    /// dead-letters them, ingest rejects them).
+    #[arg(long, env = "ORDERFLOW_MAX_EVENT_TIME_SKEW",
+          default_value_t = Duration::from_millis(orderflow_core::validate::DEFAULT_MAX_FUTURE_SKEW_MS as u64).into())]
+    pub max_event_time_skew: humantime::Duration,
+    /// The largest amount_minor accepted; larger ones are refused as `amount_too_large`.
+    #[arg(long, env = "ORDERFLOW_MAX_AMOUNT_MINOR", default_value_t = orderflow_core::validate::DEFAULT_MAX_AMOUNT_MINOR,
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub max_amount_minor: i64,
+    /// The largest orders-topic record accepted, in bytes; larger ones are refused as
+    /// `event_too_large` (a dead letter keeps their first 64 KiB).
+    #[arg(long, env = "ORDERFLOW_MAX_EVENT_BYTES", default_value_t = orderflow_enricher::DEFAULT_MAX_EVENT_BYTES)]
+    pub max_event_bytes: usize,
+    /// Currency codes to accept besides ISO 4217's (comma-separated, three upper-case
+    /// letters each); events in any other currency are refused as `unknown_currency`.
+    #[arg(long, env = "ORDERFLOW_EXTRA_CURRENCIES", value_delimiter = ',')]
+    pub extra_currencies: Vec<String>,
+}
+
 /// Enricher settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EnricherArgs {
@@ -154,23 +178,8 @@ pub struct EnricherArgs {
     /// every output before them is on the broker.
     #[arg(long, env = "ORDERFLOW_ENRICHER_MAX_IN_FLIGHT", default_value_t = orderflow_enricher::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
-    /// How far ahead of this enricher's clock an event time may be; events dated further
-    /// ahead (a storefront with a wrong clock) are dead-lettered as `event_time_in_future`.
-    #[arg(long, env = "ORDERFLOW_MAX_EVENT_TIME_SKEW",
-          default_value_t = Duration::from_millis(orderflow_core::validate::DEFAULT_MAX_FUTURE_SKEW_MS as u64).into())]
-    pub max_event_time_skew: humantime::Duration,
-    /// The largest amount_minor accepted; larger ones are dead-lettered as `amount_too_large`.
-    #[arg(long, env = "ORDERFLOW_MAX_AMOUNT_MINOR", default_value_t = orderflow_core::validate::DEFAULT_MAX_AMOUNT_MINOR,
-          value_parser = clap::value_parser!(i64).range(0..))]
-    pub max_amount_minor: i64,
-    /// The largest orders-topic record accepted, in bytes; larger ones are dead-lettered
-    /// as `event_too_large`, keeping their first 64 KiB.
-    #[arg(long, env = "ORDERFLOW_MAX_EVENT_BYTES", default_value_t = orderflow_enricher::DEFAULT_MAX_EVENT_BYTES)]
-    pub max_event_bytes: usize,
-    /// Currency codes to accept besides ISO 4217's (comma-separated, three upper-case
-    /// letters each); events in any other currency are dead-lettered as `unknown_currency`.
-    #[arg(long, env = "ORDERFLOW_EXTRA_CURRENCIES", value_delimiter = ',')]
-    pub extra_currencies: Vec<String>,
+    #[command(flatten)]
+    pub limits: LimitsArgs,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
 }
@@ -181,10 +190,65 @@ impl From<EnricherArgs> for EnricherConfig {
             batch: a.batch,
             max_in_flight: a.max_in_flight,
             shutdown_grace: a.shutdown.shutdown_grace.into(),
-            max_event_time_skew: a.max_event_time_skew.into(),
-            max_amount_minor: a.max_amount_minor,
-            max_event_bytes: a.max_event_bytes,
-            extra_currencies: a.extra_currencies,
+            max_event_time_skew: a.limits.max_event_time_skew.into(),
+            max_amount_minor: a.limits.max_amount_minor,
+            max_event_bytes: a.limits.max_event_bytes,
+            extra_currencies: a.limits.extra_currencies,
+        }
+    }
+}
+
+/// HTTP ingest settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngestArgs {
+    /// Where to serve the HTTP API (`POST /v1/events`; HTTP/1.1 and HTTP/2).
+    #[arg(long, env = "ORDERFLOW_INGEST_LISTEN", default_value = orderflow_ingest::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// The tokens file: one `STOREFRONT_ID SHA256_HEX_OF_TOKEN` a line (`orderflow ingest
+    /// hash-token` prints a hash). Required; reloaded on SIGHUP and when it changes.
+    #[arg(long, env = "ORDERFLOW_INGEST_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// The largest request body in bytes, as sent and once decompressed (413 beyond).
+    #[arg(long, env = "ORDERFLOW_INGEST_MAX_BODY_BYTES", default_value_t = orderflow_ingest::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// The most events in one request (413 beyond).
+    #[arg(long, env = "ORDERFLOW_INGEST_MAX_BATCH_EVENTS", default_value_t = orderflow_ingest::DEFAULT_MAX_BATCH_EVENTS)]
+    pub max_batch_events: usize,
+    /// Events per second per storefront (429 with Retry-After beyond); 0: no limit.
+    #[arg(long, env = "ORDERFLOW_INGEST_RATE_LIMIT", default_value_t = orderflow_ingest::DEFAULT_RATE_LIMIT)]
+    pub rate_limit: f64,
+    /// Events a storefront may send at once above its rate; at least --max-batch-events.
+    #[arg(long, env = "ORDERFLOW_INGEST_RATE_BURST", default_value_t = orderflow_ingest::DEFAULT_RATE_BURST)]
+    pub rate_burst: u64,
+    /// Requests answered at once; more are answered 503 with Retry-After.
+    #[arg(long, env = "ORDERFLOW_INGEST_MAX_IN_FLIGHT", default_value_t = orderflow_ingest::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// How long a request waits for room in the producer's queue and for the broker's
+    /// acknowledgements before it is answered 503 (nothing of it acknowledged).
+    #[arg(long, env = "ORDERFLOW_INGEST_BROKER_DEADLINE", default_value_t = orderflow_ingest::DEFAULT_BROKER_DEADLINE.into())]
+    pub broker_deadline: humantime::Duration,
+    #[command(flatten)]
+    pub limits: LimitsArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}
+
+impl From<IngestArgs> for orderflow_ingest::IngestConfig {
+    fn from(a: IngestArgs) -> Self {
+        Self {
+            listen: a.listen,
+            tokens_file: a.tokens_file,
+            max_body_bytes: a.max_body_bytes,
+            max_batch_events: a.max_batch_events,
+            rate_limit: (a.rate_limit > 0.0).then_some(a.rate_limit),
+            rate_burst: a.rate_burst,
+            max_in_flight: a.max_in_flight,
+            broker_deadline: a.broker_deadline.into(),
+            shutdown_grace: a.shutdown.shutdown_grace.into(),
+            max_event_time_skew: a.limits.max_event_time_skew.into(),
+            max_amount_minor: a.limits.max_amount_minor,
+            max_event_bytes: a.limits.max_event_bytes,
+            extra_currencies: a.limits.extra_currencies,
         }
     }
 }
@@ -274,6 +338,7 @@ mod tests {
     fn flag_defaults_are_the_libraries_defaults() {
         assert_eq!(AggregatorConfig::from(defaults::<AggregatorArgs>()), AggregatorConfig::default());
         assert_eq!(EnricherConfig::from(defaults::<EnricherArgs>()), EnricherConfig::default());
+        assert_eq!(orderflow_ingest::IngestConfig::from(defaults::<IngestArgs>()), orderflow_ingest::IngestConfig::default());
         assert_eq!(KafkaConfig::from(defaults::<KafkaArgs>()), KafkaConfig::default());
         assert_eq!(Topics::from(defaults::<TopicArgs>()), Topics::default());
     }

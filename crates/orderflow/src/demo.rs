@@ -51,7 +51,17 @@ pub struct DemoArgs {
     /// Keep running (and serving /metrics) after the last window until Ctrl-C.
     #[arg(long)]
     serve: bool,
+    /// Post the sample to HTTP ingest (`POST /v1/events`, in batches of 500) instead of
+    /// publishing it to Kafka directly: ingest runs in the demo on this address, with a
+    /// demo token, and rejects the invalid events itself (--rate does not apply).
+    #[arg(long, env = "ORDERFLOW_DEMO_INGEST", value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
+    ingest: Option<SocketAddr>,
 }
+
+/// The demo storefront's bearer token for `--ingest`.
+const DEMO_TOKEN: &str = "demo-storefront-token";
+/// Events per request the demo posts to ingest.
+const DEMO_INGEST_BATCH: usize = 100;
 
 /// 2026-11-11T00:00:00+08:00, midnight of the festival in Beijing time.
 const MIDNIGHT_MS: i64 = 1_794_326_400_000;
@@ -100,15 +110,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let publisher = Publisher::new(&kafka, topics.orders())?;
     let started = std::time::Instant::now();
     let mut batch = publisher.batch();
-    // At most 10,000 deliveries in flight; a refused sample event ends the demo (its
-    // reference totals count every event).
-    let opts = ReplayOptions {
-        pace: args.rate.map_or(Pace::Max, Pace::Rate),
-        in_flight: 10_000,
-        on_refused: OnRefused::Fail,
-        started: Some(started.into()),
-    };
-    replay(Source::Events(&sample.events), &mut batch, &opts, &mut (), &CancellationToken::new()).await?;
+    if let Some(addr) = args.ingest {
+        post_over_http(addr, publisher.clone(), &sample.events, services.child_token()).await?;
+    } else {
+        // At most 10,000 deliveries in flight; a refused sample event ends the demo (its
+        // reference totals count every event).
+        let opts = ReplayOptions {
+            pace: args.rate.map_or(Pace::Max, Pace::Rate),
+            in_flight: 10_000,
+            on_refused: OnRefused::Fail,
+            started: Some(started.into()),
+        };
+        replay(Source::Events(&sample.events), &mut batch, &opts, &mut (), &CancellationToken::new()).await?;
+    }
     println!("Published {} events in {:.1?}; totals appear as windows close:\n", sample.events.len(), started.elapsed());
 
     // Follow the totals topic until every expected total has arrived.
@@ -176,4 +190,82 @@ fn reference_totals(sample: &sample::Sample, agg: &AggregatorConfig) -> anyhow::
         reference.add(e);
     }
     Ok(reference.into_totals())
+}
+
+/// Serves HTTP ingest on `addr` (in this process, publishing through `publisher`) and
+/// posts `events` to it as storefronts would: JSON arrays of at most
+/// [`DEMO_INGEST_BATCH`] events of one storefront, with its token, one request at a time
+/// over one keep-alive connection, in sample order.
+async fn post_over_http(
+    addr: SocketAddr,
+    publisher: Publisher,
+    events: &[orderflow_proto::v1::OrderEvent],
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    use orderflow_ingest::auth::{hash_token, Tokens};
+    // One token per storefront of the sample (`demo-token-<storefront>`): an event must
+    // come with its own storefront's token.
+    let storefronts: std::collections::BTreeSet<&str> = events.iter().map(|e| e.storefront_id.as_str()).filter(|s| !s.is_empty()).collect();
+    let token = |storefront: &str| format!("{DEMO_TOKEN}-{}", if storefront.is_empty() { "any" } else { storefront });
+    let lines: String = storefronts.iter().chain(std::iter::once(&"any")).map(|s| format!("{s} {}\n", hash_token(&token(s)))).collect();
+    let tokens = Tokens::parse(&lines)?;
+    let config = orderflow_ingest::IngestConfig { listen: addr, rate_limit: None, ..Default::default() };
+    let app = orderflow_ingest::service::Ingest::new(publisher, tokens, config)?.router();
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("serving ingest on {addr}"))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
+    println!(
+        "HTTP ingest at http://{addr}/v1/events (tokens `{}` for storefront sf0, ...); posting the sample {DEMO_INGEST_BATCH} events at a time, one request per storefront.",
+        token("sf0")
+    );
+
+    let (mut requests, mut accepted, mut rejected) = (0, 0, BTreeMap::<String, u64>::new());
+    // A chunk's events go out per storefront, the storefronts' requests at once; the
+    // next chunk waits for their answers. Small chunks keep the order on the topic close
+    // to the sample's, which places its out-of-order events within the lateness.
+    for chunk in events.chunks(DEMO_INGEST_BATCH) {
+        let mut by: BTreeMap<&str, Vec<&orderflow_proto::v1::OrderEvent>> = BTreeMap::new();
+        chunk.iter().for_each(|e| by.entry(e.storefront_id.as_str()).or_default().push(e));
+        let answers = futures::future::try_join_all(by.iter().map(|(storefront, events)| async move {
+            let body = serde_json::to_vec(events)?;
+            post_json(addr, &token(storefront), &body).await
+        }))
+        .await?;
+        for (status, answer) in answers {
+            requests += 1;
+            anyhow::ensure!(matches!(status, 200 | 207 | 422), "ingest answered {status}: {}", answer["error"]);
+            accepted += answer["accepted"].as_u64().unwrap_or(0);
+            for r in answer["results"].as_array().into_iter().flatten().filter(|r| r["outcome"] == "rejected") {
+                *rejected.entry(r["code"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+            }
+        }
+    }
+    let reasons: Vec<String> = rejected.iter().map(|(code, n)| format!("{n} {code}")).collect();
+    println!(
+        "Posted {} events in {requests} requests: {accepted} accepted (on the broker), {} rejected by ingest ({}).",
+        events.len(),
+        rejected.values().sum::<u64>(),
+        if reasons.is_empty() { "none".to_owned() } else { reasons.join(", ") }
+    );
+    Ok(())
+}
+
+/// `POST /v1/events` with a JSON body over a connection of its own: the status and the
+/// answer.
+async fn post_json(addr: SocketAddr, token: &str, body: &[u8]) -> anyhow::Result<(u16, serde_json::Value)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await?;
+    conn.write_all(body).await?;
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response).await?;
+    let text = String::from_utf8(response)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("an HTTP answer")?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("an HTTP status")?;
+    Ok((status, serde_json::from_str(body)?))
 }

@@ -5,6 +5,7 @@
 //! - [`Cli`]: flags and subcommands (every flag also reads an environment variable).
 //! - `args`: the flags of the library crates' settings, converted into their plain
 //!   config structs (the libraries do not depend on clap).
+//! - `ingest` (the subcommand): the storefront HTTP API, from `orderflow-ingest`.
 //! - `inspect`: printing totals, dead letters and late events.
 //! - `demo`: the whole pipeline in one process on librdkafka's embedded mock cluster.
 //! - `trace`: synthetic traces (`trace synth`).
@@ -29,7 +30,7 @@ use orderflow_runtime::{shutdown, telemetry};
 use orderflow_workload::trace::TraceReader;
 use orderflow_workload::{replay, OnRefused, Pace, ReplayOptions, Source};
 
-use args::{AggregatorArgs, EnricherArgs, KafkaArgs, TopicArgs};
+use args::{AggregatorArgs, EnricherArgs, IngestArgs, KafkaArgs, TopicArgs};
 
 /// Deliveries `orderflow replay` keeps in flight before it waits for the oldest.
 const REPLAY_IN_FLIGHT: usize = 20_000;
@@ -82,6 +83,20 @@ enum Command {
         #[arg(long, env = "ORDERFLOW_METRICS_ADDR", default_value = "127.0.0.1:9102")]
         metrics_addr: SocketAddr,
     },
+    /// Serve the storefront HTTP API (`POST /v1/events`): events validated as the
+    /// enricher does, published to the orders topic, answered per event once on the
+    /// broker. `ingest hash-token` prints a token's hash for the tokens file.
+    #[command(args_conflicts_with_subcommands = true)]
+    Ingest {
+        #[command(subcommand)]
+        command: Option<IngestCommand>,
+        #[command(flatten)]
+        args: IngestArgs,
+        /// Where to serve Prometheus metrics (`/metrics`), liveness (`/healthz`) and
+        /// readiness (`/readyz`: the broker reachable and the orders topic present).
+        #[arg(long, env = "ORDERFLOW_METRICS_ADDR", default_value = "127.0.0.1:9103")]
+        metrics_addr: SocketAddr,
+    },
     /// Print the merged window totals.
     Totals {
         /// One total a line in canonical protobuf JSON.
@@ -113,6 +128,17 @@ enum Command {
     Trace {
         #[command(subcommand)]
         command: trace::TraceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IngestCommand {
+    /// Read a token from standard input (one line) and print its SHA-256 in hex, the
+    /// form the tokens file stores (with the storefront id first when given).
+    HashToken {
+        /// Print a whole tokens-file line: `STOREFRONT_ID HASH`.
+        #[arg(long)]
+        storefront: Option<String>,
     },
 }
 
@@ -189,6 +215,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.spec()?;
             telemetry::serve(metrics_addr).await?;
             orderflow_aggregator::run(&kafka, &topics, &config, shutdown::on_signal()).await?;
+        }
+        Command::Ingest { command: Some(IngestCommand::HashToken { storefront }), .. } => {
+            let mut token = String::new();
+            std::io::stdin().read_line(&mut token).context("reading the token from standard input")?;
+            let token = token.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&token);
+            anyhow::ensure!(!token.is_empty(), "no token on standard input");
+            let hash = orderflow_ingest::auth::hash_token(token);
+            match storefront {
+                Some(s) => println!("{s} {hash}"),
+                None => println!("{hash}"),
+            }
+        }
+        Command::Ingest { command: None, args, metrics_addr } => {
+            let config: orderflow_ingest::IngestConfig = args.into();
+            config.check()?;
+            telemetry::serve(metrics_addr).await?;
+            orderflow_ingest::run(&kafka, &topics, &config, shutdown::on_signal()).await?;
         }
         Command::Totals { json, follow } => inspect::totals(&kafka, &topics, json, follow).await?,
         Command::DeadLetters { json } => inspect::dead_letters(&kafka, &topics, json).await?,

@@ -92,6 +92,19 @@ impl Broker {
         wait_for("the broker to accept connections", Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     }
 
+    /// Kills the broker process (SIGKILL), leaving it down until [`Broker::start_again`].
+    pub fn stop(&mut self) {
+        let mut c = self.child.take().expect("a running broker");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// Starts a broker stopped with [`Broker::stop`] again, on the same port and storage.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the broker is running");
+        self.launch();
+    }
+
     /// Kills the broker process (SIGKILL) and starts it again on the same port and storage.
     pub fn restart(&mut self) {
         let mut c = self.child.take().expect("a running broker");
