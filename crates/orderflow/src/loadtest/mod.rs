@@ -15,7 +15,6 @@ mod chart;
 pub(crate) mod check;
 mod timeline;
 
-use std::collections::VecDeque;
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -185,7 +184,7 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> an
 
     let mut observed = Observed::default();
     let caught_up_ms = wait_for_totals(watchers, &reference, &mut timeline, &mut observed, args.settle_timeout, &cancel).await?;
-    read_late(kafka, topics, &spec, &mut observed).await?;
+    read_late(kafka, topics, &spec, &mut observed, &mut timeline).await?;
 
     let (report, differences) = build_report(&args, &replayed, &reference, &observed, timeline, caught_up_ms, baseline);
     let (json_path, svg_path) = write_report(&report, &args.report)?;
@@ -298,7 +297,7 @@ async fn replay_trace(
         on_refused: OnRefused::Fail,
         started: Some(started.into()),
     };
-    let mut accounting = Accounting { reference, timeline, started, counted: VecDeque::new(), acked_counted: 0 };
+    let mut accounting = Accounting { reference, timeline, started, acked: 0 };
     let report = replay(Source::Trace(&mut trace), &mut publisher.batch(), &opts, &mut accounting, cancel).await?;
     trace.bar().finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
@@ -317,11 +316,8 @@ struct Accounting<'a> {
     reference: &'a mut Reference,
     timeline: &'a mut Timeline,
     started: Instant,
-    /// Whether each event sent and not yet acknowledged is counted, in the order sent
-    /// (acknowledgements come in that order).
-    counted: VecDeque<bool>,
-    /// Counted events acknowledged so far.
-    acked_counted: u64,
+    /// Events acknowledged so far (acknowledgements come in the order sent).
+    acked: u64,
 }
 
 impl Accounting<'_> {
@@ -340,15 +336,14 @@ impl Observer for Accounting<'_> {
             }
             _ => false,
         };
-        self.counted.push_back(counted);
+        self.timeline.sent_in_order(counted.then_some(event.event_id.as_str()));
     }
 
     fn delivered(&mut self, n: u64) {
         let ms = self.elapsed_ms();
         self.timeline.achieved(ms, n);
-        let n = (n as usize).min(self.counted.len());
-        self.acked_counted += self.counted.drain(..n).filter(|c| *c).count() as u64;
-        self.timeline.acked_counted(ms, self.acked_counted);
+        self.acked += n;
+        self.timeline.acked(ms, self.acked);
     }
 }
 
@@ -411,7 +406,13 @@ async fn wait_for_totals(
 }
 
 /// Reads the late topic: events the pipeline reported late instead of counting them.
-async fn read_late(kafka: &KafkaConfig, topics: &Topics, spec: &WindowSpec, observed: &mut Observed) -> anyhow::Result<()> {
+async fn read_late(
+    kafka: &KafkaConfig,
+    topics: &Topics,
+    spec: &WindowSpec,
+    observed: &mut Observed,
+    timeline: &mut Timeline,
+) -> anyhow::Result<()> {
     let (kafka, topic) = (kafka.clone(), topics.late());
     let late: Vec<EnrichedOrderEvent> = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut out = Vec::new();
@@ -423,7 +424,12 @@ async fn read_late(kafka: &KafkaConfig, topics: &Topics, spec: &WindowSpec, obse
         Ok(out)
     })
     .await??;
-    late.iter().for_each(|e| observed.late(spec, e));
+    for e in &late {
+        observed.late(spec, e);
+        if let Some(event) = e.event.as_ref() {
+            timeline.late(&event.event_id);
+        }
+    }
     Ok(())
 }
 

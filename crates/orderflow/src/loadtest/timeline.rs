@@ -12,8 +12,8 @@
 //! poll, no earlier than its acknowledgement, that shows at least k events. Events are
 //! taken to become visible in the order they were acknowledged (the pipeline keeps each
 //! partition's order, not the order across partitions), so the figures are the curves'
-//! horizontal distance, to within a poll; late events (never counted) make the last
-//! ones never visible, and they are left out.
+//! horizontal distance, to within a poll. Events the pipeline found late (read back
+//! from the late topic) never show, so they are taken out of the acknowledged curve.
 
 use std::collections::HashMap;
 
@@ -53,6 +53,14 @@ pub struct Latency {
     pub max_ms: u64,
 }
 
+/// A fingerprint of an event id, never 0 (0 marks events not counted).
+fn fingerprint(id: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish() | 1
+}
+
 /// Accumulates the run.
 #[derive(Debug, Default)]
 pub struct Timeline {
@@ -61,7 +69,11 @@ pub struct Timeline {
     sent: HashMap<i64, Vec<u32>>,
     /// When each window's first merged total was published (ms since start).
     published: HashMap<i64, i64>,
-    /// Counted events acknowledged so far, cumulative, by ms since start.
+    /// Every event sent, in order: a fingerprint of its id if counted, else 0.
+    order: Vec<u64>,
+    /// Fingerprints of the events the pipeline found late (never counted).
+    late: std::collections::HashSet<u64>,
+    /// Events acknowledged so far (a prefix of `order`), cumulative, by ms since start.
     acked: Vec<(u64, u64)>,
     /// Events the aggregator's metrics showed (final + provisional), by ms since start.
     visible: Vec<(u64, u64)>,
@@ -98,8 +110,18 @@ impl Timeline {
         self.published.entry(window_start).or_insert(ms);
     }
 
-    /// By `ms`, `cumulative` counted events had been acknowledged.
-    pub fn acked_counted(&mut self, ms: u64, cumulative: u64) {
+    /// The next event sent, with its id if the reference counts it.
+    pub fn sent_in_order(&mut self, counted_id: Option<&str>) {
+        self.order.push(counted_id.map_or(0, fingerprint));
+    }
+
+    /// The event with this id was found late by the pipeline: it never shows.
+    pub fn late(&mut self, event_id: &str) {
+        self.late.insert(fingerprint(event_id));
+    }
+
+    /// By `ms`, the first `cumulative` events sent had been acknowledged.
+    pub fn acked(&mut self, ms: u64, cumulative: u64) {
         self.acked.push((ms, cumulative));
     }
 
@@ -126,8 +148,16 @@ impl Timeline {
             high = high.max(p.1);
             p.1 = high;
         }
+        // Acknowledged events the figures will show: counted, and not found late.
         let mut acked = std::mem::take(&mut self.acked);
         acked.sort_unstable();
+        let (mut sent, mut shown) = (0usize, 0u64);
+        for a in &mut acked {
+            let upto = (a.1 as usize).min(self.order.len());
+            shown += self.order[sent.min(upto)..upto].iter().filter(|f| **f != 0 && !self.late.contains(f)).count() as u64;
+            sent = sent.max(upto);
+            a.1 = shown;
+        }
         // Acknowledgements come later and cover more events one after the other, so
         // the poll that shows an event only moves forward.
         let (mut j, mut done) = (0, 0u64);
@@ -246,14 +276,19 @@ mod tests {
         assert_eq!(seconds[1].latency_p50_ms, Some(8_503));
     }
 
-    /// Acknowledged 3 counted events at 0.1 s and 2 more at 1.2 s; the metrics showed
-    /// 0 at 0.15 s, 2 at 0.3 s, 4 at 1.0 s (before the last two were acknowledged: the
-    /// 4th only counts from 1.2 s) and 5 at 1.5 s.
+    /// Acknowledged 3 counted events (and one not counted) at 0.1 s and 2 more (and one
+    /// the pipeline found late) at 1.2 s; the metrics showed 0 at 0.15 s, 2 at 0.3 s, 4
+    /// at 1.0 s (before the last ones were acknowledged: the 4th only counts from 1.2 s)
+    /// and 5 at 1.5 s.
     #[test]
     fn visibility_runs_from_acknowledgement_to_the_first_poll_showing_the_event() {
         let mut t = Timeline::default();
-        t.acked_counted(100, 3);
-        t.acked_counted(1_200, 5);
+        for id in [Some("e1"), None, Some("e2"), Some("e3"), Some("e4"), Some("late"), Some("e5")] {
+            t.sent_in_order(id);
+        }
+        t.late("late");
+        t.acked(100, 4);
+        t.acked(1_200, 7);
         for (ms, n) in [(150, 0), (300, 2), (1_000, 4), (1_500, 5)] {
             t.visible(ms, n);
         }
@@ -271,7 +306,8 @@ mod tests {
     #[test]
     fn events_never_visible_are_left_out() {
         let mut t = Timeline::default();
-        t.acked_counted(0, 10);
+        (0..10).for_each(|i| t.sent_in_order(Some(&format!("e{i}"))));
+        t.acked(0, 10);
         t.visible(500, 7);
         t.visible(400, 6); // polls out of order, and a dip, are taken in order and monotone
         let (_, _, visible) = t.finish();
