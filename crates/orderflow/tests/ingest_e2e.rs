@@ -210,6 +210,27 @@ fn posted_events_arrive_once_and_are_counted_exactly() {
         scrape(&metrics).is_some_and(|p| sample(&p, "orderflow_ingest_token_reloads_total", &[("outcome", "failed")]) >= 1.0)
     });
     assert_eq!(empty("rotated-token"), 200);
+
+    // SIGTERM answers the requests in flight: one whose body is half sent when the
+    // shutdown begins (new connections are refused by then) is still answered.
+    let body = format!("[{}]", paid("s1", 1, "web"));
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut conn = std::net::TcpStream::connect(&api).unwrap();
+    write!(
+        conn,
+        "POST /v1/events HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer rotated-token\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{first}",
+        body.len()
+    )
+    .unwrap();
+    conn.flush().unwrap();
+    ingest.signal("TERM");
+    wait_for("ingest to stop taking connections", Duration::from_secs(60), || std::net::TcpStream::connect(&api).is_err());
+    conn.write_all(rest.as_bytes()).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""eventId":"s1","outcome":"accepted""#), "{answer}");
     assert!(ingest.terminate().success());
 }
 
