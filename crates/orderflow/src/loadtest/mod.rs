@@ -262,6 +262,8 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> an
     let mut services = None;
     let mut broker_baseline_cpu = None;
     let mut services_started_ms = 0;
+    // Where the CPU is counted from: the first send, or a drain's services' start.
+    let mut measure_from = Duration::ZERO;
     if drain {
         let broker = pids_now(&pids).broker;
         let before = broker.and_then(cpu::cpu_seconds);
@@ -280,8 +282,8 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> an
         cpu_start.enricher = cpu_start.enricher.map(|(pid, _)| (pid, (0.0, 0.0)));
         cpu_start.aggregator = cpu_start.aggregator.map(|(pid, _)| (pid, (0.0, 0.0)));
         services = Some(s);
+        measure_from = started.elapsed();
     }
-    let measure_from = started.elapsed();
 
     let mut observed = Observed::default();
     let caught_up_ms = wait_for_totals(watchers, &reference, &mut timeline, &mut observed, args.settle_timeout, &cancel).await?;
