@@ -29,7 +29,9 @@ build_and_synth() {
   fi
 }
 
-# start_broker NAME: a Nisshi broker on memory storage, unless ORDERFLOW_BROKERS is set.
+# start_broker NAME: a Nisshi broker on memory storage, unless ORDERFLOW_BROKERS is set;
+# BROKER_PID is its process id (empty for a cluster given in ORDERFLOW_BROKERS).
+BROKER_PID=""
 start_broker() {
   [[ -n "${ORDERFLOW_BROKERS:-}" ]] && return 0
   command -v nisshi >/dev/null || { echo "nisshi is not installed: run scripts/test.sh once, or set ORDERFLOW_BROKERS" >&2; exit 1; }
@@ -39,6 +41,7 @@ start_broker() {
   nisshi broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
     --storage-engine "memory://$1/" --group-initial-rebalance-delay 100ms --silent &
   pids+=($!)
+  BROKER_PID=$!
   export ORDERFLOW_BROKERS="127.0.0.1:$port"
   for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 }

@@ -9,14 +9,19 @@ use super::timeline::Second;
 /// One line of a panel: its legend, colour and points.
 type Line<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 
-/// Draws four panels: offered and achieved events/s; latency p50 and p99 to the final
+/// Draws five panels: offered and achieved events/s; latency p50 and p99 to the final
 /// totals; latency p50 and p99 to the provisional figures (when measured); enricher and
-/// aggregator lag.
-pub fn draw(path: &Path, title: &str, seconds: &[Second]) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (1200, 1300)).into_drawing_area();
+/// aggregator lag; the cores used by the enricher, the aggregator and the broker. `notes`
+/// are lines of text under the title (e.g. the drain's rate and the CPU per event).
+pub fn draw(path: &Path, title: &str, notes: &[String], seconds: &[Second]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (1200, 1600)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 22))?;
-    let panels = root.split_evenly((4, 1));
+    let (head, root) = root.split_vertically(notes.len() as u32 * 20 + 4);
+    for (i, note) in notes.iter().enumerate() {
+        head.draw(&Text::new(note.as_str(), (16, i as i32 * 20 + 2), ("sans-serif", 15)))?;
+    }
+    let panels = root.split_evenly((5, 1));
     let x_max = seconds.len().max(1) as f64;
     let series =
         |f: &dyn Fn(&Second) -> Option<f64>| -> Vec<(f64, f64)> { seconds.iter().filter_map(|s| f(s).map(|v| (s.t as f64, v))).collect() };
@@ -76,6 +81,16 @@ pub fn draw(path: &Path, title: &str, seconds: &[Second]) -> anyhow::Result<()> 
         vec![
             ("enricher", MAGENTA, series(&|s| s.enricher_lag.map(|v| v as f64))),
             ("aggregator", RGBColor(200, 120, 0), series(&|s| s.aggregator_lag.map(|v| v as f64))),
+        ],
+    )?;
+    panel(
+        &panels[4],
+        "CPU (user + system), from /proc",
+        "cores",
+        vec![
+            ("enricher", MAGENTA, series(&|s| s.enricher_cpu)),
+            ("aggregator", RGBColor(200, 120, 0), series(&|s| s.aggregator_cpu)),
+            ("broker", RGBColor(0, 120, 200), series(&|s| s.broker_cpu)),
         ],
     )?;
     root.present()?;

@@ -7,18 +7,27 @@
 //! the provisional figures (final + provisional events). With `--broker-baseline` it first measures the broker
 //! alone on the same messages, so the pipeline's throughput comes out as a ratio.
 //!
+//! `--mode drain` measures a backlog drain instead (as after an outage): the whole trace
+//! is published first, the broker relays the same messages alone (consume, produce,
+//! consume again), and only then are an enricher and an aggregator started, as child
+//! processes, on the full backlog; the drain runs from their start to the last total.
+//! Either way the report gives each service's CPU time per million events next to the
+//! broker's, from `/proc`.
+//!
 //! - `check`: the reference totals from the trace, and the comparison.
-//! - `timeline`: per-second rates, latency and lag.
+//! - `timeline`: per-second rates, latency, lag and CPU.
+//! - `cpu`: CPU time of a process, from `/proc/<pid>/stat`.
 //! - `chart`: the SVG picture.
 
 mod chart;
 pub(crate) mod check;
+mod cpu;
 mod timeline;
 
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -63,6 +72,16 @@ fn parse_speed(s: &str) -> Result<Speed, String> {
     }
 }
 
+/// What the load test measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Replay the trace through an enricher and an aggregator already running.
+    Replay,
+    /// Publish the whole trace first, then start an enricher and an aggregator (child
+    /// processes) on the backlog, and time them from their start to the last total.
+    Drain,
+}
+
 /// `orderflow loadtest` flags.
 #[derive(Debug, clap::Args)]
 pub struct LoadtestArgs {
@@ -91,6 +110,28 @@ pub struct LoadtestArgs {
     /// every 150 ms to time acknowledged events to the provisional figures.
     #[arg(long, env = "ORDERFLOW_LOADTEST_AGGREGATOR_METRICS")]
     pub aggregator_metrics: Option<String>,
+    /// `replay`: through running services, at --speed. `drain`: publish the whole trace,
+    /// relay it through the broker alone (the baseline, always measured), then start an
+    /// enricher and an aggregator on the backlog (`enrich` and `aggregate` of
+    /// --service-binary, with this process's environment and its brokers and topic
+    /// prefix) and time them to the last total; --speed is ignored.
+    #[arg(long, env = "ORDERFLOW_LOADTEST_MODE", value_enum, default_value = "replay")]
+    pub mode: Mode,
+    /// The binary whose `enrich` and `aggregate` a drain starts (default: this one), e.g.
+    /// an older build to compare with.
+    #[arg(long, env = "ORDERFLOW_LOADTEST_SERVICE_BINARY")]
+    pub service_binary: Option<PathBuf>,
+    /// Process id of the running enricher, whose CPU time the report gives (replay mode;
+    /// a drain knows its own).
+    #[arg(long, env = "ORDERFLOW_LOADTEST_ENRICHER_PID")]
+    pub enricher_pid: Option<u32>,
+    /// Process id of the running aggregator, likewise.
+    #[arg(long, env = "ORDERFLOW_LOADTEST_AGGREGATOR_PID")]
+    pub aggregator_pid: Option<u32>,
+    /// Process id of the broker (on this machine), whose CPU time the report gives next
+    /// to the services'.
+    #[arg(long, env = "ORDERFLOW_LOADTEST_BROKER_PID")]
+    pub broker_pid: Option<u32>,
 }
 
 /// How often the aggregator's `/metrics` is polled for the provisional figures.
@@ -101,6 +142,7 @@ pub const VISIBLE_POLL: Duration = Duration::from_millis(150);
 #[serde(rename_all = "camelCase")]
 struct Report {
     trace: String,
+    mode: String,
     speed: String,
     /// Lines read, events published, and how the reference classified them.
     events: Events,
@@ -119,8 +161,46 @@ struct Report {
     visible_latency: Option<Latency>,
     totals: TotalsCheck,
     broker_baseline: Option<Baseline>,
-    /// Per second: offered, achieved, latency p50/p99, lag.
+    /// The backlog drain (`--mode drain`).
+    drain: Option<Drain>,
+    /// CPU time per process over the measured stretch: from the first send (replay) or
+    /// the services' start (drain) until every window's total was out.
+    cpu: Option<Cpu>,
+    /// Per second: offered, achieved, latency p50/p99, lag, CPU.
     seconds: Vec<Second>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Drain {
+    /// Seconds from the first send at which the services were started.
+    services_started_at_seconds: f64,
+    /// Seconds from the services' start until the enricher and the aggregator had
+    /// committed every record.
+    caught_up_seconds: Option<f64>,
+    /// Seconds from the services' start to the last window's total: the drain time.
+    last_total_seconds: Option<f64>,
+    /// Published events over `lastTotalSeconds`.
+    events_per_second: Option<f64>,
+    /// `eventsPerSecond` over the broker's own relay rate (`brokerBaseline`).
+    to_broker_ratio: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Cpu {
+    /// Events the CPU time is divided by (published events).
+    events: u64,
+    /// Wall seconds of the measured stretch.
+    wall_seconds: f64,
+    enricher: Option<cpu::ProcessCpu>,
+    aggregator: Option<cpu::ProcessCpu>,
+    /// Enricher plus aggregator: CPU seconds per million events (µs per event).
+    services_seconds_per_million_events: Option<f64>,
+    /// The broker over the same stretch, for the same traffic.
+    broker: Option<cpu::ProcessCpu>,
+    /// The broker during its own baseline (`brokerBaseline`), per million events.
+    broker_baseline: Option<cpu::ProcessCpu>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -164,9 +244,14 @@ struct TotalsCheck {
 #[serde(rename_all = "camelCase")]
 struct Baseline {
     events: u64,
-    produce_seconds: f64,
+    /// Producing the trace's events (replay mode's baseline).
+    produce_seconds: Option<f64>,
+    /// Consuming the published trace and producing each record again (drain mode's
+    /// baseline: what the enricher does, minus the enriching).
+    relay_seconds: Option<f64>,
+    /// Consuming the produced records back.
     consume_seconds: f64,
-    /// events / (produce + consume seconds).
+    /// events / (produce or relay seconds + consume seconds).
     events_per_second: f64,
 }
 
@@ -175,18 +260,57 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> an
     let spec = check_inputs(kafka, topics, &args).await?;
     let cancel = shutdown::on_signal();
     let table = read_merchants(kafka, topics).await?;
-    let baseline = if args.broker_baseline { Some(broker_baseline(kafka, topics, &args).await?) } else { None };
+    let drain = args.mode == Mode::Drain;
+    let mut baseline = if args.broker_baseline && !drain { Some(broker_baseline(kafka, topics, &args).await?) } else { None };
 
-    let watchers = Watchers::start(kafka, topics, args.aggregator_metrics.clone(), &cancel);
+    let pids = Arc::new(Mutex::new(Pids { enricher: args.enricher_pid, aggregator: args.aggregator_pid, broker: args.broker_pid }));
+    let watchers = Watchers::start(kafka, topics, args.aggregator_metrics.clone(), &cancel, &pids);
+    let started = watchers.started;
     let mut reference = Reference::new(spec, table);
     let mut timeline = Timeline::default();
-    let replayed = replay_trace(kafka, topics, &args, &mut reference, &mut timeline, watchers.started, &cancel).await?;
+    let mut cpu_start = pids_now(&pids).read();
+    let replayed = replay_trace(kafka, topics, &args, &mut reference, &mut timeline, started, &cancel).await?;
+
+    let mut services = None;
+    let mut broker_baseline_cpu = None;
+    let mut services_started_ms = 0;
+    // Where the CPU is counted from: the first send, or a drain's services' start.
+    let mut measure_from = Duration::ZERO;
+    if drain {
+        let broker = pids_now(&pids).broker;
+        let before = broker.and_then(cpu::cpu_seconds);
+        let b = broker_relay(kafka, topics).await?;
+        broker_baseline_cpu =
+            broker.zip(before).zip(broker.and_then(cpu::cpu_seconds)).map(|((pid, s), e)| cpu::ProcessCpu::between(pid, s, e, b.events));
+        baseline = Some(b);
+        services_started_ms = started.elapsed().as_millis() as u64;
+        let s = Services::start(kafka, topics, &args)?;
+        {
+            let mut p = pids.lock().expect("pids poisoned");
+            (p.enricher, p.aggregator) = (Some(s.enricher.id()), Some(s.aggregator.id()));
+        }
+        cpu_start = pids_now(&pids).read();
+        // Started just now: whatever they used before this reading counts too.
+        cpu_start.enricher = cpu_start.enricher.map(|(pid, _)| (pid, (0.0, 0.0)));
+        cpu_start.aggregator = cpu_start.aggregator.map(|(pid, _)| (pid, (0.0, 0.0)));
+        services = Some(s);
+        measure_from = started.elapsed();
+    }
 
     let mut observed = Observed::default();
     let caught_up_ms = wait_for_totals(watchers, &reference, &mut timeline, &mut observed, args.settle_timeout, &cancel).await?;
+    let cpu_end = pids_now(&pids).read();
+    let wall_seconds = started.elapsed().saturating_sub(measure_from).as_secs_f64();
+    if let Some(s) = services {
+        s.stop()?;
+    }
     read_late(kafka, topics, &spec, &mut observed, &mut timeline).await?;
 
-    let (report, differences) = build_report(&args, &replayed, &reference, &observed, timeline, caught_up_ms, baseline);
+
+    let cpu = cpu_report(&cpu_start, &cpu_end, replayed.report.published, wall_seconds, broker_baseline_cpu);
+    let drain = drain.then_some(services_started_ms);
+    let measured = Measured { caught_up_ms, baseline, drain_started_ms: drain, cpu };
+    let (report, differences) = build_report(&args, &replayed, &reference, &observed, timeline, measured);
     let (json_path, svg_path) = write_report(&report, &args.report)?;
     print_report(&report, &differences, &json_path, &svg_path);
     Ok(if report.totals.matched { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -236,11 +360,20 @@ struct Watchers {
     /// Polls of the aggregator's metrics: (ms since start, events final + provisional).
     visible: mpsc::Receiver<(u64, u64)>,
     visible_thread: Option<std::thread::JoinHandle<()>>,
+    cpu: mpsc::Receiver<(u64, CpuCores)>,
+    cpu_thread: std::thread::JoinHandle<()>,
 }
 
 impl Watchers {
-    /// Starts the clock and both watchers.
-    fn start(kafka: &KafkaConfig, topics: &Topics, aggregator_metrics: Option<String>, cancel: &CancellationToken) -> Self {
+    /// Starts the clock and the watchers (totals, lag, the aggregator's metrics if given,
+    /// CPU of the processes in `pids`).
+    fn start(
+        kafka: &KafkaConfig,
+        topics: &Topics,
+        aggregator_metrics: Option<String>,
+        cancel: &CancellationToken,
+        pids: &Arc<Mutex<Pids>>,
+    ) -> Self {
         let started_wall = now_ms();
         let started = Instant::now();
         let watch = cancel.child_token();
@@ -259,7 +392,123 @@ impl Watchers {
             let watch = watch.clone();
             std::thread::spawn(move || poll_visible(&addr, &watch, started, &visible_tx))
         });
-        Self { started, started_wall, watch, totals, totals_thread, lag, lag_thread, visible, visible_thread }
+        let (cpu_tx, cpu) = mpsc::channel::<(u64, CpuCores)>();
+        let cpu_thread = {
+            let (pids, watch) = (pids.clone(), watch.clone());
+            std::thread::spawn(move || sample_cpu(&pids, &watch, started, &cpu_tx))
+        };
+        Self { started, started_wall, watch, totals, totals_thread, lag, lag_thread, visible, visible_thread, cpu, cpu_thread }
+    }
+}
+
+/// The processes whose CPU time the load test measures (those it knows of).
+#[derive(Debug, Clone, Copy, Default)]
+struct Pids {
+    enricher: Option<u32>,
+    aggregator: Option<u32>,
+    broker: Option<u32>,
+}
+
+/// Cores used (CPU seconds per wall second) by the enricher, the aggregator and the
+/// broker over one sampling interval.
+type CpuCores = [Option<f64>; 3];
+
+/// A reading of each known process's (user, system) CPU seconds.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuReading {
+    enricher: Option<(u32, (f64, f64))>,
+    aggregator: Option<(u32, (f64, f64))>,
+    broker: Option<(u32, (f64, f64))>,
+}
+
+impl Pids {
+    fn read(&self) -> CpuReading {
+        let read = |pid: Option<u32>| pid.and_then(|p| cpu::cpu_seconds(p).map(|c| (p, c)));
+        CpuReading { enricher: read(self.enricher), aggregator: read(self.aggregator), broker: read(self.broker) }
+    }
+}
+
+fn pids_now(pids: &Mutex<Pids>) -> Pids {
+    *pids.lock().expect("pids poisoned")
+}
+
+/// The CPU report between two readings.
+fn cpu_report(
+    start: &CpuReading,
+    end: &CpuReading,
+    events: u64,
+    wall_seconds: f64,
+    broker_baseline: Option<cpu::ProcessCpu>,
+) -> Option<Cpu> {
+    let between = |s: Option<(u32, (f64, f64))>, e: Option<(u32, (f64, f64))>| {
+        s.zip(e).filter(|((a, _), (b, _))| a == b).map(|((pid, s), (_, e))| cpu::ProcessCpu::between(pid, s, e, events))
+    };
+    let enricher = between(start.enricher, end.enricher);
+    let aggregator = between(start.aggregator, end.aggregator);
+    let broker = between(start.broker, end.broker);
+    if enricher.is_none() && aggregator.is_none() && broker.is_none() {
+        return None;
+    }
+    let services = enricher.as_ref().zip(aggregator.as_ref()).map(|(e, a)| e.seconds_per_million_events + a.seconds_per_million_events);
+    Some(Cpu { events, wall_seconds, enricher, aggregator, services_seconds_per_million_events: services, broker, broker_baseline })
+}
+
+/// The enricher and the aggregator of a drain, as child processes.
+struct Services {
+    enricher: std::process::Child,
+    aggregator: std::process::Child,
+}
+
+impl Services {
+    /// Starts `enrich` and `aggregate` of --service-binary (default: this binary) with
+    /// this process's environment, brokers and topic prefix.
+    fn start(kafka: &KafkaConfig, topics: &Topics, args: &LoadtestArgs) -> anyhow::Result<Self> {
+        let binary = match &args.service_binary {
+            Some(b) => b.clone(),
+            None => std::env::current_exe().context("finding this binary, to start the services")?,
+        };
+        let spawn = |service: &str| {
+            std::process::Command::new(&binary)
+                .args([service, "--metrics-addr", "127.0.0.1:0"])
+                .env("ORDERFLOW_BROKERS", &kafka.brokers)
+                .env("ORDERFLOW_TOPIC_PREFIX", &topics.topic_prefix)
+                .env("ORDERFLOW_PARTITIONS", topics.partitions.to_string())
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting `{} {service}`", binary.display()))
+        };
+        eprintln!("loadtest: starting the enricher and the aggregator ({}) on the backlog.", binary.display());
+        let enricher = spawn("enrich")?;
+        let aggregator = match spawn("aggregate") {
+            Ok(a) => a,
+            Err(e) => {
+                let mut enricher = enricher;
+                let _ = enricher.kill();
+                let _ = enricher.wait();
+                return Err(e);
+            }
+        };
+        Ok(Self { enricher, aggregator })
+    }
+
+    /// Stops both with SIGTERM and waits for them; fails if either had exited before, or
+    /// does not exit cleanly.
+    fn stop(mut self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        for (name, child) in [("enricher", &mut self.enricher), ("aggregator", &mut self.aggregator)] {
+            if let Ok(Some(status)) = child.try_wait() {
+                problems.push(format!("the {name} exited during the drain ({status})"));
+                continue;
+            }
+            let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            match child.wait() {
+                Ok(status) if status.success() => {}
+                Ok(status) => problems.push(format!("the {name} did not stop cleanly ({status})")),
+                Err(e) => problems.push(format!("waiting for the {name}: {e}")),
+            }
+        }
+        anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
+        Ok(())
     }
 }
 
@@ -359,7 +608,7 @@ async fn wait_for_totals(
     settle_timeout: Duration,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Option<u64>> {
-    let Watchers { started, started_wall, watch, totals, totals_thread, lag, lag_thread, visible, visible_thread } = watchers;
+    let Watchers { started, started_wall, watch, totals, totals_thread, lag, lag_thread, visible, visible_thread, cpu, cpu_thread } = watchers;
     let mut last_change = Instant::now();
     let replay_done_ms = started.elapsed().as_millis() as u64;
     let mut caught_up_ms: Option<u64> = None;
@@ -376,6 +625,9 @@ async fn wait_for_totals(
             if at >= replay_done_ms && e == 0 && a == 0 {
                 caught_up_ms.get_or_insert(at);
             }
+        }
+        while let Ok((at, cores)) = cpu.try_recv() {
+            timeline.cpu(at, cores);
         }
         if moved {
             last_change = Instant::now();
@@ -399,8 +651,12 @@ async fn wait_for_totals(
     while let Ok((at, events)) = visible.try_recv() {
         timeline.visible(at, events);
     }
+    let _ = cpu_thread.join();
     while let Ok((at, e, a)) = lag.try_recv() {
         timeline.lag(at, e, a);
+    }
+    while let Ok((at, cores)) = cpu.try_recv() {
+        timeline.cpu(at, cores);
     }
     Ok(caught_up_ms)
 }
@@ -433,6 +689,16 @@ async fn read_late(
     Ok(())
 }
 
+/// What the run measured besides the replay and the totals.
+struct Measured {
+    /// When the enricher and the aggregator had committed everything (ms since start).
+    caught_up_ms: Option<u64>,
+    baseline: Option<Baseline>,
+    /// A drain's services' start (ms since start).
+    drain_started_ms: Option<u64>,
+    cpu: Option<Cpu>,
+}
+
 /// The report, and every difference between the totals and the reference (the report
 /// keeps the first 50).
 fn build_report(
@@ -441,19 +707,36 @@ fn build_report(
     reference: &Reference,
     observed: &Observed,
     timeline: Timeline,
-    caught_up_ms: Option<u64>,
-    baseline: Option<Baseline>,
+    measured: Measured,
 ) -> (Report, Vec<String>) {
+    let Measured { caught_up_ms, baseline, drain_started_ms, cpu } = measured;
     let Replayed { report: replayed, seconds: replay_seconds } = replayed;
     let replay_seconds = *replay_seconds;
     let differences = observed.differences(reference.totals());
     let windows = reference.totals().keys().map(|(w, _)| *w).collect::<std::collections::BTreeSet<_>>().len();
-    let last_total_seconds = timeline.last_published_ms().map(|ms| ms as f64 / 1000.0);
+    let last_published_ms = timeline.last_published_ms();
+    let last_total_seconds = last_published_ms.map(|ms| ms as f64 / 1000.0);
     let pipeline_seconds = caught_up_ms.map(|ms| ms as f64 / 1000.0);
     let (seconds, latency, visible_latency) = timeline.finish();
     let pipeline_rate = pipeline_seconds.map(|s| replayed.published as f64 / s);
+    let drain = drain_started_ms.map(|from| {
+        let since = |ms: i64| (ms - from as i64).max(0) as f64 / 1000.0;
+        let last_total_seconds = last_published_ms.map(since);
+        let events_per_second = last_total_seconds.map(|s| replayed.published as f64 / s);
+        Drain {
+            services_started_at_seconds: from as f64 / 1000.0,
+            caught_up_seconds: caught_up_ms.map(|ms| since(ms as i64)),
+            last_total_seconds,
+            events_per_second,
+            to_broker_ratio: baseline.as_ref().zip(events_per_second).map(|(b, p)| p / b.events_per_second),
+        }
+    });
     let report = Report {
         trace: args.trace.display().to_string(),
+        mode: match args.mode {
+            Mode::Replay => "replay".into(),
+            Mode::Drain => "drain".into(),
+        },
         speed: match args.speed {
             Speed::Max => "max".into(),
             Speed::Factor(f) => format!("{f}x"),
@@ -477,7 +760,7 @@ fn build_report(
             pipeline_to_broker_ratio: baseline
                 .as_ref()
                 .zip(pipeline_rate)
-                .filter(|_| args.speed == Speed::Max)
+                .filter(|_| args.speed == Speed::Max && args.mode == Mode::Replay)
                 .map(|(b, p)| p / b.events_per_second),
         },
         latency,
@@ -490,6 +773,8 @@ fn build_report(
             differences: differences.iter().take(50).cloned().collect(),
         },
         broker_baseline: baseline,
+        drain,
+        cpu,
         seconds,
     };
     (report, differences)
@@ -502,8 +787,24 @@ fn write_report(report: &Report, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf
     let json_path = dir.join("report.json");
     std::fs::write(&json_path, serde_json::to_vec_pretty(report)?).with_context(|| format!("writing {}", json_path.display()))?;
     let svg_path = dir.join("report.svg");
-    let title = format!("orderflow load test: {} at {} ({} events)", report.trace, report.speed, report.events.published);
-    chart::draw(&svg_path, &title, &report.seconds)?;
+    let title = match report.mode.as_str() {
+        "drain" => format!("orderflow backlog drain: {} ({} events)", report.trace, report.events.published),
+        _ => format!("orderflow load test: {} at {} ({} events)", report.trace, report.speed, report.events.published),
+    };
+    let mut notes = Vec::new();
+    if let Some(d) = &report.drain {
+        notes.push(format!(
+            "Drain: services started at {:.1} s; last total {} s later: {} events/s ({} of the broker's own relay rate)",
+            d.services_started_at_seconds,
+            d.last_total_seconds.map_or("n/a".into(), |s| format!("{s:.1}")),
+            d.events_per_second.map_or("n/a".into(), |r| format!("{r:.0}")),
+            d.to_broker_ratio.map_or("n/a".into(), |r| format!("{r:.3}")),
+        ));
+    }
+    if let Some(c) = &report.cpu {
+        notes.push(cpu_line(c));
+    }
+    chart::draw(&svg_path, &title, &notes, &report.seconds)?;
     Ok((json_path, svg_path))
 }
 
@@ -523,14 +824,33 @@ fn print_report(report: &Report, differences: &[String], json_path: &Path, svg_p
         println!("Last window's total published {s:.1}s after the first send.");
     }
     if let Some(b) = &report.broker_baseline {
+        match (b.produce_seconds, b.relay_seconds) {
+            (Some(p), _) => println!(
+                "Broker alone: {} events produced in {p:.1}s and consumed in {:.1}s: {:.0} events/s; pipeline/broker ratio {}.",
+                b.events,
+                b.consume_seconds,
+                b.events_per_second,
+                report.throughput.pipeline_to_broker_ratio.map_or("n/a (only at --speed max)".into(), |r| format!("{r:.3}"))
+            ),
+            (None, Some(r)) => println!(
+                "Broker alone: {} events consumed and produced again in {r:.1}s, consumed again in {:.1}s: {:.0} events/s.",
+                b.events, b.consume_seconds, b.events_per_second
+            ),
+            (None, None) => {}
+        }
+    }
+    if let Some(d) = &report.drain {
         println!(
-            "Broker alone: {} events produced in {:.1}s and consumed in {:.1}s: {:.0} events/s; pipeline/broker ratio {}.",
-            b.events,
-            b.produce_seconds,
-            b.consume_seconds,
-            b.events_per_second,
-            report.throughput.pipeline_to_broker_ratio.map_or("n/a (only at --speed max)".into(), |r| format!("{r:.3}"))
+            "Drain: services started {:.1}s after the first send; caught up {} s and last total {} s after their start: {} events/s, {} of the broker's relay rate.",
+            d.services_started_at_seconds,
+            d.caught_up_seconds.map_or("n/a".into(), |s| format!("{s:.1}")),
+            d.last_total_seconds.map_or("n/a".into(), |s| format!("{s:.1}")),
+            d.events_per_second.map_or("n/a".into(), |r| format!("{r:.0}")),
+            d.to_broker_ratio.map_or("n/a".into(), |r| format!("{r:.3}")),
         );
+    }
+    if let Some(c) = &report.cpu {
+        println!("{} (over {:.1}s).", cpu_line(c), c.wall_seconds);
     }
     println!(
         "Latency, event sent to its window's total: p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms over {} events.",
@@ -552,6 +872,22 @@ fn print_report(report: &Report, differences: &[String], json_path: &Path, svg_p
         differences.iter().take(10).for_each(|d| println!("  {d}"));
     }
     println!("Report: {} and {}.", json_path.display(), svg_path.display());
+}
+
+/// CPU seconds per million events (µs per event), per process, as one line.
+fn cpu_line(c: &Cpu) -> String {
+    let one = |name: &str, p: &Option<cpu::ProcessCpu>| p.as_ref().map(|p| format!("{name} {:.2}", p.seconds_per_million_events));
+    let parts: Vec<String> = [
+        one("enricher", &c.enricher),
+        one("aggregator", &c.aggregator),
+        c.services_seconds_per_million_events.map(|s| format!("both {s:.2}")),
+        one("broker", &c.broker),
+        one("broker alone", &c.broker_baseline),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    format!("CPU µs per event (user + system): {}", parts.join(", "))
 }
 
 fn now_ms() -> i64 {
@@ -660,6 +996,116 @@ fn sample_lag(kafka: &KafkaConfig, topics: &Topics, cancel: &CancellationToken, 
     }
 }
 
+/// Once a second, the cores (CPU seconds per wall second) each known process used since
+/// the last sample.
+fn sample_cpu(pids: &Mutex<Pids>, cancel: &CancellationToken, started: Instant, tx: &mpsc::Sender<(u64, CpuCores)>) {
+    let mut last = (pids_now(pids).read(), Instant::now());
+    while !cancel.is_cancelled() {
+        std::thread::sleep(Duration::from_millis(1000));
+        let (now, at) = (pids_now(pids).read(), Instant::now());
+        let dt = at.duration_since(last.1).as_secs_f64();
+        let cores = |a: Option<(u32, (f64, f64))>, b: Option<(u32, (f64, f64))>| match (a, b) {
+            (Some((pa, a)), Some((pb, b))) if pa == pb => Some(((b.0 + b.1) - (a.0 + a.1)).max(0.0) / dt),
+            (None, Some((_, b))) => Some((b.0 + b.1) / dt), // started within the interval
+            _ => None,
+        };
+        let sample = [cores(last.0.enricher, now.enricher), cores(last.0.aggregator, now.aggregator), cores(last.0.broker, now.broker)];
+        if tx.send((started.elapsed().as_millis() as u64, sample)).is_err() {
+            break;
+        }
+        last = (now, at);
+    }
+}
+
+/// The drain's baseline: the broker alone relays the published trace as the enricher
+/// would, without the enriching: consume every record of the orders topic and produce it
+/// again (same key and bytes) to a scratch topic, then consume that back. Times both.
+async fn broker_relay(kafka: &KafkaConfig, topics: &Topics) -> anyhow::Result<Baseline> {
+    let scratch = format!("{}.loadtest.baseline", topics.topic_prefix);
+    topics::ensure(kafka, &[topics.wide(scratch.clone())]).await?;
+    let (kafka, orders) = (kafka.clone(), topics.orders());
+    eprintln!("loadtest: broker baseline: relaying {orders} to {scratch}, then reading it back.");
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Baseline> {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+        // The leanest client path: no per-record future, delivery reports counted by a
+        // context; the producer settings are the services' (`KafkaConfig::producer`).
+        let producer: BaseProducer<DeliveryCount> = kafka
+            .config(&[
+                ("enable.idempotence", "true"),
+                ("linger.ms", "5"),
+                ("batch.num.messages", "10000"),
+                ("queue.buffering.max.messages", "500000"),
+                ("message.max.bytes", "67108864"),
+            ])?
+            .create_with_context(DeliveryCount::default())?;
+        let reader = TopicReader::open(&kafka, &orders)?;
+        let mut refused: Option<String> = None;
+        let t = Instant::now();
+        let events = reader.read_to_end(|m| {
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&scratch).payload(m.payload().unwrap_or_default());
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        producer.poll(Duration::from_millis(10));
+                        record = r;
+                    }
+                    Err((e, _)) => {
+                        refused.get_or_insert_with(|| e.to_string());
+                        break;
+                    }
+                }
+            }
+            producer.poll(Duration::ZERO);
+        })?;
+        producer.flush(Duration::from_secs(120))?;
+        let failed = producer.context().failed.lock().expect("poisoned").take().or(refused);
+        let relay = t.elapsed();
+        if let Some(e) = failed {
+            anyhow::bail!("the broker baseline could not relay to `{scratch}`: {e}");
+        }
+        let t = Instant::now();
+        let reader = TopicReader::open(&kafka, &scratch)?;
+        let mut bytes = 0u64;
+        let consumed = reader.read_to_end(|m| bytes += m.payload_len() as u64)?;
+        std::hint::black_box(bytes);
+        let consume = t.elapsed();
+        anyhow::ensure!(consumed >= events, "the baseline topic `{scratch}` gave back {consumed} of {events} events");
+        let b = Baseline {
+            events,
+            produce_seconds: None,
+            relay_seconds: Some(relay.as_secs_f64()),
+            consume_seconds: consume.as_secs_f64(),
+            events_per_second: events as f64 / (relay + consume).as_secs_f64(),
+        };
+        eprintln!("loadtest: broker baseline: {:.0} events/s consume-produce-consume.", b.events_per_second);
+        Ok(b)
+    })
+    .await?
+}
+
+/// Counts failed deliveries of the relay (the first one's error kept).
+#[derive(Default)]
+struct DeliveryCount {
+    failed: Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for DeliveryCount {}
+
+impl rdkafka::producer::ProducerContext for DeliveryCount {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.lock().expect("poisoned").get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
 /// Produces the trace's events (keyed as the replay keys them) to a scratch topic, then
 /// consumes them back; times both, excluding the JSON parsing.
 async fn broker_baseline(kafka: &KafkaConfig, topics: &Topics, args: &LoadtestArgs) -> anyhow::Result<Baseline> {
@@ -710,7 +1156,8 @@ async fn broker_baseline(kafka: &KafkaConfig, topics: &Topics, args: &LoadtestAr
     anyhow::ensure!(consumed >= events, "the baseline topic `{topic}` gave back {consumed} of {events} events");
     let b = Baseline {
         events,
-        produce_seconds: produce.as_secs_f64(),
+        produce_seconds: Some(produce.as_secs_f64()),
+        relay_seconds: None,
         consume_seconds: consume.as_secs_f64(),
         events_per_second: events as f64 / (produce + consume).as_secs_f64(),
     };

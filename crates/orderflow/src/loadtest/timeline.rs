@@ -40,6 +40,11 @@ pub struct Second {
     /// (or final) figures, of the events acknowledged in this second (ms).
     pub visible_p50_ms: Option<u64>,
     pub visible_p99_ms: Option<u64>,
+    /// Cores (CPU seconds per second) the enricher, the aggregator and the broker used,
+    /// sampled in this second (processes the load test knows of).
+    pub enricher_cpu: Option<f64>,
+    pub aggregator_cpu: Option<f64>,
+    pub broker_cpu: Option<f64>,
 }
 
 /// Latency percentiles over the whole run (ms).
@@ -196,6 +201,12 @@ impl Timeline {
         s.aggregator_lag = Some(aggregator);
     }
 
+    /// Cores used by the enricher, the aggregator and the broker, sampled at `ms`.
+    pub fn cpu(&mut self, ms: u64, [enricher, aggregator, broker]: [Option<f64>; 3]) {
+        let s = self.second(ms);
+        (s.enricher_cpu, s.aggregator_cpu, s.broker_cpu) = (enricher, aggregator, broker);
+    }
+
     /// Windows with counted events whose total has not been seen yet.
     pub fn unpublished(&self) -> usize {
         self.sent.keys().filter(|w| !self.published.contains_key(w)).count()
@@ -265,11 +276,14 @@ mod tests {
         t.sent(0, 11_000); // late: sent after its window was out
         assert_eq!(t.unpublished(), 1);
         t.lag(2_100, 7, 9);
+        t.cpu(2_500, [Some(0.5), None, Some(1.25)]);
         let (seconds, latency, visible) = t.finish();
         assert_eq!(visible, None, "no polls, no visibility figures");
         assert_eq!(seconds.len(), 3);
         assert_eq!((seconds[0].offered, seconds[1].offered, seconds[1].achieved), (2, 1, 3));
         assert_eq!((seconds[2].enricher_lag, seconds[2].aggregator_lag), (Some(7), Some(9)));
+        assert_eq!((seconds[2].enricher_cpu, seconds[2].aggregator_cpu, seconds[2].broker_cpu), (Some(0.5), None, Some(1.25)));
+        assert_eq!(seconds[1].enricher_cpu, None);
         assert_eq!(latency.events, 3);
         assert_eq!((latency.p50_ms, latency.max_ms), (9_503, 10_007)); // 3-digit precision buckets
         assert_eq!(seconds[0].latency_p99_ms, Some(10_007));
