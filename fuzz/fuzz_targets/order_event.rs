@@ -1,4 +1,6 @@
-//! The enricher's input: a raw orders-topic payload through the allocation-free view
+//! The enricher's input: a raw orders-topic record through the framing check
+//! (`framing::unframe`: plain protobuf or Confluent Schema Registry's wire format), then
+//! its protobuf message through the allocation-free view
 //! (`wire::OrderEventView`), validation (`validate`), the limits and the whole
 //! per-event path `MerchantTable::enrich_payload` (size limit, join, spliced output).
 //!
@@ -8,6 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use orderflow_core::framing::{unframe, Format};
 use orderflow_core::merchant::MerchantTable;
 use orderflow_core::validate::{check_limits, decode_and_validate, decode_and_validate_view, validate_view, InvalidReason, Limits};
 use orderflow_core::wire::{EnrichedKind, EnrichedView, OrderEventView};
@@ -26,7 +29,29 @@ fn table() -> MerchantTable {
     t
 }
 
-fuzz_target!(|payload: &[u8]| {
+fuzz_target!(|record: &[u8]| {
+    // The enricher's first step: the record's form. A first byte 0 is the registry's
+    // frame (a protobuf message cannot start with field number 0); the message is the
+    // record's tail, the whole record when plain.
+    let payload = match unframe(record) {
+        Ok(u) => {
+            assert_eq!(u.format == Format::SchemaRegistry, record.first() == Some(&0));
+            assert_eq!(u.schema_id.is_some(), u.format == Format::SchemaRegistry);
+            assert!(record.ends_with(u.message));
+            if u.format == Format::Protobuf {
+                assert_eq!(u.message, record);
+            } else {
+                assert!(u.message.len() + 6 <= record.len(), "magic, id and at least one index byte");
+                assert_eq!(u.schema_id, Some(u32::from_be_bytes(record[1..5].try_into().unwrap())));
+            }
+            u.message
+        }
+        Err(reason) => {
+            assert_eq!(record.first(), Some(&0), "only a frame can be refused: {reason}");
+            assert_eq!(reason.code(), "undecodable", "{reason}");
+            return;
+        }
+    };
     let limits = Limits::default();
     let view = OrderEventView::parse(payload);
     let validated = decode_and_validate_view(payload);

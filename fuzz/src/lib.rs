@@ -169,6 +169,11 @@ pub mod seeds {
         // The edges: the largest values every field can hold.
         order_events.push(("extremes".into(), extremes(&events[1]).encode_to_vec()));
         let prost_seeds = order_events.clone();
+        // Confluent Schema Registry's frame: magic 0, schema id, the one-byte index path
+        // [0]; the long form of a nested path [1, 2]; and a frame cut short.
+        order_events.push(("registry-frame".into(), [&[0, 0, 0, 0, 7, 0][..], &payloads[0]].concat()));
+        order_events.push(("registry-nested".into(), [&[0, 0, 0, 1, 0, 4, 2, 4][..], &payloads[1]].concat()));
+        order_events.push(("registry-cut-short".into(), vec![0, 0, 0]));
         // The enricher's size limit (64 KiB): the largest event accepted, and one byte more.
         for (name, size) in [("largest", DEFAULT_MAX_EVENT_BYTES), ("too-large", DEFAULT_MAX_EVENT_BYTES + 1)] {
             order_events.push((name.into(), event_of_size(&events[1], size)));

@@ -306,7 +306,6 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> an
     }
     read_late(kafka, topics, &spec, &mut observed, &mut timeline).await?;
 
-
     let cpu = cpu_report(&cpu_start, &cpu_end, replayed.report.published, wall_seconds, broker_baseline_cpu);
     let drain = drain.then_some(services_started_ms);
     let measured = Measured { caught_up_ms, baseline, drain_started_ms: drain, cpu };
@@ -608,7 +607,8 @@ async fn wait_for_totals(
     settle_timeout: Duration,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Option<u64>> {
-    let Watchers { started, started_wall, watch, totals, totals_thread, lag, lag_thread, visible, visible_thread, cpu, cpu_thread } = watchers;
+    let Watchers { started, started_wall, watch, totals, totals_thread, lag, lag_thread, visible, visible_thread, cpu, cpu_thread } =
+        watchers;
     let mut last_change = Instant::now();
     let replay_done_ms = started.elapsed().as_millis() as u64;
     let mut caught_up_ms: Option<u64> = None;
