@@ -15,11 +15,16 @@
 //! total emitted at once ([`PartialOutcome::Corrected`]), so the merge never freezes
 //! and totals end exact. Only a partial for a window older than every kept one is
 //! refused ([`PartialOutcome::TooLate`]), and the caller says so loudly.
+//!
+//! The whole state goes to and from a [`MergerCheckpoint`] ([`Merger::checkpoint`],
+//! [`Merger::restore`]) with the partial-totals offset it covers: the state after
+//! offset X is a function of the records up to X, so a merger restored from it and
+//! fed the records after X is, record by record, the merger that never stopped.
 
 use std::collections::{BTreeMap, HashMap};
 
 use orderflow_proto::timestamp_millis;
-use orderflow_proto::v1::{PartialTotal, PartitionProgress};
+use orderflow_proto::v1::{MergerCheckpoint, MergerFrontier, MergerWindow, PartialTotal, PartitionProgress};
 
 use crate::window::{ClosedWindow, Tallies, TotalKey};
 use crate::{Error, Result};
@@ -42,14 +47,17 @@ pub enum PartialOutcome {
 /// one-minute windows).
 pub const DEFAULT_RETAINED_WINDOWS: usize = 120;
 
-#[derive(Debug, Default)]
+/// Version of the [`MergerCheckpoint`] format written by [`Merger::checkpoint`].
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+#[derive(Debug, Default, PartialEq, Eq)]
 struct PendingWindow {
     end_ms: i64,
     parts: HashMap<(TotalKey, i32), Tallies>,
 }
 
 /// The merge state.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Merger {
     partition_count: i32,
     /// The input's partition count when the caller knows it (the aggregator reads it
@@ -185,6 +193,83 @@ impl Merger {
         }
         self.prune();
         done
+    }
+
+    /// The whole state as a checkpoint covering the partial-totals records of `topic`
+    /// before `next_offset`. Windows and their parts are written in a fixed order, so
+    /// equal states give equal bytes.
+    pub fn checkpoint(&self, topic: &str, next_offset: i64) -> MergerCheckpoint {
+        let windows = |ws: &BTreeMap<i64, PendingWindow>| {
+            ws.iter()
+                .map(|(start, w)| {
+                    let mut parts: Vec<_> = w.parts.iter().collect();
+                    parts.sort_by(|a, b| a.0.cmp(b.0));
+                    MergerWindow {
+                        start_ms: *start,
+                        end_ms: w.end_ms,
+                        parts: parts
+                            .into_iter()
+                            .map(|((key, partition), t)| PartialTotal {
+                                total: Some(t.to_window_total(*start, w.end_ms, key)),
+                                partition: *partition,
+                                newest_record_ms: 0,
+                            })
+                            .collect(),
+                    }
+                })
+                .collect()
+        };
+        let mut frontiers: Vec<_> = self.frontiers.iter().map(|(p, f)| MergerFrontier { partition: *p, closed_through_ms: *f }).collect();
+        frontiers.sort_by_key(|f| f.partition);
+        MergerCheckpoint {
+            version: CHECKPOINT_VERSION,
+            topic: topic.to_owned(),
+            next_offset,
+            partition_count: self.partition_count,
+            known_partitions: self.known_partitions.unwrap_or(0),
+            frontiers,
+            pending: windows(&self.pending),
+            emitted: windows(&self.emitted),
+            has_emitted_through: self.emitted_through_ms.is_some(),
+            emitted_through_ms: self.emitted_through_ms.unwrap_or(0),
+            retained_windows: u32::try_from(self.retained_windows).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The merger a checkpoint holds. Refused: another version, or a checkpoint taken
+    /// over another known partition count than `partitions` (the input was re-created
+    /// with another size; the caller then starts from the topic's beginning).
+    pub fn restore(cp: &MergerCheckpoint, partitions: Option<i32>) -> Result<Self> {
+        let refuse = |reason: String| Error::Checkpoint { topic: cp.topic.clone(), partition: 0, reason };
+        if cp.version != CHECKPOINT_VERSION {
+            return Err(refuse(format!("merger checkpoint version {} (this merger reads version {CHECKPOINT_VERSION})", cp.version)));
+        }
+        let known = (cp.known_partitions > 0).then_some(cp.known_partitions);
+        if let Some(n) = partitions.filter(|n| known != Some(*n)) {
+            return Err(refuse(format!("merger checkpoint taken over {} input partitions, the input has {n}", cp.known_partitions)));
+        }
+        let windows = |ws: &[MergerWindow]| -> Result<BTreeMap<i64, PendingWindow>> {
+            let mut out = BTreeMap::new();
+            for w in ws {
+                let mut parts = HashMap::with_capacity(w.parts.len());
+                for p in &w.parts {
+                    let Some(total) = p.total.as_ref() else { return Err(refuse(format!("a part of window {} has no total", w.start_ms))) };
+                    let (key, tallies) = Tallies::from_window_total(total);
+                    parts.insert((key, p.partition), tallies);
+                }
+                out.insert(w.start_ms, PendingWindow { end_ms: w.end_ms, parts });
+            }
+            Ok(out)
+        };
+        Ok(Self {
+            partition_count: cp.partition_count,
+            known_partitions: known,
+            frontiers: cp.frontiers.iter().map(|f| (f.partition, f.closed_through_ms)).collect(),
+            pending: windows(&cp.pending)?,
+            emitted: windows(&cp.emitted)?,
+            emitted_through_ms: cp.has_emitted_through.then_some(cp.emitted_through_ms),
+            retained_windows: (cp.retained_windows as usize).max(1),
+        })
     }
 
     /// Keeps the last `retained_windows` emitted windows.
@@ -336,5 +421,94 @@ mod tests {
         learning.progress(&huge);
         learning.progress(&progress(0, 60));
         assert!(learning.progress(&progress(1, 60)).is_empty());
+    }
+
+    /// A day of traffic in miniature: windows of three keys over two partitions, with
+    /// progress, repeats, corrections and a too-late partial, as (offset-ordered) records.
+    fn records() -> Vec<Result<PartialTotal, PartitionProgress>> {
+        let mut out = Vec::new();
+        for w in 0..12 {
+            let start = w * 60;
+            for (i, region) in ["east", "west", "north"].into_iter().enumerate() {
+                for partition in 0..2 {
+                    out.push(Ok(partial(start, region, partition, 1 + (w + i as i64 + partition as i64) % 4)));
+                }
+            }
+            out.push(Err(progress(0, start + 60)));
+            if w % 3 != 2 {
+                out.push(Err(progress(1, start + 60)));
+            }
+            // A repeat, a late correction of an emitted window, one refused as too late.
+            out.push(Ok(partial(start, "east", 0, 1 + (w % 4))));
+            if w >= 2 {
+                out.push(Ok(partial((w - 2) * 60, "south", 1, 2)));
+            }
+            if w == 11 {
+                out.push(Ok(partial(0, "lost", 0, 1)));
+            }
+        }
+        out
+    }
+
+    /// Everything a record makes the merger say, for comparing two mergers.
+    fn feed(m: &mut Merger, r: &Result<PartialTotal, PartitionProgress>) -> String {
+        match r {
+            Ok(p) => format!("{:?}", m.add_partial(p)),
+            Err(p) => format!("{:?}", m.progress(p)),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_exactly() {
+        let mut m = Merger::with_retention(4).for_partitions(2);
+        for r in records().iter().take(40) {
+            feed(&mut m, r);
+        }
+        assert!(m.pending_windows() > 0 && !m.emitted.is_empty(), "both kinds of windows held");
+        let cp = m.checkpoint("t.partial", 40);
+        assert_eq!((cp.version, cp.next_offset, cp.known_partitions, cp.retained_windows), (CHECKPOINT_VERSION, 40, 2, 4));
+        let bytes = orderflow_proto::Message::encode_to_vec(&cp);
+        let decoded = <MergerCheckpoint as orderflow_proto::Message>::decode(bytes.as_slice()).unwrap();
+        let restored = Merger::restore(&decoded, Some(2)).unwrap();
+        assert_eq!(restored, m);
+        assert_eq!(orderflow_proto::Message::encode_to_vec(&restored.checkpoint("t.partial", 40)), bytes, "equal states, equal bytes");
+        // A learning merger (partition count unknown) round trips too.
+        let mut learning = Merger::new();
+        for r in records().iter().take(9) {
+            feed(&mut learning, r);
+        }
+        assert_eq!(Merger::restore(&learning.checkpoint("t", 9), None).unwrap(), learning);
+    }
+
+    #[test]
+    fn a_restored_merger_equals_the_uninterrupted_one_record_by_record() {
+        let all = records();
+        let mut whole = Merger::with_retention(4).for_partitions(2);
+        let said: Vec<String> = all.iter().map(|r| feed(&mut whole, r)).collect();
+        assert!(said.iter().any(|s| s.contains("Corrected")) && said.iter().any(|s| s.contains("TooLate")), "{said:?}");
+        // Stopped after every possible offset, restored, and fed the rest.
+        for x in 0..=all.len() {
+            let mut first = Merger::with_retention(4).for_partitions(2);
+            all[..x].iter().for_each(|r| {
+                feed(&mut first, r);
+            });
+            let cp = first.checkpoint("t", x as i64);
+            let mut second = Merger::restore(&cp, Some(2)).unwrap();
+            let rest: Vec<String> = all[cp.next_offset as usize..].iter().map(|r| feed(&mut second, r)).collect();
+            assert_eq!(rest, said[x..], "resumed after offset {x}");
+            assert_eq!(second, whole);
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_version_or_partition_count_is_refused() {
+        let mut m = Merger::new().for_partitions(2);
+        m.add_partial(&partial(0, "east", 0, 2)).unwrap();
+        let mut cp = m.checkpoint("t", 1);
+        let err = Merger::restore(&cp, Some(3)).unwrap_err();
+        assert!(err.to_string().contains("2 input partitions, the input has 3"), "{err}");
+        cp.version = 2;
+        let err = Merger::restore(&cp, Some(2)).unwrap_err();
+        assert!(err.to_string().contains("version 2"), "{err}");
     }
 }
