@@ -1,11 +1,14 @@
 //! The checkpoint topic: partition p's checkpoints are written to partition p, so the
 //! newest checkpoint of a partition is among the last records of one partition and
 //! restoring reads a handful of records, whatever the length of the input log.
+//!
+//! The merger's checkpoints go, under one key, to their own single-partition compacted
+//! topic ([`restore_merger`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use orderflow_proto::v1::PartitionCheckpoint;
+use orderflow_proto::v1::{MergerCheckpoint, PartitionCheckpoint};
 use orderflow_proto::Message as _;
 use orderflow_runtime::kafka::{is_fatal_read, KafkaConfig};
 use rdkafka::consumer::Consumer;
@@ -58,6 +61,41 @@ pub fn restore(kafka: &KafkaConfig, topic: &str, partitions: &[i32]) -> Result<H
         }
     }
     Ok(found)
+}
+
+/// Reads the newest merger checkpoint (the one covering the most partial-totals
+/// records among the last few: a stale merger may have written one after the active
+/// one; both are the state of a prefix of the same log). `None`: there is none.
+pub fn restore_merger(kafka: &KafkaConfig, topic: &str) -> Result<Option<MergerCheckpoint>> {
+    let consumer = kafka.reader()?;
+    let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
+    if high <= low {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset((high - TAIL).max(low)))?;
+    consumer.assign(&tpl)?;
+    let mut found: Option<MergerCheckpoint> = None;
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            None | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) if is_fatal_read(&e) => return Err(e.into()),
+            Some(Err(e)) => tracing::debug!(error = %e, "Transient error reading merger checkpoints; retrying."),
+            Some(Ok(m)) => {
+                match m.payload().map(MergerCheckpoint::decode) {
+                    Some(Ok(cp)) => {
+                        if found.as_ref().is_none_or(|old| cp.next_offset >= old.next_offset) {
+                            found = Some(cp);
+                        }
+                    }
+                    _ => tracing::warn!(offset = m.offset(), "Unreadable merger checkpoint record; skipped."),
+                }
+                if m.offset() + 1 >= high {
+                    return Ok(found);
+                }
+            }
+        }
+    }
 }
 
 /// Encodes a checkpoint for partition `partition` of the checkpoint topic.

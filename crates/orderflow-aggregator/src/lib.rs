@@ -19,7 +19,9 @@
 //! 2. **Merger** ([`merger`]): one consumer of the single-partition partial-totals
 //!    topic sums the partials of a window once every input partition's progress has
 //!    passed it, and publishes one total per (window, region, tier, currency) to the
-//!    totals topic and to Prometheus.
+//!    totals topic and to Prometheus. Every `--merger-checkpoint-interval` it writes
+//!    its whole state with the partial-totals offset it covers to the merger checkpoint
+//!    topic; a merger taking over restores it and reads only the records after it.
 //!
 //! The partitions loop, the merger and the upstream watch run under one
 //! [`Supervisor`](orderflow_runtime::supervisor::Supervisor): the first to fail stops
@@ -95,6 +97,10 @@ pub struct AggregatorConfig {
     /// whole log. Still exact, but restarts get slower as the log grows; meant for
     /// measuring what checkpoints cost.
     pub no_checkpoints: bool,
+    /// How often the active merger writes its whole state, with the partial-totals
+    /// offset it covers, to the merger checkpoint topic (also at shutdown); a merger
+    /// taking over reads only the records after it.
+    pub merger_checkpoint_interval: Duration,
     /// Most records processed per batch.
     pub batch: usize,
     /// How often each owned partition's open windows are snapshotted for the
@@ -115,6 +121,7 @@ pub mod defaults {
     pub const LATENESS: Duration = Duration::from_millis(DEFAULT_LATENESS_MS as u64);
     pub const IDLE_CLOSE: Duration = Duration::from_secs(10);
     pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+    pub const MERGER_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
     pub const BATCH: usize = 5_000;
     pub const PROVISIONAL_INTERVAL: Duration = Duration::from_millis(500);
     pub const DEDUP_MAX_IDS: usize = orderflow_core::dedup::DEFAULT_MAX_IDS;
@@ -132,6 +139,7 @@ impl Default for AggregatorConfig {
             max_keys_per_window: defaults::MAX_KEYS_PER_WINDOW,
             checkpoint_interval: defaults::CHECKPOINT_INTERVAL,
             no_checkpoints: false,
+            merger_checkpoint_interval: defaults::MERGER_CHECKPOINT_INTERVAL,
             batch: defaults::BATCH,
             provisional_interval: defaults::PROVISIONAL_INTERVAL,
             shutdown_grace: orderflow_runtime::supervisor::DEFAULT_SHUTDOWN_GRACE,

@@ -1,10 +1,15 @@
 //! Stage 2: the exact merge of partial totals, published to the totals topic.
 //!
 //! The partial-totals topic has one partition, so one merger in the consumer group is
-//! active and the others stand by. The merger never commits offsets: whoever takes the
-//! partition over reads it from the beginning and rebuilds the merge state (partials
-//! are small: keys x partitions per window). Re-published totals are identical and
-//! keyed by (window, region, tier, currency), so publishing twice is harmless.
+//! active and the others stand by. The merger commits no offsets; instead, every
+//! `--merger-checkpoint-interval` (and when it stops) the active merger writes its whole
+//! merge state with the partial-totals offset it covers to the merger checkpoint topic,
+//! once the totals that state implies are on the broker. Whoever takes the partition
+//! over restores the newest checkpoint and reads the topic from the offset after it
+//! (no checkpoint: from the beginning): the state after offset X is a function of the
+//! records up to X, so the merge goes on as if it had never stopped, and take-over time
+//! is bounded by the open state, not by the history. Re-published totals are identical
+//! and keyed by (window, region, tier, currency), so publishing twice is harmless.
 //!
 //! The active merger also keeps the provisional figures
 //! ([`orderflow_core::provisional`]): it reads the partitions' snapshots of their open
@@ -14,12 +19,12 @@
 //! published to the final counters and sets the provisional gauges without them.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use orderflow_core::merge::{Merger, PartialOutcome};
 use orderflow_core::provisional::{Figures, Provisional};
 use orderflow_core::window::{ClosedWindow, Tallies, TotalKey, TYPE_NAMES};
-use orderflow_proto::v1::{partial_record, OpenWindows, PartialRecord};
+use orderflow_proto::v1::{partial_record, MergerCheckpoint, OpenWindows, PartialRecord};
 use orderflow_proto::{millis_timestamp, timestamp_millis, Message as _};
 use orderflow_runtime::kafka::{recv_batch, KafkaConfig, RevocationLog};
 use orderflow_runtime::outbox::Outbox;
@@ -31,18 +36,26 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Error, Result};
+use crate::{checkpoint, Error, Result};
 
 /// Merges partials into totals until `cancel`, over the `partitions` partitions of
-/// the enriched topic.
-pub async fn run(kafka: KafkaConfig, topics: Topics, partitions: i32, cancel: CancellationToken) -> Result<()> {
+/// the enriched topic, checkpointing the merge state every `checkpoint_interval`.
+pub async fn run(
+    kafka: KafkaConfig,
+    topics: Topics,
+    partitions: i32,
+    checkpoint_interval: Duration,
+    cancel: CancellationToken,
+) -> Result<()> {
     let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("merger"), RevocationLog::new("merger"))?;
     consumer.subscribe(&[&topics.partials()])?;
     let mut outbox = Outbox::new(kafka.producer_for("merger")?);
     let totals_topic = topics.totals();
     let mut merger = Merger::new().for_partitions(partitions);
     let mut counted = Counted::read(&kafka, &totals_topic).await?;
-    let mut resync = Resync::default();
+    let partials_topic = topics.partials();
+    let mut position = Position::default();
+    let mut checkpoints = Checkpoints::new(&kafka, topics.merger_checkpoints(), checkpoint_interval)?;
     let mut live = Live::default();
     while !cancel.is_cancelled() {
         // Short waits: snapshots of open windows are read between batches.
@@ -51,33 +64,38 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, partitions: i32, cancel: Ca
             metrics::counter!(telemetry::RECORDS_CONSUMED, "service" => "merger").increment(batch.len() as u64);
         }
         if !consumer.context().take().is_empty() {
-            // Whoever owns the partition next starts over from the beginning (the merger
-            // commits no offsets), this merger too if it gets it back. Records fetched
-            // before the revocation come from the middle of the topic: merged into a
-            // fresh state they would publish windows missing what came before, so they
-            // are skipped until the topic is read again from its first record.
+            // Whoever owns the partition next restores the newest checkpoint and reads
+            // on from the offset it covers, this merger too if it gets it back. Records
+            // fetched before the revocation may come from anywhere in the topic: only
+            // the one at the restored state's next offset is merged (see [`Position`]).
             merger = Merger::new().for_partitions(partitions);
             counted = Counted::read(&kafka, &totals_topic).await?;
             live.stop();
-            resync.restart_at(match consumer.fetch_watermarks(&topics.partials(), 0, Duration::from_secs(10)) {
-                Ok((low, _)) => low,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Cannot read where the partial-totals topic starts; assuming offset 0.");
-                    0
-                }
-            });
+            position = Position::default();
         }
         // Only the merger that owns the partial-totals partition keeps provisional
         // figures, so that a sum over instances counts each open window once.
         let active = consumer.assignment().is_ok_and(|a| a.count() > 0);
+        let restored = active && !position.restored;
+        if restored {
+            merger = take_over(&kafka, &consumer, &partials_topic, &checkpoints.topic, partitions, &mut position).await?;
+            checkpoints.written = position.next;
+        }
         if active && live.reader.is_none() {
             live.start(&kafka, &topics.open_windows(), counted.through_ms)?;
         } else if !active && live.reader.is_some() {
             live.stop();
         }
+        if restored {
+            // The restored partials of windows still open on some partition belong in
+            // the provisional figures, as they would had they been read again.
+            for (start, end, key, partition, tallies) in merger.pending_parts() {
+                live.heard_tallies(partition, start, end, key, tallies, 0);
+            }
+        }
         let mut step = Step::default();
         for m in &batch {
-            if resync.skip(m.offset()) {
+            if !position.take(m.offset()) {
                 continue;
             }
             let record = match m.payload().map(PartialRecord::decode) {
@@ -169,34 +187,165 @@ pub async fn run(kafka: KafkaConfig, topics: Topics, partitions: i32, cancel: Ca
         for newest in step.snapshot_newest.iter().filter(|n| **n > 0) {
             metrics::histogram!(telemetry::PROVISIONAL_LATENCY).record(now.saturating_sub(*newest).max(0) as f64 / 1000.0);
         }
+        position.caught_up();
+        // Every total the state implies is on the broker (settled above): the state may
+        // be checkpointed.
+        if active && position.restored && checkpoints.due() {
+            checkpoints.write(&merger, &partials_topic, position.next).await;
+        }
     }
     live.stop();
     outbox.close(Duration::from_secs(10)).await?;
+    if position.restored && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+        checkpoints.write(&merger, &partials_topic, position.next).await;
+    }
+    checkpoints.outbox.close(Duration::from_secs(10)).await?;
     Ok(())
 }
 
-/// After a revocation, skips the records fetched before it (from the middle of the
-/// topic) until the topic is read again from where it starts.
-#[derive(Debug, Default)]
-struct Resync {
-    restart_at: Option<i64>,
+/// Takes the partial-totals partition over: restores the newest merger checkpoint (none,
+/// or one not usable: an empty state from the topic's first record), and moves the
+/// consumer to the first record after it.
+async fn take_over(
+    kafka: &KafkaConfig,
+    consumer: &StreamConsumer<RevocationLog>,
+    partials: &str,
+    checkpoints: &str,
+    partitions: i32,
+    position: &mut Position,
+) -> Result<Merger> {
+    let began = Instant::now();
+    let (k, t) = (kafka.clone(), checkpoints.to_owned());
+    let cp =
+        tokio::task::spawn_blocking(move || checkpoint::restore_merger(&k, &t)).await.expect("reading the merger checkpoint panicked")?;
+    let (merger, next) = match cp.map(|cp| (Merger::restore(&cp, Some(partitions)), cp)) {
+        Some((Ok(m), cp)) if cp.topic == partials => (m, cp.next_offset),
+        Some((Ok(_), cp)) => {
+            tracing::warn!(topic = %cp.topic, "The merger checkpoint is of another partial-totals topic; starting from the beginning.");
+            (Merger::new().for_partitions(partitions), 0)
+        }
+        Some((Err(e), _)) => {
+            tracing::warn!(error = %e, "The merger checkpoint is not usable; starting from the beginning.");
+            (Merger::new().for_partitions(partitions), 0)
+        }
+        None => (Merger::new().for_partitions(partitions), 0),
+    };
+    let (low, high) = consumer.fetch_watermarks(partials, 0, Duration::from_secs(10)).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "Cannot read the partial-totals topic's offsets; assuming it starts at 0.");
+        (0, -1)
+    });
+    // Records before the topic's first one are gone (retention): the merge starts
+    // from the first there is, as it would without a checkpoint.
+    let next = next.max(low);
+    if next > low {
+        // Only a shortcut: records before `next` are skipped anyway when the seek fails.
+        if let Err(e) = consumer.seek(partials, 0, Offset::Offset(next), Duration::from_secs(10)) {
+            tracing::warn!(error = %e, offset = next, "Cannot seek to the checkpoint's offset; reading from the start and skipping.");
+        }
+    }
+    let took = began.elapsed();
+    metrics::histogram!(telemetry::MERGER_RESTORE_SECONDS).record(took.as_secs_f64());
+    tracing::info!(
+        from_offset = next,
+        to_read = (high - next).max(0),
+        pending_windows = merger.pending_windows(),
+        took_ms = took.as_millis() as u64,
+        "Merger took the partial totals over."
+    );
+    *position = Position { restored: true, next, catch_up_to: high, began: Some(Instant::now()) };
+    Ok(merger)
 }
 
-impl Resync {
-    /// The merge state was reset; the topic's first offset is `first`.
-    fn restart_at(&mut self, first: i64) {
-        self.restart_at = Some(first);
+/// Where the merge state stands in the partial-totals topic: it reflects exactly the
+/// records before `next`. A record is merged only at `next`: one before it is in the
+/// state already (read again, from the start or after a seek), one after it was fetched
+/// before a revocation or a seek, and is read again in its turn.
+#[derive(Debug, Default)]
+struct Position {
+    /// Whether the state was restored since this merger last took the partition over.
+    restored: bool,
+    next: i64,
+    /// The end of the topic when it was taken over: the records up to it are the
+    /// take-over's catch-up.
+    catch_up_to: i64,
+    began: Option<Instant>,
+}
+
+impl Position {
+    /// Whether the record at `offset` is to be merged (and the state then moves past it).
+    fn take(&mut self, offset: i64) -> bool {
+        if !self.restored || offset != self.next {
+            return false;
+        }
+        self.next = offset + 1;
+        if offset < self.catch_up_to {
+            metrics::counter!(telemetry::MERGER_RESTORE_RECORDS).increment(1);
+        }
+        true
     }
 
-    /// Whether the record at `offset` is to be skipped.
-    fn skip(&mut self, offset: i64) -> bool {
-        match self.restart_at {
-            Some(first) if offset > first => true,
-            Some(_) => {
-                self.restart_at = None;
-                false
+    /// Logs once when the take-over's catch-up is done.
+    fn caught_up(&mut self) {
+        if self.next >= self.catch_up_to {
+            if let Some(began) = self.began.take() {
+                tracing::info!(
+                    offset = self.next,
+                    took_ms = began.elapsed().as_millis() as u64,
+                    "Merger caught up with the partial totals."
+                );
             }
-            None => false,
+        }
+    }
+}
+
+/// The merger checkpoint topic and when it was last written.
+struct Checkpoints {
+    topic: String,
+    outbox: Outbox<()>,
+    interval: Duration,
+    last: Instant,
+    /// The next offset of the newest checkpoint written or restored.
+    written: i64,
+}
+
+impl Checkpoints {
+    fn new(kafka: &KafkaConfig, topic: String, interval: Duration) -> Result<Self> {
+        Ok(Self { topic, outbox: Outbox::new(kafka.producer_for("merger")?), interval, last: Instant::now(), written: 0 })
+    }
+
+    fn due(&self) -> bool {
+        self.last.elapsed() >= self.interval
+    }
+
+    /// Writes the state covering the records before `next` (when it moved on since the
+    /// last one) and waits for it. A refused checkpoint is counted and logged: the
+    /// previous one stays in force, and a take-over reads a little more.
+    async fn write(&mut self, merger: &Merger, partials: &str, next: i64) {
+        self.last = Instant::now();
+        if next <= self.written {
+            return;
+        }
+        let cp: MergerCheckpoint = merger.checkpoint(partials, next);
+        let bytes = cp.encode_to_vec();
+        let sent =
+            self.outbox.send(FutureRecord::to(&self.topic).partition(0).key(records::MERGER_CHECKPOINT_KEY).payload(&bytes), ()).await;
+        let refused = match sent {
+            Ok(()) => match self.outbox.settle().await {
+                Ok(s) => s.rejected.first().map(|r| r.reason()),
+                Err(e) => Some(e.to_string()),
+            },
+            Err(e) => Some(e.to_string()),
+        };
+        match refused {
+            None => {
+                self.written = next;
+                metrics::counter!(telemetry::MERGER_CHECKPOINTS, "outcome" => "written").increment(1);
+                tracing::debug!(offset = next, bytes = bytes.len(), "Merger checkpoint written.");
+            }
+            Some(reason) => {
+                metrics::counter!(telemetry::MERGER_CHECKPOINTS, "outcome" => "refused").increment(1);
+                tracing::error!(topic = %self.topic, offset = next, bytes = bytes.len(), reason, "Merger checkpoint refused; the previous one stays in force.");
+            }
         }
     }
 }
@@ -281,6 +430,15 @@ impl Live {
         let (key, tallies) = Tallies::from_window_total(total);
         self.changed = true;
         self.provisional.heard(partition, timestamp_millis(start), timestamp_millis(end), &key, &tallies, newest_record_ms);
+    }
+
+    /// A restored partial of a window not emitted yet.
+    fn heard_tallies(&mut self, partition: i32, start_ms: i64, end_ms: i64, key: &TotalKey, tallies: &Tallies, newest_record_ms: i64) {
+        if self.reader.is_none() {
+            return;
+        }
+        self.changed = true;
+        self.provisional.heard(partition, start_ms, end_ms, key, tallies, newest_record_ms);
     }
 
     /// Takes in the snapshots fetched so far (at most a batch's worth).
@@ -425,14 +583,16 @@ mod tests {
     use super::*;
 
     /// The batch in hand when the partition was revoked (and given back) holds records
-    /// from the middle of the topic, then the topic again from its start: the first
-    /// are skipped, the others merged, none lost.
+    /// from the middle of the topic, then the topic again from the restored state's
+    /// offset (or from its start, when the seek did not happen): only the records from
+    /// that offset on are merged, each once, none lost.
     #[test]
-    fn records_fetched_before_a_revocation_are_skipped_until_the_topic_restarts() {
-        let mut resync = Resync::default();
-        assert!(!resync.skip(40), "no revocation: nothing skipped");
-        resync.restart_at(3);
-        let merged: Vec<i64> = [41, 42, 43, 3, 4, 5, 41, 42].into_iter().filter(|o| !resync.skip(*o)).collect();
-        assert_eq!(merged, [3, 4, 5, 41, 42]);
+    fn only_the_record_at_the_state_s_next_offset_is_merged() {
+        let mut position = Position::default();
+        assert!(!position.take(0), "nothing merged before the state is restored");
+        position = Position { restored: true, next: 3, catch_up_to: 5, began: None };
+        let merged: Vec<i64> = [41, 42, 43, 0, 1, 2, 3, 4, 5, 41, 3, 6].into_iter().filter(|o| position.take(*o)).collect();
+        assert_eq!(merged, [3, 4, 5, 6]);
+        assert_eq!(position.next, 7);
     }
 }

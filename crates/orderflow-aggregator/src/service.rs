@@ -25,7 +25,8 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &AggregatorConfig
     let (watch, watcher) = Watcher::new(kafka, topics);
     let aggregator = Aggregator::new(kafka, topics, config, spec, bounds, input_partitions, watch)?;
     supervisor.spawn("partitions", aggregator.run(token.clone()));
-    supervisor.spawn("merger", merger::run(kafka.clone(), topics.clone(), input_partitions, token.clone()));
+    let merger = merger::run(kafka.clone(), topics.clone(), input_partitions, config.merger_checkpoint_interval, token.clone());
+    supervisor.spawn("merger", merger);
     supervisor.spawn_blocking("upstream-watch", move || watcher.run(token));
     supervisor.run(config.shutdown_grace).await?;
     tracing::info!("Aggregator stopped.");
@@ -60,6 +61,12 @@ async fn checkpoint_topic(kafka: &KafkaConfig, topics: &Topics, largest: u64) ->
         // checked; a refused checkpoint is still counted and logged at run time.
         Err(e) => tracing::warn!(error = %e, "Could not check the checkpoint topic's settings; it must be compacted \
              and take records of {largest} bytes (max.message.bytes)."),
+    }
+    // The merger's checkpoints: compacted too, or old ones pile up (or the newest is
+    // deleted by retention and take-overs read the partial totals from the start).
+    match topics::describe(kafka, &topics.merger_checkpoints()).await {
+        Ok(config) => check_checkpoint_config(&topics.merger_checkpoints(), &config, 0)?,
+        Err(e) => tracing::warn!(error = %e, "Could not check the merger checkpoint topic's settings; it must be compacted."),
     }
     Ok(input_partitions)
 }

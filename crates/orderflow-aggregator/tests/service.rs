@@ -8,8 +8,8 @@ use metrics_util::debugging::DebuggingRecorder;
 use orderflow_aggregator::upstream::Watcher;
 use orderflow_aggregator::AggregatorConfig;
 use orderflow_proto::v1::{
-    enriched_record, partial_record, EnrichedOrderEvent, EnrichedRecord, OrderEvent, OrderEventType, PartialRecord, PartialTotal,
-    PartitionProgress, TypeTotal, WindowTotal,
+    enriched_record, partial_record, EnrichedOrderEvent, EnrichedRecord, MergerCheckpoint, OrderEvent, OrderEventType, PartialRecord,
+    PartialTotal, PartitionProgress, TypeTotal, WindowTotal,
 };
 use orderflow_proto::{millis_timestamp, Message as _};
 use orderflow_runtime::kafka::{header, KafkaConfig};
@@ -19,6 +19,7 @@ use orderflow_runtime::telemetry;
 use orderflow_runtime::testing::{eventually, Counters, MockKafka};
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::producer::FutureRecord;
+use rdkafka::Message as _;
 use tokio_util::sync::CancellationToken;
 
 /// 2019-11-11T00:00:00Z.
@@ -85,6 +86,9 @@ fn progress(partition: i32, through: i64, partition_count: i32) -> (i32, Vec<u8>
     let p = PartitionProgress { partition, closed_through: Some(millis_timestamp(through)), partition_count };
     (0, PartialRecord { kind: Some(partial_record::Kind::Progress(p)) }.encode_to_vec())
 }
+
+/// A merger checkpoint interval short enough for the tests.
+const SOON: Duration = Duration::from_millis(100);
 
 fn no_idle() -> AggregatorConfig {
     AggregatorConfig { idle_close: Duration::from_secs(3600), ..AggregatorConfig::default() }
@@ -295,7 +299,7 @@ async fn the_merger_sums_partials_once_every_partition_has_passed_and_flags_conf
     .await;
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
-    let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), 2, cancel.clone()));
+    let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), 2, SOON, cancel.clone()));
     let totals = eventually(Duration::from_secs(30), || {
         let totals = orderflow_aggregator::totals::read(kafka, &topics.totals()).unwrap();
         (!totals.is_empty()).then_some(totals)
@@ -337,7 +341,7 @@ async fn progress_far_ahead_does_not_freeze_the_merger() {
     .await;
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
-    let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), 2, cancel.clone()));
+    let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), 2, SOON, cancel.clone()));
     let totals = eventually(Duration::from_secs(30), || {
         let totals = orderflow_aggregator::totals::read(kafka, &topics.totals()).unwrap();
         let got: Vec<_> = totals.iter().map(total_of).collect();
@@ -353,6 +357,9 @@ async fn progress_far_ahead_does_not_freeze_the_merger() {
     assert_eq!(counters.get(telemetry::WINDOW_EVENTS, &[("region", "cn-east"), ("tier", "tmall"), ("type", "paid")]), 8);
 }
 
+/// Without a usable merger checkpoint (here one of an unknown version), a merger taking
+/// over reads the partial totals from the beginning: it re-publishes the windows
+/// published before, identical, and does not count them again.
 #[tokio::test]
 async fn a_merger_taking_over_republishes_but_does_not_count_published_windows_again() {
     let mock = MockKafka::start(1, 1);
@@ -364,6 +371,8 @@ async fn a_merger_taking_over_republishes_but_does_not_count_published_windows_a
     let mut paid_counts = Vec::new();
     for round in 0..2 {
         if round == 1 {
+            let unknown = MergerCheckpoint { version: 99, next_offset: i64::MAX, ..Default::default() };
+            write(kafka, &topics.merger_checkpoints(), &[(0, unknown.encode_to_vec())]).await;
             // While the second merger runs, the next window closes: that one it counts.
             write(kafka, &topics.partials(), &[partial(0, MIDNIGHT + MINUTE, 5, 500), progress(0, MIDNIGHT + 2 * MINUTE, 1)]).await;
         }
@@ -372,7 +381,7 @@ async fn a_merger_taking_over_republishes_but_does_not_count_published_windows_a
         let _guard = metrics::set_default_local_recorder(&recorder);
         let cancel = CancellationToken::new();
         let _stop = cancel.clone().drop_guard();
-        let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), 1, cancel.clone()));
+        let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), 1, SOON, cancel.clone()));
         let want = round + 1;
         let totals = eventually(Duration::from_secs(30), || {
             let totals = orderflow_aggregator::totals::read(kafka, &topics.totals()).unwrap();
@@ -389,6 +398,67 @@ async fn a_merger_taking_over_republishes_but_does_not_count_published_windows_a
     // The first counted window 00:00 (2 events); the second re-published it but counted
     // only window 00:01 (5 events).
     assert_eq!(paid_counts, [2, 5]);
+}
+
+/// A merger taking over restores the newest merger checkpoint (written by the one before
+/// it as it stopped) and reads only the partial totals after the offset it covers: the
+/// totals are those of a merger that never stopped, and each event is counted once.
+#[tokio::test]
+async fn a_merger_taking_over_restores_its_checkpoint_and_reads_only_the_records_after_it() {
+    let mock = MockKafka::start(1, 2);
+    let (kafka, topics) = (&mock.kafka, &mock.topics);
+    let window = |start: i64, a: i64, b: i64| {
+        vec![partial(0, start, a, 100 * a), partial(1, start, b, 100 * b), progress(0, start + MINUTE, 2), progress(1, start + MINUTE, 2)]
+    };
+    // Window 00:02 is left open (partition 1 has not passed it) when the first stops.
+    let first = [window(MIDNIGHT, 1, 2), window(MIDNIGHT + MINUTE, 3, 4), vec![partial(0, MIDNIGHT + 2 * MINUTE, 5, 500)]].concat();
+    write(kafka, &topics.partials(), &first).await;
+    let then = [vec![partial(1, MIDNIGHT + 2 * MINUTE, 6, 600)], window(MIDNIGHT + 3 * MINUTE, 7, 8)[..2].to_vec()].concat();
+    let then = [then, vec![progress(0, MIDNIGHT + 4 * MINUTE, 2), progress(1, MIDNIGHT + 4 * MINUTE, 2)]].concat();
+    let expected =
+        [(MIDNIGHT, 3, 300), (MIDNIGHT + MINUTE, 7, 700), (MIDNIGHT + 2 * MINUTE, 11, 1_100), (MIDNIGHT + 3 * MINUTE, 15, 1_500)];
+
+    let mut seen = Vec::new();
+    for round in 0..2 {
+        if round == 1 {
+            write(kafka, &topics.partials(), &then).await;
+        }
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        let cancel = CancellationToken::new();
+        let _stop = cancel.clone().drop_guard();
+        let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), 2, SOON, cancel.clone()));
+        let want = 2 * (round + 1);
+        // Until the totals are out and a checkpoint covers every record written.
+        let totals = eventually(Duration::from_secs(30), || {
+            let totals = orderflow_aggregator::totals::read(kafka, &topics.totals()).unwrap();
+            let checkpoints = mock.read_all(&topics.merger_checkpoints());
+            let covered = checkpoints.last().and_then(|m| m.payload()).map(|p| MergerCheckpoint::decode(p).unwrap().next_offset);
+            (totals.len() == want && covered == Some([9, 14][round])).then_some(totals)
+        })
+        .await
+        .expect("the totals");
+        assert_eq!(totals.iter().map(total_of).collect::<Vec<_>>(), expected[..want]);
+        cancel.cancel();
+        merger.await.unwrap().unwrap();
+        let counters = Counters::of(&snapshotter);
+        let partials = |outcome| counters.get(telemetry::MERGER_PARTIALS, &[("outcome", outcome)]);
+        seen.push((
+            counters.get(telemetry::RECORDS_CONSUMED, &[("service", "merger")]),
+            counters.get(telemetry::MERGER_RESTORE_RECORDS, &[]),
+            partials("accepted"),
+            partials("repeated"),
+            counters.get(telemetry::WINDOW_EVENTS, &[("region", "cn-east"), ("tier", "tmall"), ("type", "paid")]),
+            counters.get(telemetry::MERGER_CHECKPOINTS, &[("outcome", "written")]) > 0,
+        ));
+    }
+    // The first fetched and merged all 9 records from the beginning; the second fetched
+    // and merged only the 5 written after the first's checkpoint (nothing repeated), and
+    // counted only the two windows it closed.
+    assert_eq!(seen, [(9, 9, 5, 0, 10, true), (5, 5, 3, 0, 26, true)]);
+    // What it published is on the totals topic once per window: nothing re-published.
+    assert_eq!(mock.read_all(&topics.totals()).len(), 4);
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use orderflow_proto::timestamp_millis;
-use orderflow_proto::v1::{MergerCheckpoint, MergerFrontier, MergerWindow, PartialTotal, PartitionProgress};
+use orderflow_proto::v1::{MergerCheckpoint, MergerFrontier, MergerKey, MergerWindow, PartialTotal, PartitionProgress};
 
 use crate::window::{ClosedWindow, Tallies, TotalKey};
 use crate::{Error, Result};
@@ -49,6 +49,9 @@ pub const DEFAULT_RETAINED_WINDOWS: usize = 120;
 
 /// Version of the [`MergerCheckpoint`] format written by [`Merger::checkpoint`].
 pub const CHECKPOINT_VERSION: u32 = 1;
+
+/// Numbers per part in a [`MergerWindow`]: key index, partition, four (count, amount).
+const PART_NUMBERS: usize = 10;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 struct PendingWindow {
@@ -120,6 +123,13 @@ impl Merger {
     /// Windows waiting for some partition.
     pub fn pending_windows(&self) -> usize {
         self.pending.len()
+    }
+
+    /// The partials held for windows not emitted yet, as (window start, window end,
+    /// key, input partition, tallies): what a merger restored from a checkpoint tells
+    /// its provisional figures.
+    pub fn pending_parts(&self) -> impl Iterator<Item = (i64, i64, &TotalKey, i32, &Tallies)> {
+        self.pending.iter().flat_map(|(start, w)| w.parts.iter().map(move |((key, p), t)| (*start, w.end_ms, key, *p, t)))
     }
 
     /// Takes in one partial total.
@@ -204,18 +214,17 @@ impl Merger {
                 .map(|(start, w)| {
                     let mut parts: Vec<_> = w.parts.iter().collect();
                     parts.sort_by(|a, b| a.0.cmp(b.0));
-                    MergerWindow {
-                        start_ms: *start,
-                        end_ms: w.end_ms,
-                        parts: parts
-                            .into_iter()
-                            .map(|((key, partition), t)| PartialTotal {
-                                total: Some(t.to_window_total(*start, w.end_ms, key)),
-                                partition: *partition,
-                                newest_record_ms: 0,
-                            })
-                            .collect(),
+                    let mut keys: Vec<MergerKey> = Vec::new();
+                    let mut numbers = Vec::with_capacity(parts.len() * PART_NUMBERS);
+                    for ((key, partition), t) in parts {
+                        // Sorted by key: a new key is always the last one listed.
+                        if keys.last().is_none_or(|k| k.region != key.region || k.tier != key.tier || k.currency != key.currency) {
+                            keys.push(MergerKey { region: key.region.clone(), tier: key.tier.clone(), currency: key.currency.clone() });
+                        }
+                        numbers.extend([keys.len() as i64 - 1, i64::from(*partition)]);
+                        numbers.extend(t.0.iter().flat_map(|x| [x.count, x.amount_minor]));
                     }
+                    MergerWindow { start_ms: *start, end_ms: w.end_ms, keys, parts: numbers }
                 })
                 .collect()
         };
@@ -251,11 +260,29 @@ impl Merger {
         let windows = |ws: &[MergerWindow]| -> Result<BTreeMap<i64, PendingWindow>> {
             let mut out = BTreeMap::new();
             for w in ws {
-                let mut parts = HashMap::with_capacity(w.parts.len());
-                for p in &w.parts {
-                    let Some(total) = p.total.as_ref() else { return Err(refuse(format!("a part of window {} has no total", w.start_ms))) };
-                    let (key, tallies) = Tallies::from_window_total(total);
-                    parts.insert((key, p.partition), tallies);
+                if w.parts.len() % PART_NUMBERS != 0 {
+                    return Err(refuse(format!(
+                        "window {} has {} part numbers, not a multiple of {PART_NUMBERS}",
+                        w.start_ms,
+                        w.parts.len()
+                    )));
+                }
+                let keys: Vec<TotalKey> = w
+                    .keys
+                    .iter()
+                    .map(|k| TotalKey { region: k.region.clone(), tier: k.tier.clone(), currency: k.currency.clone() })
+                    .collect();
+                let mut parts = HashMap::with_capacity(w.parts.len() / PART_NUMBERS);
+                for n in w.parts.chunks_exact(PART_NUMBERS) {
+                    let key = usize::try_from(n[0]).ok().and_then(|i| keys.get(i));
+                    let (Some(key), Ok(partition)) = (key, i32::try_from(n[1])) else {
+                        return Err(refuse(format!("window {} names key {} of {} or partition {}", w.start_ms, n[0], keys.len(), n[1])));
+                    };
+                    let mut t = Tallies::default();
+                    for (i, x) in t.0.iter_mut().enumerate() {
+                        (x.count, x.amount_minor) = (n[2 + 2 * i], n[3 + 2 * i]);
+                    }
+                    parts.insert((key.clone(), partition), t);
                 }
                 out.insert(w.start_ms, PendingWindow { end_ms: w.end_ms, parts });
             }
@@ -507,6 +534,12 @@ mod tests {
         let mut cp = m.checkpoint("t", 1);
         let err = Merger::restore(&cp, Some(3)).unwrap_err();
         assert!(err.to_string().contains("2 input partitions, the input has 3"), "{err}");
+        let mut bad = cp.clone();
+        bad.pending[0].parts[0] = 5;
+        let err = Merger::restore(&bad, Some(2)).unwrap_err();
+        assert!(err.to_string().contains("names key 5 of 1"), "{err}");
+        bad.pending[0].parts.pop();
+        assert!(Merger::restore(&bad, Some(2)).is_err(), "a truncated part");
         cp.version = 2;
         let err = Merger::restore(&cp, Some(2)).unwrap_err();
         assert!(err.to_string().contains("version 2"), "{err}");

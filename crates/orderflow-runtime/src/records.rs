@@ -52,6 +52,9 @@ pub fn checkpoint_key(partition: i32) -> String {
     partition.to_string()
 }
 
+/// Merger checkpoint topic (compacted): one key, the newest merge state.
+pub const MERGER_CHECKPOINT_KEY: &str = "merger";
+
 /// Merchants topic (compacted): `merchant_id@effective_from`, one key per version.
 pub use orderflow_core::merchant::{merchant_key, parse_merchant_key};
 

@@ -110,6 +110,15 @@ pub const AGGREGATOR_OPEN_SNAPSHOTS: &str = "orderflow_aggregator_open_snapshots
 /// older than the merger keeps, not merged; conflict; stray_progress: a progress record
 /// for partitions other than the enriched topic's, ignored).
 pub const MERGER_PARTIALS: &str = "orderflow_merger_partials_total";
+/// Merger checkpoints written. Labels: `outcome` (written; refused: the broker refused
+/// it, the previous one stays in force).
+pub const MERGER_CHECKPOINTS: &str = "orderflow_merger_checkpoints_total";
+/// Histogram: seconds for a merger taking over the partial-totals topic to read and
+/// restore the newest merger checkpoint.
+pub const MERGER_RESTORE_SECONDS: &str = "orderflow_merger_restore_duration_seconds";
+/// Partial-totals records a merger read after it took over, up to the end of the topic
+/// as it was then (with a checkpoint: only the records after the offset it covers).
+pub const MERGER_RESTORE_RECORDS: &str = "orderflow_merger_restore_records_total";
 /// Windows merged and published to the totals topic.
 pub const WINDOWS_CLOSED: &str = "orderflow_windows_closed_total";
 /// Events in closed windows. Labels: `region`, `tier`, `type`.
@@ -261,6 +270,17 @@ pub fn describe() {
     );
     describe_histogram!(AGGREGATOR_RESTORE_SECONDS, Unit::Seconds, "Time to read and decode the checkpoints of partitions taken over.");
     describe_counter!(MERGER_PARTIALS, Unit::Count, "Partial totals read by the merger, by outcome.");
+    describe_counter!(MERGER_CHECKPOINTS, Unit::Count, "Merger checkpoints written (or refused), by outcome.");
+    describe_histogram!(
+        MERGER_RESTORE_SECONDS,
+        Unit::Seconds,
+        "Time for a merger taking over to read and restore the newest merger checkpoint."
+    );
+    describe_counter!(
+        MERGER_RESTORE_RECORDS,
+        Unit::Count,
+        "Partial-totals records read by a merger taking over, up to the topic's end when it took over."
+    );
     describe_counter!(WINDOWS_CLOSED, Unit::Count, "Windows merged over all partitions and published.");
     describe_counter!(WINDOW_EVENTS, Unit::Count, "Events in closed windows, by region, tier and type.");
     describe_counter!(

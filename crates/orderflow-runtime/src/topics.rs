@@ -14,6 +14,7 @@
 //! | `P.totals.open` | input partition | `OpenWindows` (a partition's open windows so far) | delete, 1 partition |
 //! | `P.totals` | `window/region/tier/currency` | `WindowTotal` | compact, 1 partition |
 //! | `P.aggregator.checkpoints` | input partition | `PartitionCheckpoint` | compact, one partition per input partition |
+//! | `P.merger.checkpoints` | `merger` | `MergerCheckpoint` (the merge state and the partial-totals offset it covers) | compact, 1 partition |
 
 use std::time::Duration;
 
@@ -81,14 +82,15 @@ impl Topics {
         let (dead_letter, late) = (self.wide(self.dead_letter()), self.wide(self.late()));
         let (partials, totals) = (self.narrow(self.partials(), false), self.narrow(self.totals(), true));
         let open = self.narrow(self.open_windows(), false);
+        let merger_checkpoints = self.merger_checkpoint_spec();
         match stage {
             Stage::MerchantLoader => vec![merchants],
             Stage::Publisher => vec![orders],
             Stage::Enricher => vec![orders, merchants, enriched, dead_letter],
-            Stage::Aggregator => vec![orders, enriched, dead_letter, late, partials, open, totals],
+            Stage::Aggregator => vec![orders, enriched, dead_letter, late, partials, open, totals, merger_checkpoints],
             Stage::All => {
                 let checkpoints = self.checkpoint_spec(self.partitions);
-                vec![orders, merchants, enriched, dead_letter, late, partials, open, totals, checkpoints]
+                vec![orders, merchants, enriched, dead_letter, late, partials, open, totals, checkpoints, merger_checkpoints]
             }
         }
     }
@@ -104,6 +106,12 @@ impl Topics {
             compact: true,
             max_message_bytes: Some(CHECKPOINT_MAX_BYTES),
         }
+    }
+
+    /// The merger's checkpoint topic: one partition, compacted, with room for a merge
+    /// state of many keys and partitions (see [`CHECKPOINT_MAX_BYTES`]).
+    pub fn merger_checkpoint_spec(&self) -> TopicSpec {
+        TopicSpec { max_message_bytes: Some(CHECKPOINT_MAX_BYTES), ..self.narrow(self.merger_checkpoints(), true) }
     }
 
     fn name(&self, suffix: &str) -> String {
@@ -144,6 +152,10 @@ impl Topics {
     /// Aggregator checkpoints (compacted).
     pub fn checkpoints(&self) -> String {
         self.name("aggregator.checkpoints")
+    }
+    /// Merger checkpoints (compacted).
+    pub fn merger_checkpoints(&self) -> String {
+        self.name("merger.checkpoints")
     }
     /// Consumer group of a service.
     pub fn group(&self, service: &str) -> String {

@@ -284,6 +284,11 @@ pub struct AggregatorArgs {
     /// How often partition state is checkpointed (and input offsets committed).
     #[arg(long, env = "ORDERFLOW_CHECKPOINT_INTERVAL", default_value_t = agg::CHECKPOINT_INTERVAL.into())]
     pub checkpoint_interval: humantime::Duration,
+    /// How often the active merger writes its whole state, with the partial-totals
+    /// offset it covers, to the merger checkpoint topic (and at shutdown): a merger
+    /// taking over reads only the partial totals after it.
+    #[arg(long, env = "ORDERFLOW_MERGER_CHECKPOINT_INTERVAL", default_value_t = agg::MERGER_CHECKPOINT_INTERVAL.into())]
+    pub merger_checkpoint_interval: humantime::Duration,
     /// Never checkpoint nor commit: a restarted or moved partition re-processes its
     /// whole log. Still exact, but restarts get slower as the log grows; meant for
     /// measuring what checkpoints cost.
@@ -311,6 +316,7 @@ impl From<AggregatorArgs> for AggregatorConfig {
             max_keys_per_window: a.max_keys_per_window,
             checkpoint_interval: a.checkpoint_interval.into(),
             no_checkpoints: a.no_checkpoints,
+            merger_checkpoint_interval: a.merger_checkpoint_interval.into(),
             batch: a.batch,
             provisional_interval: a.provisional_interval.into(),
             shutdown_grace: a.shutdown.shutdown_grace.into(),
