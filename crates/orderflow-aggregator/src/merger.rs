@@ -234,6 +234,18 @@ async fn take_over(
         tracing::warn!(error = %e, "Cannot read the partial-totals topic's offsets; assuming it starts at 0.");
         (0, -1)
     });
+    // A checkpoint past the topic's end belongs to an earlier topic of the same name
+    // (deleted and created again): its state is not this topic's.
+    let (merger, next) = if high >= 0 && next > high {
+        tracing::warn!(
+            offset = next,
+            end = high,
+            "The merger checkpoint is past the partial-totals topic's end; starting from the beginning."
+        );
+        (Merger::new().for_partitions(partitions), 0)
+    } else {
+        (merger, next)
+    };
     // Records before the topic's first one are gone (retention): the merge starts
     // from the first there is, as it would without a checkpoint.
     let next = next.max(low);
