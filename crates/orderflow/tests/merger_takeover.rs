@@ -84,18 +84,12 @@ fn high(kafka: &KafkaConfig, topic: &str) -> i64 {
     kafka.reader().unwrap().fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap().1
 }
 
-/// Runs a merger until the totals topic holds `until` records; returns the time from
-/// its start to then.
-async fn take_over(kafka: &KafkaConfig, topics: &Topics, until: i64) -> Duration {
+/// Runs a merger (checkpointing every `interval`, and when it stops) until the totals
+/// topic holds `until` records; returns the time from its start to then.
+async fn take_over(kafka: &KafkaConfig, topics: &Topics, interval: Duration, until: i64) -> Duration {
     let cancel = CancellationToken::new();
     let began = Instant::now();
-    let merger = tokio::spawn(orderflow_aggregator::merger::run(
-        kafka.clone(),
-        topics.clone(),
-        PARTITIONS,
-        orderflow_aggregator::defaults::MERGER_CHECKPOINT_INTERVAL,
-        cancel.clone(),
-    ));
+    let merger = tokio::spawn(orderflow_aggregator::merger::run(kafka.clone(), topics.clone(), PARTITIONS, interval, cancel.clone()));
     loop {
         let (k, t) = (kafka.clone(), topics.totals());
         if tokio::task::spawn_blocking(move || high(&k, &t)).await.unwrap() >= until {
@@ -138,8 +132,9 @@ async fn merger_take_over_after_a_day_of_partials() {
     let records = high(&kafka, &topics.partials());
     println!("wrote {records} partial-totals records ({windows} windows + 1) in {:.1} s", began.elapsed().as_secs_f64());
 
-    // Before: no checkpoint, the whole topic is read (and every window published).
-    let before = take_over(&kafka, &topics, (windows + 1) * KEYS).await;
+    // Before: no checkpoint, the whole topic is read (and every window published). It
+    // checkpoints only when it stops, as the merger before checkpoints did not at all.
+    let before = take_over(&kafka, &topics, Duration::from_secs(3600), (windows + 1) * KEYS).await;
     let checkpoints = topics.merger_checkpoints();
     let last = common_last(&kafka, &checkpoints);
     let cp = MergerCheckpoint::decode(last.as_slice()).unwrap();
@@ -154,7 +149,8 @@ async fn merger_take_over_after_a_day_of_partials() {
     write_window(&producer, &topics.partials(), windows + 1);
     producer.flush(Duration::from_secs(60)).unwrap();
     let totals_before = high(&kafka, &topics.totals());
-    let after = take_over(&kafka, &topics, totals_before + KEYS).await;
+    let interval = orderflow_aggregator::defaults::MERGER_CHECKPOINT_INTERVAL;
+    let after = take_over(&kafka, &topics, interval, totals_before + KEYS).await;
     let republished = high(&kafka, &topics.totals()) - totals_before - KEYS;
     println!(
         "from the checkpoint: {} records after it, the next window's totals out {:.2} s after the merger started ({republished} totals re-published)",
