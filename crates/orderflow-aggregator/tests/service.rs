@@ -142,7 +142,14 @@ async fn partitions_and_merger_publish_exact_totals_and_route_late_and_bad_recor
     );
     assert_eq!(header(&dead[0], dead_letter::SOURCE_PARTITION), Some("1"));
 
-    let counters = Counters::of(&snapshotter);
+    // The merger counts a window once its totals are delivered, a moment after a reader
+    // can see them on the topic: wait for the second window's count, then check exactly.
+    let counters = eventually(Duration::from_secs(10), || {
+        let counters = Counters::of(&snapshotter);
+        (counters.get(telemetry::WINDOWS_CLOSED, &[]) >= 2).then_some(counters)
+    })
+    .await
+    .expect("both windows counted");
     let events = |outcome| counters.get(telemetry::AGGREGATOR_EVENTS, &[("outcome", outcome)]);
     assert_eq!((events("counted"), events("duplicate"), events("late"), events("invalid")), (6, 1, 1, 1));
     let labels = [("stage", "aggregator"), ("reason", "undecodable")];
