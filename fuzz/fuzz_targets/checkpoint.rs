@@ -1,6 +1,6 @@
 //! The aggregator's checkpoint records (`checkpoint::restore` reads them back):
 //! `PartitionCheckpoint::decode`, then `PartitionState::restore` (the core's state
-//! decode) with the running configuration, and with the checkpoint's own window
+//! decode, admission log included) with the running configuration, and with the checkpoint's own window
 //! configuration when that one is valid (so that the rest of the state is reached).
 //! A restored state must checkpoint to a record that restores to the same state, and
 //! must go on aggregating: a few events around its watermark and into its open
@@ -20,6 +20,14 @@ fn exercise(cp: &PartitionCheckpoint, spec: WindowSpec) {
     let bounds =
         StateBounds { dedup_max_ids: 3, max_keys_per_window: 2, ..StateBounds::new(spec.size_ms().saturating_add(spec.lateness_ms())) };
     let Ok(mut state) = PartitionState::restore(cp, spec, bounds) else { return };
+    // The input its admission log names is not here: the memory stays empty (the
+    // aggregator re-reads it; `partition::tests` check that path against a log).
+    if let Some((from, end)) = state.replay_span() {
+        assert!(from < end);
+    }
+    let replayed = state.finish_replay();
+    assert_eq!(replayed.found, 0);
+    assert_eq!(state.replay_span(), None);
     let again = state.checkpoint(&cp.topic, cp.partition, cp.next_offset);
     let restored = PartitionState::restore(&again, spec, bounds).expect("a checkpoint of a restored state restores");
     assert_eq!(restored.checkpoint(&cp.topic, cp.partition, cp.next_offset), again);

@@ -221,9 +221,18 @@ pub mod seeds {
                 (t.count, t.amount_minor) = (i64::MAX, i64::MAX);
             }
         }
+        // As aggregators before the admission log wrote it: the memory itself.
+        let mut memory_itself = open.clone();
+        memory_itself.dedup_from_log = false;
+        memory_itself.dedup_log_runs.clear();
+        memory_itself.dedup_log_mark_offsets.clear();
+        memory_itself.dedup_log_mark_times_ms.clear();
+        memory_itself.dedup_fingerprints = (0u8..32).collect();
+        memory_itself.dedup_event_times_ms = vec![open.watermark_ms, open.watermark_ms - 1];
         let checkpoint_seeds = vec![
             ("empty".to_owned(), checkpoint_empty),
             ("open-windows-and-ids".to_owned(), open.encode_to_vec()),
+            ("memory-itself".to_owned(), memory_itself.encode_to_vec()),
             ("extremes".to_owned(), largest.encode_to_vec()),
         ];
 

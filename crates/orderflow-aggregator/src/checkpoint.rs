@@ -2,11 +2,18 @@
 //! newest checkpoint of a partition is among the last records of one partition and
 //! restoring reads a handful of records, whatever the length of the input log.
 //!
+//! A partition's checkpoint does not carry its dedup memory but the input offsets of
+//! the ids it admitted ([`orderflow_core::admitted`]); [`replay`] re-reads that
+//! stretch of the input (about a dedup horizon's worth) to rebuild it.
+//!
 //! The merger's checkpoints go, under one key, to their own single-partition compacted
 //! topic ([`restore_merger`]).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use orderflow_core::partition::{PartitionState, Replayed};
+use orderflow_core::wire::{EnrichedKind, EnrichedView};
 
 use orderflow_proto::v1::{MergerCheckpoint, PartitionCheckpoint};
 use orderflow_proto::Message as _;
@@ -96,6 +103,87 @@ pub fn restore_merger(kafka: &KafkaConfig, topic: &str) -> Result<Option<MergerC
             }
         }
     }
+}
+
+/// How long a replay waits without any record before it gives up on the partitions
+/// still short of their stretch's end (the records are gone or the broker is away):
+/// those restore with what was found, and say so.
+const REPLAY_STALL: Duration = Duration::from_secs(30);
+
+/// What [`replay`] did for one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replay {
+    pub replayed: Replayed,
+    /// Input records read.
+    pub records: u64,
+}
+
+/// Rebuilds the dedup memory of restored partitions: reads, from `topic` (the input),
+/// the stretch each one's admission log names ([`PartitionState::replay_span`]), all
+/// partitions at once, and hands every record to its partition's state. Returns the
+/// states, ready to apply records from their checkpoints' offsets on.
+pub fn replay(kafka: &KafkaConfig, topic: &str, states: Vec<(i32, PartitionState)>) -> Result<Vec<(i32, PartitionState, Replay)>> {
+    let consumer = kafka.reader()?;
+    let mut tpl = TopicPartitionList::new();
+    // Partition → (state, end of its stretch, records read).
+    let mut pending: HashMap<i32, (PartitionState, i64, u64)> = HashMap::new();
+    let mut done = Vec::with_capacity(states.len());
+    for (p, state) in states {
+        let Some((from, end)) = state.replay_span() else {
+            done.push((p, state, 0));
+            continue;
+        };
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        let (from, end) = (from.max(low), end.min(high));
+        if from >= end {
+            done.push((p, state, 0));
+            continue;
+        }
+        tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
+        pending.insert(p, (state, end, 0));
+    }
+    if !pending.is_empty() {
+        consumer.assign(&tpl)?;
+    }
+    let mut progress = Instant::now();
+    while !pending.is_empty() {
+        if progress.elapsed() > REPLAY_STALL {
+            tracing::error!(
+                partitions = ?pending.keys().collect::<Vec<_>>(),
+                "No input for {REPLAY_STALL:?} while rebuilding the dedup memory; going on with what was read."
+            );
+            done.extend(pending.drain().map(|(p, (state, _, read))| (p, state, read)));
+            break;
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) if is_fatal_read(&e) => return Err(e.into()),
+            Some(Err(e)) => tracing::debug!(error = %e, "Transient error re-reading the input; retrying."),
+            Some(Ok(m)) => {
+                progress = Instant::now();
+                let p = m.partition();
+                let Some((state, end, read)) = pending.get_mut(&p) else { continue };
+                if m.offset() >= *end {
+                    continue;
+                }
+                *read += 1;
+                if let Ok(EnrichedView { kind: Some(EnrichedKind::Event(e)) }) = EnrichedView::parse(m.payload().unwrap_or_default()) {
+                    state.replay(m.offset(), &e);
+                }
+                if m.offset() + 1 >= *end {
+                    let (state, _, read) = pending.remove(&p).expect("pending");
+                    done.push((p, state, read));
+                }
+            }
+        }
+    }
+    Ok(done
+        .into_iter()
+        .map(|(p, mut state, records)| {
+            let replayed = state.finish_replay();
+            (p, state, Replay { replayed, records })
+        })
+        .collect())
 }
 
 /// Encodes a checkpoint for partition `partition` of the checkpoint topic.

@@ -156,26 +156,50 @@ impl Partitions {
         let started = Instant::now();
         let mut found =
             tokio::task::spawn_blocking(move || checkpoint::restore(&kafka, &topic, &ps)).await.expect("restore task panicked")?;
+        let mut restored = Vec::new();
         for p in partitions {
-            let owned = match found.remove(&p) {
+            match found.remove(&p) {
                 Some(cp) => {
                     metrics::counter!(telemetry::AGGREGATOR_RESTORES, "from" => "checkpoint").increment(1);
-                    let state = PartitionState::restore(&cp, self.spec, self.bounds)?;
-                    tracing::info!(
-                        partition = p,
-                        next_offset = cp.next_offset,
-                        open_windows = state.open_windows(),
-                        "Partition restored from checkpoint."
-                    );
-                    Owned::new(state, cp.next_offset, cp.next_offset)
+                    restored.push((p, PartitionState::restore(&cp, self.spec, self.bounds)?, cp.next_offset));
                 }
                 None => {
                     metrics::counter!(telemetry::AGGREGATOR_RESTORES, "from" => "scratch").increment(1);
                     tracing::info!(partition = p, "Partition starts from scratch.");
-                    Owned::new(PartitionState::new(self.spec, self.bounds, DedupKey::random()), 0, -1)
+                    let state = PartitionState::new(self.spec, self.bounds, DedupKey::random());
+                    self.owned.insert(p, Owned::new(state, 0, -1));
                 }
-            };
-            self.owned.insert(p, owned);
+            }
+        }
+        // Their dedup memories are rebuilt from the input their checkpoints name.
+        let next_offsets: HashMap<i32, i64> = restored.iter().map(|(p, _, next)| (*p, *next)).collect();
+        let (kafka, input) = (self.kafka.clone(), self.input.clone());
+        let states = restored.into_iter().map(|(p, state, _)| (p, state)).collect();
+        let replayed =
+            tokio::task::spawn_blocking(move || checkpoint::replay(&kafka, &input, states)).await.expect("replay task panicked")?;
+        for (p, state, replay) in replayed {
+            let next_offset = next_offsets[&p];
+            metrics::counter!(telemetry::AGGREGATOR_REPLAY_RECORDS).increment(replay.records);
+            let missing = replay.replayed.admitted.saturating_sub(replay.replayed.found);
+            if missing > 0 {
+                metrics::counter!(telemetry::AGGREGATOR_REPLAY_MISSING).increment(missing);
+                tracing::error!(
+                    partition = p,
+                    missing,
+                    admitted = replay.replayed.admitted,
+                    "Event ids of the dedup memory not found in the input (is its retention shorter than --dedup-horizon?): \
+                     their duplicates, if any come, are counted again."
+                );
+            }
+            tracing::info!(
+                partition = p,
+                next_offset,
+                open_windows = state.open_windows(),
+                dedup_ids = replay.replayed.found,
+                records_replayed = replay.records,
+                "Partition restored from checkpoint."
+            );
+            self.owned.insert(p, Owned::new(state, next_offset, next_offset));
         }
         let seconds = started.elapsed().as_secs_f64();
         metrics::histogram!(telemetry::AGGREGATOR_RESTORE_SECONDS).record(seconds);
@@ -229,7 +253,7 @@ impl Partitions {
             Ok(Some(EnrichedKind::Event(e))) => {
                 // Prepared when parsed if this partition was owned then, as it is now.
                 let prepared = prepared.unwrap_or_else(|| owned.state.prepare(&e));
-                Route::of(owned.state.apply_prepared(&e, prepared, &mut closed), || invalid_reason(&e))
+                Route::of(owned.state.apply_prepared_at(offset, &e, prepared, &mut closed), || invalid_reason(&e))
             }
             Ok(_) => Route::DeadLetter(InvalidReason::Undecodable("empty EnrichedRecord".into())),
             Err(reason) => Route::DeadLetter(reason),

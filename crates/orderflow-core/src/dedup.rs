@@ -517,6 +517,23 @@ impl Dedup {
         }
     }
 
+    /// Remembers `fp` as first seen at `t_ms`, as an admission [`Self::sight`] made
+    /// (found in the input log on restore: [`crate::admitted`]); the admission counts
+    /// are not touched (they come from the checkpoint). Nothing is kept for an id
+    /// already expired at `watermark_ms`.
+    pub fn remember(&mut self, fp: u128, t_ms: i64, watermark_ms: i64) {
+        let expired_before = self.expired_before(watermark_ms);
+        if t_ms >= expired_before {
+            *self.seen.entry(fp, t_ms, expired_before).0 = t_ms;
+        }
+    }
+
+    /// Whether an id first seen at `t_ms` is expired at `watermark_ms` (and therefore,
+    /// the watermark only rising, for good).
+    pub fn expired(&self, t_ms: i64, watermark_ms: i64) -> bool {
+        t_ms < self.expired_before(watermark_ms)
+    }
+
     /// [`Self::sight`] as "was it a first sighting", for memories that never fill.
     pub fn first_sighting(&mut self, fp: u128, t_ms: i64, watermark_ms: i64) -> bool {
         self.sight(fp, t_ms, watermark_ms) == Sighting::First

@@ -24,6 +24,7 @@
 //! One [`Error`] enum for the crate; invalid events are not errors but values
 //! ([`validate::InvalidReason`]), because they are routed, not propagated.
 
+pub mod admitted;
 pub mod dedup;
 pub mod framing;
 pub mod merchant;

@@ -102,6 +102,13 @@ pub const AGGREGATOR_RESTORE_SECONDS: &str = "orderflow_aggregator_restore_durat
 pub const AGGREGATOR_RESTORE_MAX_SECONDS: &str = "orderflow_aggregator_restore_duration_max_seconds";
 /// Gauge: the largest checkpoint written since the process started, in bytes.
 pub const AGGREGATOR_CHECKPOINT_MAX_BYTES: &str = "orderflow_aggregator_checkpoint_size_max_bytes";
+/// Counter: input records re-read on restore to rebuild the dedup memory (the stretch
+/// a checkpoint's admission log names).
+pub const AGGREGATOR_REPLAY_RECORDS: &str = "orderflow_aggregator_restore_replayed_records_total";
+/// Counter: event ids a checkpoint's admission log names that the restore did not find
+/// in the input (retention shorter than the dedup horizon): their duplicates, if any
+/// come, are counted again.
+pub const AGGREGATOR_REPLAY_MISSING: &str = "orderflow_aggregator_restore_missing_ids_total";
 /// Open-window snapshots the aggregator's partitions wrote (see [`OPEN_WINDOW_AMOUNT`]).
 pub const AGGREGATOR_OPEN_SNAPSHOTS: &str = "orderflow_aggregator_open_snapshots_total";
 
@@ -268,7 +275,17 @@ pub fn describe() {
         Unit::Count,
         "Checkpoints the broker refused; the previous checkpoint and committed offset stay in force."
     );
-    describe_histogram!(AGGREGATOR_RESTORE_SECONDS, Unit::Seconds, "Time to read and decode the checkpoints of partitions taken over.");
+    describe_histogram!(
+        AGGREGATOR_RESTORE_SECONDS,
+        Unit::Seconds,
+        "Time to take partitions over: read their checkpoints and re-read the input their dedup memory is rebuilt from."
+    );
+    describe_counter!(AGGREGATOR_REPLAY_RECORDS, Unit::Count, "Input records re-read on restore to rebuild the dedup memory.");
+    describe_counter!(
+        AGGREGATOR_REPLAY_MISSING,
+        Unit::Count,
+        "Event ids a checkpoint names that the restore did not find in the input (retention shorter than the dedup horizon)."
+    );
     describe_counter!(MERGER_PARTIALS, Unit::Count, "Partial totals read by the merger, by outcome.");
     describe_counter!(MERGER_CHECKPOINTS, Unit::Count, "Merger checkpoints written (or refused), by outcome.");
     describe_histogram!(
