@@ -289,6 +289,24 @@ pub mod seeds {
             .iter()
             .map(Message::encode_to_vec)
             .collect();
+        // The merger's checkpoint after the two-partition partials: a window emitted
+        // (kept for corrections) and one pending; and a new merger's.
+        let mut merger = orderflow_core::merge::Merger::new();
+        for payload in &partials {
+            match PartialRecord::decode(payload.as_slice()).expect("a seed decodes").kind {
+                Some(partial_record::Kind::Partial(p)) => {
+                    merger.add_partial(&p).expect("a seed partial merges");
+                }
+                Some(partial_record::Kind::Progress(p)) => {
+                    merger.progress(&p);
+                }
+                None => {}
+            }
+        }
+        let merger_seeds = vec![
+            ("two-partitions".to_owned(), merger.checkpoint("orderflow.totals.partial", 7).encode_to_vec()),
+            ("new".to_owned(), orderflow_core::merge::Merger::new().checkpoint("orderflow.totals.partial", 0).encode_to_vec()),
+        ];
         let partial_seeds = vec![
             ("two-partitions".to_owned(), frame(&partials)),
             ("a-total".to_owned(), frame(&[total])),
@@ -330,6 +348,7 @@ pub mod seeds {
             ("enriched_record", enriched_seeds),
             ("checkpoint", checkpoint_seeds),
             ("partial_records", partial_seeds),
+            ("merger_checkpoint", merger_seeds),
             ("trace_line", trace_seeds),
             ("merchants_csv", csv_seeds),
             ("merchant_records", merchant_seeds),

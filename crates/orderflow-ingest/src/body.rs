@@ -152,7 +152,8 @@ pub struct Unreadable {
 }
 
 /// Splits a decoded body into its events, each read on its own. Fails only when the
-/// body cannot be split, or holds more than `max_events` events.
+/// body cannot be split, holds no event (whatever its format: an empty body, `[]`,
+/// blank lines or an empty batch), or holds more than `max_events` events.
 pub fn split(body: &[u8], format: Format, max_events: usize) -> Result<Vec<Result<Item, Unreadable>>, BodyError> {
     let items = match format {
         Format::Json => {
@@ -163,7 +164,7 @@ pub fn split(body: &[u8], format: Format, max_events: usize) -> Result<Vec<Resul
                 check_count(raws.len(), max_events)?;
                 raws.into_iter().map(|r| json_item(r.get())).collect()
             } else if text.trim().is_empty() {
-                return Err(BodyError::Malformed("the body is empty".into()));
+                return Err(no_events());
             } else {
                 vec![json_item(text)]
             }
@@ -181,7 +182,14 @@ pub fn split(body: &[u8], format: Format, max_events: usize) -> Result<Vec<Resul
             batch.events.into_iter().map(|payload| Ok(Item { event: OrderEvent::decode(payload.as_slice()).ok(), payload })).collect()
         }
     };
+    if items.is_empty() {
+        return Err(no_events());
+    }
     Ok(items)
+}
+
+fn no_events() -> BodyError {
+    BodyError::Malformed("the body holds no events".into())
 }
 
 fn check_count(events: usize, max: usize) -> Result<(), BodyError> {
@@ -244,6 +252,22 @@ mod tests {
 
     fn ok(items: Vec<Result<Item, Unreadable>>) -> Vec<OrderEvent> {
         items.into_iter().map(|i| i.unwrap().event.unwrap()).collect()
+    }
+
+    /// No format lets an empty request through as a success: each is a 400.
+    #[test]
+    fn a_body_without_events_is_malformed_in_every_format() {
+        let empty_batch = OrderEventBatch::default().encode_to_vec();
+        for (body, format) in [
+            (&b""[..], Format::Json),
+            (b"  \n", Format::Json),
+            (b"[]", Format::Json),
+            (b"", Format::JsonLines),
+            (b"\n \n", Format::JsonLines),
+            (&empty_batch, Format::Protobuf),
+        ] {
+            assert_eq!(split(body, format, 10), Err(BodyError::Malformed("the body holds no events".into())), "{body:?} as {format:?}");
+        }
     }
 
     #[test]

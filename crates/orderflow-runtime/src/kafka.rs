@@ -297,6 +297,18 @@ pub fn redact_option(opt: &str) -> String {
     }
 }
 
+/// The settings of every orderflow producer ([`KafkaConfig::producer_for`]): idempotent
+/// (acks=all, no reordering on retries), batched over 5 ms, a deep local queue, and
+/// records up to 64 MiB (checkpoints). The load test's broker baseline produces with
+/// them too, so that it measures the same client path.
+pub const PRODUCER_SETTINGS: [(&str, &str); 5] = [
+    ("enable.idempotence", "true"),
+    ("linger.ms", "5"),
+    ("batch.num.messages", "10000"),
+    ("queue.buffering.max.messages", "500000"),
+    ("message.max.bytes", "67108864"),
+];
+
 impl KafkaConfig {
     /// Settings for a given bootstrap address, plaintext and no extra options.
     pub fn new(brokers: impl Into<String>) -> Self {
@@ -379,18 +391,10 @@ impl KafkaConfig {
     /// [`Self::producer`] for `service` (the `service` label of its queue depth, the
     /// records it writes and its errors).
     pub fn producer_for(&self, service: &'static str) -> Result<Producer> {
-        Ok(self
-            .config(&[
-                ("enable.idempotence", "true"),
-                ("linger.ms", "5"),
-                ("batch.num.messages", "10000"),
-                ("queue.buffering.max.messages", "500000"),
-                ("message.max.bytes", "67108864"),
-                // The queue depth, through the context's statistics callback.
-                ("statistics.interval.ms", "1000"),
-            ])?
-            .create_with_context(ClientMetrics::new(service))
-            .map(|inner| Producer { inner, service })?)
+        let mut settings = PRODUCER_SETTINGS.to_vec();
+        // The queue depth, through the context's statistics callback.
+        settings.push(("statistics.interval.ms", "1000"));
+        Ok(self.config(&settings)?.create_with_context(ClientMetrics::new(service)).map(|inner| Producer { inner, service })?)
     }
 
     /// A consumer in `group` that stores offsets only when told to (at-least-once).

@@ -1029,16 +1029,9 @@ async fn broker_relay(kafka: &KafkaConfig, topics: &Topics) -> anyhow::Result<Ba
         use rdkafka::error::{KafkaError, RDKafkaErrorCode};
         use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
         // The leanest client path: no per-record future, delivery reports counted by a
-        // context; the producer settings are the services' (`KafkaConfig::producer`).
-        let producer: BaseProducer<DeliveryCount> = kafka
-            .config(&[
-                ("enable.idempotence", "true"),
-                ("linger.ms", "5"),
-                ("batch.num.messages", "10000"),
-                ("queue.buffering.max.messages", "500000"),
-                ("message.max.bytes", "67108864"),
-            ])?
-            .create_with_context(DeliveryCount::default())?;
+        // context; the producer settings are the services'.
+        let producer: BaseProducer<DeliveryCount> =
+            kafka.config(&orderflow_runtime::kafka::PRODUCER_SETTINGS)?.create_with_context(DeliveryCount::default())?;
         let reader = TopicReader::open(&kafka, &orders)?;
         let mut refused: Option<String> = None;
         let t = Instant::now();
