@@ -52,7 +52,10 @@ pub async fn run(
     let mut outbox = Outbox::new(kafka.producer_for("merger")?);
     let totals_topic = topics.totals();
     let mut merger = Merger::new().for_partitions(partitions);
-    let mut counted = Counted::read(&kafka, &totals_topic).await?;
+    // Read when this merger takes the partial totals over, not when it starts: a
+    // standby that read them at its start would count again the windows published
+    // between its start and its take-over.
+    let mut counted = Counted::default();
     let partials_topic = topics.partials();
     let mut position = Position::default();
     let mut checkpoints = Checkpoints::new(&kafka, topics.merger_checkpoints(), checkpoint_interval)?;
@@ -69,7 +72,7 @@ pub async fn run(
             // fetched before the revocation may come from anywhere in the topic: only
             // the one at the restored state's next offset is merged (see [`Position`]).
             merger = Merger::new().for_partitions(partitions);
-            counted = Counted::read(&kafka, &totals_topic).await?;
+            counted = Counted::default();
             live.stop();
             position = Position::default();
         }
@@ -78,6 +81,7 @@ pub async fn run(
         let active = consumer.assignment().is_ok_and(|a| a.count() > 0);
         let restored = active && !position.restored;
         if restored {
+            counted = Counted::read(&kafka, &totals_topic).await?;
             merger = take_over(&kafka, &consumer, &partials_topic, &checkpoints.topic, partitions, &mut position).await?;
             checkpoints.written = position.next;
         }
@@ -526,8 +530,8 @@ async fn publish(outbox: &mut Outbox<()>, topic: &str, window: &ClosedWindow) ->
 }
 
 /// What the business counters already hold, per (window, key): the totals on the
-/// totals topic when this merger started (or took the partition over), then every
-/// total it published. A merger rebuilding its state re-publishes totals (harmless:
+/// totals topic when this merger took the partial totals over, then every total it
+/// published. A merger rebuilding its state re-publishes totals (harmless:
 /// same keys, same values) and adds only the difference to the counters, so a
 /// failover never doubles the GMV on a dashboard summing over instances, and a
 /// correction adds exactly what it corrects.

@@ -407,6 +407,67 @@ async fn a_merger_taking_over_republishes_but_does_not_count_published_windows_a
     assert_eq!(paid_counts, [2, 5]);
 }
 
+/// A standby merger started before a window was published, taking over from a merger
+/// that published it but wrote no checkpoint since (its task ended abruptly; its
+/// process, and so its counters, live on, as when the partition is taken from it),
+/// re-publishes the window from the partial totals but does not count it again: it
+/// reads what is published when it takes over, not when it started.
+#[tokio::test]
+async fn a_standby_merger_counts_only_what_was_published_after_it_took_over() {
+    let mock = MockKafka::start(1, 1);
+    let (kafka, topics) = (mock.kafka.clone(), mock.topics.clone());
+    // Each merger on its own thread and runtime, with its own recorder (an instance).
+    let instance = |checkpoints: Duration, stop: tokio::sync::oneshot::Receiver<()>| {
+        let (kafka, topics) = (kafka.clone(), topics.clone());
+        std::thread::spawn(move || {
+            let recorder = DebuggingRecorder::new();
+            let snapshotter = recorder.snapshotter();
+            let _guard = metrics::set_default_local_recorder(&recorder);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let cancel = CancellationToken::new();
+                let _stop = cancel.clone().drop_guard();
+                tokio::select! {
+                    r = orderflow_aggregator::merger::run(kafka, topics, 1, checkpoints, cancel.clone()) => r.unwrap(),
+                    _ = stop => {} // dropped mid-run: no last checkpoint
+                }
+            });
+            Counters::of(&snapshotter).get(telemetry::WINDOW_EVENTS, &[("region", "cn-east"), ("tier", "tmall"), ("type", "paid")])
+        })
+    };
+    let (stop_a, a_stops) = tokio::sync::oneshot::channel();
+    let a = instance(Duration::from_secs(3_600), a_stops);
+    let published = |n: usize| {
+        let mock = &mock;
+        move || (mock.read_all(&mock.topics.totals()).len() >= n).then_some(())
+    };
+    // A owns the partial totals: it publishes window 00:00.
+    write(&mock.kafka, &mock.topics.partials(), &[partial(0, MIDNIGHT, 2, 300), progress(0, MIDNIGHT + MINUTE, 1)]).await;
+    eventually(Duration::from_secs(30), published(1)).await.expect("A publishes 00:00");
+    // B starts, and stands by; then 00:01 closes, and A publishes it.
+    let (stop_b, b_stops) = tokio::sync::oneshot::channel();
+    let b = instance(SOON, b_stops);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    write(&mock.kafka, &mock.topics.partials(), &[partial(0, MIDNIGHT + MINUTE, 5, 500), progress(0, MIDNIGHT + 2 * MINUTE, 1)]).await;
+    eventually(Duration::from_secs(30), published(2)).await.expect("A publishes 00:01");
+    stop_a.send(()).unwrap();
+    let counted_by_a = a.join().unwrap();
+    // B takes over, re-reads the partials from the beginning (A wrote no checkpoint)
+    // and re-publishes 00:00 and 00:01; then 00:02 closes, which only B counts.
+    write(&mock.kafka, &mock.topics.partials(), &[partial(0, MIDNIGHT + 2 * MINUTE, 11, 1_100), progress(0, MIDNIGHT + 3 * MINUTE, 1)])
+        .await;
+    eventually(Duration::from_secs(60), published(5)).await.expect("B publishes");
+    stop_b.send(()).unwrap();
+    let counted_by_b = b.join().unwrap();
+    let totals = orderflow_aggregator::totals::read(&mock.kafka, &mock.topics.totals()).unwrap();
+    assert_eq!(
+        totals.iter().map(total_of).collect::<Vec<_>>(),
+        [(MIDNIGHT, 2, 300), (MIDNIGHT + MINUTE, 5, 500), (MIDNIGHT + 2 * MINUTE, 11, 1_100)]
+    );
+    assert_eq!(mock.read_all(&mock.topics.totals()).len(), 5, "00:00 and 00:01 published by A, then again by B; 00:02 once");
+    assert_eq!((counted_by_a, counted_by_b), (7, 11), "each window counted once over both instances");
+}
+
 /// A merger taking over restores the newest merger checkpoint (written by the one before
 /// it as it stopped) and reads only the partial totals after the offset it covers: the
 /// totals are those of a merger that never stopped, and each event is counted once.
