@@ -469,6 +469,7 @@ impl Aggregator {
             let started = Instant::now();
             if !batch.is_empty() {
                 metrics::counter!(telemetry::RECORDS_CONSUMED, "service" => "aggregator").increment(batch.len() as u64);
+                metrics::counter!(telemetry::AGGREGATOR_INPUT_BYTES).increment(orderflow_runtime::kafka::record_bytes(&batch));
                 // Records of partitions revoked while the batch was fetched are skipped
                 // (`apply` ignores partitions not owned): their new owner processes them.
                 partitions.take_over(batch.iter().map(|m| m.partition()).collect(), &assignment(&consumer)).await?;

@@ -719,6 +719,12 @@ impl rdkafka::consumer::ConsumerContext for RevocationLog {
     }
 }
 
+/// Bytes of `records` as read from the broker's log: each one's key plus its payload
+/// (headers and framing not counted).
+pub fn record_bytes<M: rdkafka::Message>(records: &[M]) -> u64 {
+    records.iter().map(|m| (m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64).sum()
+}
+
 /// Waits for the first record (or cancellation), then takes whatever else is already
 /// fetched, up to `max` records. Receive errors are logged and skipped: the consumer
 /// recovers from broker errors by itself.
@@ -801,6 +807,17 @@ impl rdkafka::consumer::ConsumerContext for ConnectProbe {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_bytes_adds_keys_and_payloads() {
+        use rdkafka::message::{OwnedMessage, Timestamp};
+        let record = |key: Option<&[u8]>, payload: Option<&[u8]>| {
+            OwnedMessage::new(payload.map(<[u8]>::to_vec), key.map(<[u8]>::to_vec), "t".into(), Timestamp::NotAvailable, 0, 0, None)
+        };
+        let records = [record(Some(b"o1"), Some(b"12345")), record(None, Some(b"123")), record(Some(b"o22"), None)];
+        assert_eq!(record_bytes(&records), 2 + 5 + 3 + 3);
+        assert_eq!(record_bytes::<OwnedMessage>(&[]), 0);
+    }
 
     fn sasl_ssl(password: Secret) -> KafkaConfig {
         let mut kafka = KafkaConfig::new("127.0.0.1:9093");

@@ -109,6 +109,10 @@ pub const AGGREGATOR_REPLAY_RECORDS: &str = "orderflow_aggregator_restore_replay
 /// in the input (retention shorter than the dedup horizon): their duplicates, if any
 /// come, are counted again.
 pub const AGGREGATOR_REPLAY_MISSING: &str = "orderflow_aggregator_restore_missing_ids_total";
+/// Counter: bytes of the enriched records the aggregator's partitions loop read (key plus
+/// payload), to compare with what its checkpoints write
+/// ([`AGGREGATOR_CHECKPOINT_BYTES`]).
+pub const AGGREGATOR_INPUT_BYTES: &str = "orderflow_aggregator_input_bytes_total";
 /// Open-window snapshots the aggregator's partitions wrote (see [`OPEN_WINDOW_AMOUNT`]).
 pub const AGGREGATOR_OPEN_SNAPSHOTS: &str = "orderflow_aggregator_open_snapshots_total";
 
@@ -219,6 +223,7 @@ pub fn describe() {
     describe_gauge!(ENRICHER_MERCHANTS_LOADED, Unit::Count, "1 once the enricher's initial merchant load is complete, else 0.");
     describe_gauge!(AGGREGATOR_RESTORE_MAX_SECONDS, Unit::Seconds, "Longest take-over of partitions since the process started.");
     describe_gauge!(AGGREGATOR_CHECKPOINT_MAX_BYTES, Unit::Bytes, "Largest partition checkpoint written since the process started.");
+    describe_counter!(AGGREGATOR_INPUT_BYTES, Unit::Bytes, "Bytes (key plus payload) of the enriched records the aggregator read.");
     describe_counter!(AGGREGATOR_OPEN_SNAPSHOTS, Unit::Count, "Snapshots of open windows written for the provisional figures.");
     describe_counter!(MERGER_OPEN_SNAPSHOTS, Unit::Count, "Open-window snapshots read by the merger, by outcome.");
     describe_gauge!(
