@@ -16,17 +16,29 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# build_and_synth EVENTS: builds the release binary and writes the EVENTS-event trace
-# (once; kept under target/loadtest/).
-build_and_synth() {
+# build_release: builds the release binary; OF is its path.
+build_release() {
   log "Building orderflow (release)"
   cargo build --release --quiet -p orderflow
   OF="$PWD/target/release/orderflow"
-  TRACE_DIR="$WORK/trace-$1"
+}
+
+# synth_trace DIR [SYNTH FLAGS...]: writes a trace with `orderflow trace synth` into DIR
+# (once: an existing trace there is kept) and sets TRACE_DIR. Needs OF (build_release).
+synth_trace() {
+  TRACE_DIR="$1"
+  shift
   if [[ ! -s "$TRACE_DIR/trace.jsonl" ]]; then
-    log "Synthesizing a $1-event peak-hour trace into $TRACE_DIR"
-    "$OF" trace synth --events "$1" --out "$TRACE_DIR"
+    log "Synthesizing a trace ($*) into $TRACE_DIR"
+    "$OF" trace synth "$@" --out "$TRACE_DIR"
   fi
+}
+
+# build_and_synth EVENTS: builds the release binary and writes the EVENTS-event
+# peak-hour trace (once; kept under target/loadtest/).
+build_and_synth() {
+  build_release
+  synth_trace "$WORK/trace-$1" --events "$1"
 }
 
 # start_broker NAME: a Nisshi broker on memory storage, unless ORDERFLOW_BROKERS is set;
