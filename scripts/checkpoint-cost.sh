@@ -24,13 +24,16 @@
 # it prints events/s per partition, input bytes/s (orderflow_aggregator_input_bytes_total),
 # checkpoint bytes/s (orderflow_aggregator_checkpoint_size_bytes), their ratio, the
 # largest checkpoint, the checkpoints written, and the new aggregator's restore time per
-# partition (orderflow_aggregator_restore_duration_seconds) and time to ready. The rates
-# are taken over the steady stretch: from the time the dedup memory is full (the 65 s
-# horizon, plus 5 s) to the kill; over the whole run too. Unless CHECKPOINT_COST_COMPARE=0,
-# the same paced run follows with `--no-checkpoints` (and no kill), and the aggregator's
-# CPU per event up to the same moment (/proc/PID/stat) is compared. The summary is also
-# written to target/loadtest/checkpoint-cost-paced.json. Exits non-zero if a run's totals
-# do not match.
+# partition (orderflow_aggregator_restore_duration_seconds), and how long after its start
+# it was ready (every partition restored; the group first waits out the killed member's
+# session) and had caught up. The rates are taken over the steady stretches: the first
+# aggregator from the time its dedup memory is full (the 65 s horizon, plus 5 s) to the
+# kill, the second from 5 s after it caught up to the replay's end; over the whole run
+# too. Unless CHECKPOINT_COST_COMPARE=0, the same paced run follows with
+# `--no-checkpoints` (and no kill), and the aggregator's CPU per event up to the same
+# moment (/proc/PID/stat) is compared. The summary is also written to
+# target/loadtest/checkpoint-cost-paced.json. Exits non-zero if a run's totals do not
+# match. Set ORDERFLOW_BROKERS to use a running cluster instead of Nisshi.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
