@@ -167,8 +167,10 @@ pub fn replay(kafka: &KafkaConfig, topic: &str, states: Vec<(i32, PartitionState
                     continue;
                 }
                 *read += 1;
-                if let Ok(EnrichedView { kind: Some(EnrichedKind::Event(e)) }) = EnrichedView::parse(m.payload().unwrap_or_default()) {
-                    state.replay(m.offset(), &e);
+                if state.replays(m.offset()) {
+                    if let Ok(EnrichedView { kind: Some(EnrichedKind::Event(e)) }) = EnrichedView::parse(m.payload().unwrap_or_default()) {
+                        state.replay(m.offset(), &e);
+                    }
                 }
                 if m.offset() + 1 >= *end {
                     let (state, _, read) = pending.remove(&p).expect("pending");

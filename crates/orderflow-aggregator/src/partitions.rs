@@ -141,11 +141,15 @@ impl Partitions {
     }
 
     /// Restores newly owned partitions from their checkpoints (or starts them from
-    /// scratch when they have none). Only partitions in `assigned` (the consumer's
-    /// assignment now) are taken: a batch fetched before a rebalance may still hold
-    /// records of a partition revoked since, whose state must not come back (its idle
-    /// ticks and partials would compete with the new owner's).
+    /// scratch when they have none): those in `partitions` (a batch's) and every other
+    /// partition assigned and not owned yet, all at once, so that their checkpoints
+    /// and input are read together rather than one take-over after another. Only
+    /// partitions in `assigned` (the consumer's assignment now) are taken: a batch
+    /// fetched before a rebalance may still hold records of a partition revoked since,
+    /// whose state must not come back (its idle ticks and partials would compete with
+    /// the new owner's).
     pub async fn take_over(&mut self, mut partitions: Vec<i32>, assigned: &HashSet<i32>) -> Result<()> {
+        partitions.extend(assigned.iter().copied());
         partitions.retain(|p| !self.owned.contains_key(p) && assigned.contains(p));
         partitions.sort_unstable();
         partitions.dedup();

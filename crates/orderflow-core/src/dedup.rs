@@ -245,6 +245,20 @@ impl FingerprintTable {
         (s.fp == key).then_some(s.t_ms)
     }
 
+    /// Grows the table, if need be, so that `n` entries fit without growing again.
+    fn reserve(&mut self, n: usize) {
+        let wanted = (n.saturating_mul(MAX_LOAD.1) / MAX_LOAD.0 + 1).next_power_of_two().max(MIN_SLOTS);
+        if wanted <= self.mask + 1 {
+            return;
+        }
+        let old = std::mem::replace(&mut self.slots, Slots::zeroed(wanted));
+        self.mask = wanted - 1;
+        for s in old.get().iter().filter(|s| s.fp != EMPTY) {
+            let i = self.find(&s.fp, i64::MIN).0;
+            self.slots.get_mut()[i] = *s;
+        }
+    }
+
     /// Removes the expired entries, then doubles the table while they would fill more
     /// than [`AFTER_SWEEP`] of it, so that a sweep is followed by many insertions
     /// before the next.
@@ -528,6 +542,12 @@ impl Dedup {
         }
     }
 
+    /// Makes room for `n` ids at once (a restore about to remember them again), so that
+    /// the table does not grow step by step.
+    pub fn reserve(&mut self, n: usize) {
+        self.seen.reserve(n);
+    }
+
     /// Whether an id first seen at `t_ms` is expired at `watermark_ms` (and therefore,
     /// the watermark only rising, for good).
     pub fn expired(&self, t_ms: i64, watermark_ms: i64) -> bool {
@@ -594,6 +614,25 @@ mod tests {
     use super::*;
 
     const KEY: DedupKey = DedupKey::from_words(7, 11);
+
+    #[test]
+    fn reserving_room_keeps_the_entries_and_needs_no_growth_after() {
+        let mut d = Dedup::new(1_000, usize::MAX, KEY);
+        for i in 0..100 {
+            d.remember(fingerprint(&format!("e{i}")), i, 0);
+        }
+        d.reserve(10_000);
+        let slots = d.slots();
+        assert!(slots >= 16_000, "{slots} slots");
+        for i in 100..10_000 {
+            d.remember(fingerprint(&format!("e{i}")), i, 0);
+        }
+        assert_eq!(d.slots(), slots, "no growth while filling what was reserved");
+        assert_eq!(d.live_len(0), 10_000);
+        assert!(!d.first_sighting(fingerprint("e5"), 5, 0), "entries from before the reserve are kept");
+        d.reserve(10);
+        assert_eq!(d.slots(), slots, "never shrinks");
+    }
 
     #[test]
     fn repeats_within_the_horizon_are_duplicates() {

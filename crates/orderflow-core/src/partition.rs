@@ -405,6 +405,12 @@ impl PartitionState {
         self.replay.and_then(|r| self.log.span().map(|(_, end)| (r.next, end))).filter(|(from, end)| from < end)
     }
 
+    /// Whether [`Self::replay`] wants the record at `offset` (an admitted one not
+    /// replayed yet): the others need not even be decoded.
+    pub fn replays(&self, offset: i64) -> bool {
+        self.replay.is_some_and(|r| offset >= r.next) && self.log.contains(offset)
+    }
+
     /// Re-reads the event at `offset` on restore: remembers its id again if the
     /// checkpoint says it was admitted (the decisions of the first reading are
     /// replayed, not made again). Offsets outside the stretch, or already replayed,
@@ -488,7 +494,7 @@ impl PartitionState {
             let (key, tallies) = Tallies::from_window_total(w);
             open.entry(start).or_default().insert(key, tallies);
         }
-        Ok(Self {
+        let mut state = Self {
             spec,
             watermark_ms: cp.watermark_ms,
             closed_through_ms: cp.closed_through_ms,
@@ -498,7 +504,14 @@ impl PartitionState {
             log,
             uncovered_through_ms,
             replay,
-        })
+        };
+        if state.replay.is_some() {
+            // Room for every id to come back, so that the table does not grow (and
+            // rehash) all along the replay; a hostile count is capped by the bound.
+            let ids = usize::try_from(state.log.admitted()).unwrap_or(usize::MAX).min(bounds.dedup_max_ids);
+            state.dedup.reserve(ids);
+        }
+        Ok(state)
     }
 }
 
