@@ -363,9 +363,14 @@ pub fn readiness(service: &'static str) -> Readiness {
         .clone()
 }
 
-/// What `/readyz` answers: every registered service ready, else why not.
+/// What `/readyz` answers: every registered service ready, else why not. Not ready
+/// while no service has registered yet (the metrics server starts first: a probe
+/// must not find the process ready before its service has even begun).
 fn ready_report() -> std::result::Result<String, String> {
     let services = registry().lock().expect("readiness registry poisoned").clone();
+    if services.is_empty() {
+        return Err("starting\n".into());
+    }
     let mut lines = Vec::new();
     let mut all = true;
     for (service, r) in &services {
@@ -468,4 +473,22 @@ pub async fn serve(addr: SocketAddr) -> Result<()> {
 pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The only test here touching the process-wide registry: before any service
+    /// registers, the process is not ready; then it is ready exactly when its service is.
+    #[test]
+    fn not_ready_until_a_service_registers_and_says_so() {
+        assert_eq!(ready_report(), Err("starting\n".to_owned()));
+        let r = readiness("tested");
+        assert_eq!(ready_report(), Err("tested: not ready: starting\n".to_owned()));
+        r.ready();
+        assert_eq!(ready_report(), Ok("tested: ready\n".to_owned()));
+        r.not_ready("partitions being assigned");
+        assert_eq!(ready_report(), Err("tested: not ready: partitions being assigned\n".to_owned()));
+    }
 }
