@@ -145,9 +145,10 @@ pub fn replay(kafka: &KafkaConfig, topic: &str, states: Vec<(i32, PartitionState
     if !pending.is_empty() {
         consumer.assign(&tpl)?;
     }
-    let mut progress = Instant::now();
+    // Since when nothing came (no clock read per record: they showed in the profile).
+    let mut idle_since: Option<Instant> = None;
     while !pending.is_empty() {
-        if progress.elapsed() > REPLAY_STALL {
+        if idle_since.is_some_and(|t| t.elapsed() > REPLAY_STALL) {
             tracing::error!(
                 partitions = ?pending.keys().collect::<Vec<_>>(),
                 "No input for {REPLAY_STALL:?} while rebuilding the dedup memory; going on with what was read."
@@ -156,11 +157,13 @@ pub fn replay(kafka: &KafkaConfig, topic: &str, states: Vec<(i32, PartitionState
             break;
         }
         match consumer.poll(Duration::from_millis(200)) {
-            None | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
+            None | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {
+                idle_since.get_or_insert_with(Instant::now);
+            }
             Some(Err(e)) if is_fatal_read(&e) => return Err(e.into()),
             Some(Err(e)) => tracing::debug!(error = %e, "Transient error re-reading the input; retrying."),
             Some(Ok(m)) => {
-                progress = Instant::now();
+                idle_since = None;
                 let p = m.partition();
                 let Some((state, end, read)) = pending.get_mut(&p) else { continue };
                 if m.offset() >= *end {

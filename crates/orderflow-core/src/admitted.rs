@@ -134,6 +134,15 @@ impl AdmissionLog {
         self.runs.get(i).is_some_and(|(start, _)| *start <= offset)
     }
 
+    /// [`Self::contains`] for offsets asked in ascending order: `cursor` (start at 0)
+    /// remembers the run reached, so that a whole stretch is checked in one pass.
+    pub fn contains_ascending(&self, offset: i64, cursor: &mut usize) -> bool {
+        while self.runs.get(*cursor).is_some_and(|(_, end)| *end <= offset) {
+            *cursor += 1;
+        }
+        self.runs.get(*cursor).is_some_and(|(start, _)| *start <= offset)
+    }
+
     /// Number of admitted offsets held.
     pub fn admitted(&self) -> u64 {
         self.runs.iter().map(|(s, e)| (e - s) as u64).sum()
@@ -221,6 +230,9 @@ mod tests {
             log.admit(o, o * 10, 100);
         }
         assert_eq!(log.offsets().collect::<Vec<_>>(), [3, 4, 5, 9, 10, 20]);
+        let mut cursor = 0;
+        let ascending: Vec<i64> = (0..25).filter(|o| log.contains_ascending(*o, &mut cursor)).collect();
+        assert_eq!(ascending, [3, 4, 5, 9, 10, 20]);
         assert!(log.contains(4) && log.contains(20) && !log.contains(6) && !log.contains(2) && !log.contains(21));
         let parts = log.to_parts();
         assert_eq!((parts.start, parts.runs.as_slice()), (3, &[3, 3, 2, 9, 1][..]));

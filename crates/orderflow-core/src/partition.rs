@@ -143,6 +143,8 @@ struct Replay {
     /// Offsets below this were replayed (or skipped) already.
     next: i64,
     found: u64,
+    /// The admission log's run reached ([`AdmissionLog::contains_ascending`]).
+    cursor: usize,
 }
 
 /// What a restore from the admission log found in the input
@@ -406,9 +408,19 @@ impl PartitionState {
     }
 
     /// Whether [`Self::replay`] wants the record at `offset` (an admitted one not
-    /// replayed yet): the others need not even be decoded.
-    pub fn replays(&self, offset: i64) -> bool {
-        self.replay.is_some_and(|r| offset >= r.next) && self.log.contains(offset)
+    /// replayed yet): the others need not even be decoded. Records not wanted are
+    /// passed over for good.
+    pub fn replays(&mut self, offset: i64) -> bool {
+        let Some(replay) = self.replay.as_mut() else { return false };
+        if offset < replay.next {
+            return false;
+        }
+        if self.log.contains_ascending(offset, &mut replay.cursor) {
+            true
+        } else {
+            replay.next = offset.saturating_add(1);
+            false
+        }
     }
 
     /// Re-reads the event at `offset` on restore: remembers its id again if the
@@ -421,7 +433,7 @@ impl PartitionState {
             return;
         }
         replay.next = offset.saturating_add(1);
-        if !self.log.contains(offset) {
+        if !self.log.contains_ascending(offset, &mut replay.cursor) {
             return;
         }
         let Some(event) = e.event.as_ref() else { return };
@@ -483,7 +495,7 @@ impl PartitionState {
                 max_t: cp.dedup_log_max_time_ms,
             };
             let log = AdmissionLog::from_parts(&parts, cp.next_offset).map_err(|e| bad(format!("admission log: {e}")))?;
-            let replay = log.span().map(|(from, _)| Replay { next: from, found: 0 });
+            let replay = log.span().map(|(from, _)| Replay { next: from, found: 0, cursor: 0 });
             (log, None, replay)
         } else {
             (AdmissionLog::starting_at(cp.next_offset), cp.dedup_event_times_ms.iter().copied().max(), None)
