@@ -200,8 +200,9 @@ fn posted_events_arrive_once_and_are_counted_exactly() {
     // Tokens rotate without a restart: the file is reloaded when it changes ...
     let line = |token: &str| format!("web {}\n", orderflow_ingest::auth::hash_token(token));
     std::fs::write(&tokens, line("rotated-token")).unwrap();
+    // An empty batch: 401 with a token not in force, 400 (no events) with one that is.
     let empty = |token: &str| post_json(&api, token, "application/json", b"[]", None).0;
-    wait_for("the rotated token to be loaded", Duration::from_secs(60), || empty("rotated-token") == 200);
+    wait_for("the rotated token to be loaded", Duration::from_secs(60), || empty("rotated-token") == 400);
     assert_eq!(empty(WEB_TOKEN), 401);
     // ... and on SIGHUP; a file that does not parse leaves the tokens in force.
     std::fs::write(&tokens, "web not-a-hash\n").unwrap();
@@ -209,7 +210,7 @@ fn posted_events_arrive_once_and_are_counted_exactly() {
     wait_for("the failed reload to be counted", Duration::from_secs(60), || {
         scrape(&metrics).is_some_and(|p| sample(&p, "orderflow_ingest_token_reloads_total", &[("outcome", "failed")]) >= 1.0)
     });
-    assert_eq!(empty("rotated-token"), 200);
+    assert_eq!(empty("rotated-token"), 400);
 
     // SIGTERM answers the requests in flight: one whose body is half sent when the
     // shutdown begins (new connections are refused by then) is still answered.
