@@ -144,9 +144,11 @@ async fn partitions_and_merger_publish_exact_totals_and_route_late_and_bad_recor
 
     // The merger counts a window once its totals are delivered, a moment after a reader
     // can see them on the topic: wait for the second window's count, then check exactly.
-    let counters = eventually(Duration::from_secs(10), || {
-        let counters = Counters::of(&snapshotter);
-        (counters.get(telemetry::WINDOWS_CLOSED, &[]) >= 2).then_some(counters)
+    // (A snapshot resets the counters: every poll's is kept.)
+    let mut counters = Counters::none();
+    eventually(Duration::from_secs(10), || {
+        counters.merge(Counters::of(&snapshotter));
+        (counters.get(telemetry::WINDOWS_CLOSED, &[]) >= 2).then_some(())
     })
     .await
     .expect("both windows counted");

@@ -101,6 +101,29 @@ pub struct Counters(Vec<(String, Labels, u64)>, Vec<(String, Labels, f64)>);
 type Labels = Vec<(String, String)>;
 
 impl Counters {
+    /// Adds a later snapshot to this one: counters summed (each snapshot holds what was
+    /// counted since the one before), gauges as the later one has them. For polling
+    /// until a condition holds without losing what the earlier polls took.
+    pub fn merge(&mut self, later: Counters) {
+        for (name, labels, n) in later.0 {
+            match self.0.iter_mut().find(|(m, l, _)| *m == name && *l == labels) {
+                Some((_, _, total)) => *total += n,
+                None => self.0.push((name, labels, n)),
+            }
+        }
+        for (name, labels, v) in later.1 {
+            match self.1.iter_mut().find(|(m, l, _)| *m == name && *l == labels) {
+                Some((_, _, value)) => *value = v,
+                None => self.1.push((name, labels, v)),
+            }
+        }
+    }
+
+    /// Nothing counted yet (start of a [`Self::merge`] sequence).
+    pub fn none() -> Self {
+        Self(Vec::new(), Vec::new())
+    }
+
     /// Takes a snapshot.
     pub fn of(snapshotter: &metrics_util::debugging::Snapshotter) -> Self {
         use metrics_util::debugging::DebugValue;
