@@ -75,7 +75,7 @@ impl AdmissionLog {
     /// `mark_every_ms` is the horizon over [`MARKS_PER_HORIZON`] (at least 1).
     pub fn admit(&mut self, offset: i64, t_ms: i64, mark_every_ms: i64) {
         match self.runs.back_mut() {
-            Some((_, end)) if *end == offset => *end += 1,
+            Some((_, end)) if *end == offset => *end = end.saturating_add(1),
             Some((_, end)) if *end > offset => {
                 // Offsets only go forward; a record applied twice is a caller's bug
                 // (the aggregator skips offsets already in its state).
@@ -210,6 +210,11 @@ impl AdmissionLog {
             return Err("a mark past the highest admitted time".into());
         }
         let position = position.max(runs.back().map_or(i64::MIN, |r| r.1));
+        // Marks to come are at offsets from `position` on: one already there or past it
+        // would put them out of order (found by fuzzing the `checkpoint` target).
+        if marks.back().is_some_and(|m| m.0 >= position) {
+            return Err("a mark at or past the checkpoint's offset".into());
+        }
         Ok(Self { runs, marks, max_t: parts.max_t, position })
     }
 }
@@ -274,6 +279,14 @@ mod tests {
     }
 
     #[test]
+    fn admissions_at_the_last_offsets_do_not_overflow() {
+        let mut log = AdmissionLog::starting_at(i64::MAX - 1);
+        log.admit(i64::MAX - 1, 1, 10);
+        log.admit(i64::MAX, 2, 10);
+        assert_eq!(log.span(), Some((i64::MAX - 1, i64::MAX)));
+    }
+
+    #[test]
     fn broken_parts_are_refused() {
         let parts = |runs: Vec<u64>| LogParts { start: 0, runs, ..Default::default() };
         assert!(AdmissionLog::from_parts(&parts(vec![1, 1]), 0).is_err());
@@ -284,5 +297,9 @@ mod tests {
         assert!(AdmissionLog::from_parts(&marks, 0).is_err());
         let past = LogParts { mark_offsets: vec![1], mark_times_ms: vec![9], max_t: 5, ..Default::default() };
         assert!(AdmissionLog::from_parts(&past, 0).is_err());
+        // A mark at or past the offset the log goes on from (found by fuzzing).
+        let ahead = LogParts { start: 0, runs: vec![2], mark_offsets: vec![5], mark_times_ms: vec![1], max_t: 1 };
+        assert!(AdmissionLog::from_parts(&ahead, 4).is_err());
+        assert!(AdmissionLog::from_parts(&ahead, 6).is_ok());
     }
 }
