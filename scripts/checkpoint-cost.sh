@@ -258,6 +258,20 @@ EOF
 
 # paced_run NAME DIR kill|nokill [AGGREGATOR FLAGS...]: one paced run on a fresh topic
 # prefix (see the header); samples, marks and the load test's report go to DIR.
+# start_aggregator SAMPLES [FLAGS...]: starts an aggregator on a free metrics port and a
+# sampler of it into SAMPLES; sets maddr, agg and sampler (paced_run's locals).
+start_aggregator() {
+  local samples=$1
+  shift
+  maddr="127.0.0.1:$(free_port)"
+  "$OF" aggregate --metrics-addr "$maddr" "$@" &
+  pids+=($!)
+  agg=$!
+  python3 "$dir/../sample.py" sample "$maddr" "$agg" 1 >"$samples" &
+  pids+=($!)
+  sampler=$!
+}
+
 paced_run() {
   local name="$1" dir="$2" kill="$3"
   shift 3
@@ -269,13 +283,7 @@ paced_run() {
   pids+=($!)
   local enricher=$!
   local maddr agg sampler
-  maddr="127.0.0.1:$(free_port)"
-  "$OF" aggregate --metrics-addr "$maddr" "$@" &
-  pids+=($!)
-  agg=$!
-  python3 "$dir/../sample.py" sample "$maddr" "$agg" 1 >"$dir/samples-1.jsonl" &
-  pids+=($!)
-  sampler=$!
+  start_aggregator "$dir/samples-1.jsonl" "$@"
   "$OF" loadtest "$TRACE_DIR/trace.jsonl" --speed realtime --no-progress --report "$dir/report" >"$dir/loadtest.log" 2>&1 &
   pids+=($!)
   local loadtest=$!
@@ -311,13 +319,7 @@ EOF
     wait "$agg" 2>/dev/null || true
     killed=true
     restarted=$(date +%s.%N)
-    maddr="127.0.0.1:$(free_port)"
-    "$OF" aggregate --metrics-addr "$maddr" "$@" &
-    pids+=($!)
-    agg=$!
-    python3 "$dir/../sample.py" sample "$maddr" "$agg" 1 >"$dir/samples-2.jsonl" &
-    pids+=($!)
-    sampler=$!
+    start_aggregator "$dir/samples-2.jsonl" "$@"
     until python3 "$dir/../sample.py" ready "$maddr" "$PARTITIONS"; do
       kill -0 "$agg" 2>/dev/null || { echo "paced run '$name': the new aggregator exited" >&2; exit 1; }
       kill -0 "$loadtest" 2>/dev/null || break
