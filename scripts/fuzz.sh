@@ -13,6 +13,9 @@
 # RUSTC_BOOTSTRAP=1 (FUZZ_TOOLCHAIN=<toolchain> picks one; any toolchain but a nightly
 # gets RUSTC_BOOTSTRAP=1). FUZZ_SANITIZER (default `none`: the workspace has no unsafe
 # code, and without one a run executes about twice as many inputs) may be `address`.
+# FUZZ_SEED=N fixes libFuzzer's random seed, so that a run retraces the same inputs
+# (CI's short run does: a red CI then means a change broke it, and the same command
+# finds it again; longer runs without it explore further).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,7 +66,8 @@ for target in "${targets[@]}"; do
   # -max_len: past the enricher's 64 KiB limit on a record. -timeout: seconds one
   # input may take. -rss_limit_mb: memory the run may use.
   "${cargo[@]}" fuzz run "${build[@]}" "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
-    -max_total_time="$seconds" -max_len=70000 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 2>"fuzz/$target.log" || {
+    -max_total_time="$seconds" -max_len=70000 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 ${FUZZ_SEED:+-seed="$FUZZ_SEED"} \
+    2>"fuzz/$target.log" || {
     tail -n 60 "fuzz/$target.log" >&2
     log "$target: crash (input saved under fuzz/artifacts/$target/, full log in fuzz/$target.log)"
     exit 1

@@ -71,7 +71,7 @@ pub mod seeds {
     use orderflow_core::wire::encode_enriched_spliced;
     use orderflow_proto::v1::{
         enriched_record, partial_record, EnrichedOrderEvent, EnrichedRecord, IdleTick, OrderEvent, OrderEventType, PartialRecord,
-        PartialTotal, PartitionProgress,
+        PartialTotal, PartitionCheckpoint, PartitionProgress,
     };
     use orderflow_proto::{millis_timestamp, Message, Timestamp};
 
@@ -229,8 +229,11 @@ pub mod seeds {
         memory_itself.dedup_log_mark_times_ms.clear();
         memory_itself.dedup_fingerprints = (0u8..32).collect();
         memory_itself.dedup_event_times_ms = vec![open.watermark_ms, open.watermark_ms - 1];
+        // At the largest offset, where no admission can be logged (runs are half-open).
+        let last_offset = PartitionCheckpoint { next_offset: i64::MAX, ..state.checkpoint("orderflow.enriched", 3, 0) };
         let checkpoint_seeds = vec![
             ("empty".to_owned(), checkpoint_empty),
+            ("last-offset".to_owned(), last_offset.encode_to_vec()),
             ("open-windows-and-ids".to_owned(), open.encode_to_vec()),
             ("memory-itself".to_owned(), memory_itself.encode_to_vec()),
             ("extremes".to_owned(), largest.encode_to_vec()),
