@@ -119,10 +119,61 @@ pub struct Replay {
 }
 
 /// Rebuilds the dedup memory of restored partitions: reads, from `topic` (the input),
-/// the stretch each one's admission log names ([`PartitionState::replay_span`]), all
-/// partitions at once, and hands every record to its partition's state. Returns the
-/// states, ready to apply records from their checkpoints' offsets on.
-pub fn replay(kafka: &KafkaConfig, topic: &str, states: Vec<(i32, PartitionState)>) -> Result<Vec<(i32, PartitionState, Replay)>> {
+/// the stretch each one's admission log names ([`PartitionState::replay_span`]), and
+/// hands every record to its partition's state. The partitions are spread over up to
+/// `threads` readers, each on its own thread with its own consumer, reading its
+/// partitions all at once (a take-over's wall time is then about its largest share,
+/// where the machine has the cores). Returns the states, ready to apply records from
+/// their checkpoints' offsets on.
+pub fn replay(
+    kafka: &KafkaConfig,
+    topic: &str,
+    states: Vec<(i32, PartitionState)>,
+    threads: usize,
+) -> Result<Vec<(i32, PartitionState, Replay)>> {
+    let threads = threads.clamp(1, states.len().max(1));
+    if threads == 1 {
+        return replay_on_one_reader(kafka, topic, states);
+    }
+    // The longest stretches first, each to the reader with the least to read so far.
+    let mut states = states;
+    states.sort_by_key(|(_, s)| std::cmp::Reverse(s.replay_span().map_or(0, |(from, end)| end - from)));
+    let mut shares: Vec<(i64, Vec<(i32, PartitionState)>)> = (0..threads).map(|_| (0, Vec::new())).collect();
+    for (p, state) in states {
+        let len = state.replay_span().map_or(0, |(from, end)| end - from);
+        let share = shares.iter_mut().min_by_key(|(load, _)| *load).expect("at least one reader");
+        share.0 += len;
+        share.1.push((p, state));
+    }
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = shares
+            .into_iter()
+            .filter(|(_, share)| !share.is_empty())
+            .enumerate()
+            .map(|(i, (_, share))| {
+                std::thread::Builder::new()
+                    .name(format!("replay-{i}"))
+                    .spawn_scoped(scope, move || replay_on_one_reader(kafka, topic, share))
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("starting a replay thread: {e}")))
+            })
+            .collect();
+        let mut done = Vec::new();
+        for reader in readers {
+            match reader?.join() {
+                Ok(share) => done.extend(share?),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        Ok(done)
+    })
+}
+
+/// [`replay`] of `states` on one consumer.
+fn replay_on_one_reader(
+    kafka: &KafkaConfig,
+    topic: &str,
+    states: Vec<(i32, PartitionState)>,
+) -> Result<Vec<(i32, PartitionState, Replay)>> {
     let consumer = kafka.reader()?;
     let mut tpl = TopicPartitionList::new();
     // Partition → (state, end of its stretch, records read).

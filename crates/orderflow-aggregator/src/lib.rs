@@ -62,6 +62,8 @@ pub enum Error {
     Config(String),
     #[error("a record the totals depend on was refused: {0}")]
     Refused(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl From<rdkafka::error::KafkaError> for Error {
@@ -103,6 +105,9 @@ pub struct AggregatorConfig {
     pub merger_checkpoint_interval: Duration,
     /// Most records processed per batch.
     pub batch: usize,
+    /// Readers (threads, each with its own consumer) that re-read the input of the
+    /// partitions a take-over restores; 0: one per core.
+    pub restore_threads: usize,
     /// How often each owned partition's open windows are snapshotted for the
     /// provisional figures (zero: never).
     pub provisional_interval: Duration,
@@ -141,6 +146,7 @@ impl Default for AggregatorConfig {
             no_checkpoints: false,
             merger_checkpoint_interval: defaults::MERGER_CHECKPOINT_INTERVAL,
             batch: defaults::BATCH,
+            restore_threads: 0,
             provisional_interval: defaults::PROVISIONAL_INTERVAL,
             shutdown_grace: orderflow_runtime::supervisor::DEFAULT_SHUTDOWN_GRACE,
         }
@@ -148,6 +154,14 @@ impl Default for AggregatorConfig {
 }
 
 impl AggregatorConfig {
+    /// [`Self::restore_threads`], 0 resolved to the cores this process may use.
+    pub fn restore_threads(&self) -> usize {
+        match self.restore_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     /// The window spec and the partitions' state bounds, checked.
     pub fn spec(&self) -> Result<(orderflow_core::window::WindowSpec, orderflow_core::partition::StateBounds)> {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);

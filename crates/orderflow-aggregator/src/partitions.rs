@@ -99,6 +99,8 @@ pub struct Partitions {
     input: String,
     checkpoints: String,
     idle_close: Duration,
+    /// Readers of a take-over's replay ([`checkpoint::replay`]).
+    restore_threads: usize,
     owned: HashMap<i32, Owned>,
     /// When input last came back to a partition after `--idle-close` without any
     /// (see [`idle::ticks`]).
@@ -109,7 +111,14 @@ pub struct Partitions {
 }
 
 impl Partitions {
-    pub fn new(kafka: &KafkaConfig, topics: &Topics, spec: WindowSpec, bounds: StateBounds, idle_close: Duration) -> Self {
+    pub fn new(
+        kafka: &KafkaConfig,
+        topics: &Topics,
+        spec: WindowSpec,
+        bounds: StateBounds,
+        idle_close: Duration,
+        restore_threads: usize,
+    ) -> Self {
         Self {
             kafka: kafka.clone(),
             spec,
@@ -117,6 +126,7 @@ impl Partitions {
             input: topics.enriched(),
             checkpoints: topics.checkpoints(),
             idle_close,
+            restore_threads,
             owned: HashMap::new(),
             last_resumed: None,
             restore_max_seconds: 0.0,
@@ -177,10 +187,13 @@ impl Partitions {
         }
         // Their dedup memories are rebuilt from the input their checkpoints name.
         let next_offsets: HashMap<i32, i64> = restored.iter().map(|(p, _, next)| (*p, *next)).collect();
-        let (kafka, input) = (self.kafka.clone(), self.input.clone());
+        let (kafka, input, threads) = (self.kafka.clone(), self.input.clone(), self.restore_threads);
         let states = restored.into_iter().map(|(p, state, _)| (p, state)).collect();
-        let replayed =
-            tokio::task::spawn_blocking(move || checkpoint::replay(&kafka, &input, states)).await.expect("replay task panicked")?;
+        let replay_started = Instant::now();
+        let replayed = tokio::task::spawn_blocking(move || checkpoint::replay(&kafka, &input, states, threads))
+            .await
+            .expect("replay task panicked")?;
+        let replay_ms = replay_started.elapsed().as_millis() as u64;
         for (p, state, replay) in replayed {
             let next_offset = next_offsets[&p];
             metrics::counter!(telemetry::AGGREGATOR_REPLAY_RECORDS).increment(replay.records);
@@ -211,7 +224,7 @@ impl Partitions {
             self.restore_max_seconds = seconds;
             metrics::gauge!(telemetry::AGGREGATOR_RESTORE_MAX_SECONDS).set(seconds);
         }
-        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "Take-over done.");
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, replay_ms, "Take-over done.");
         Ok(())
     }
 
@@ -451,7 +464,7 @@ impl Aggregator {
         Ok(Self {
             config: config.clone(),
             consumer,
-            partitions: Partitions::new(kafka, topics, spec, bounds, config.idle_close),
+            partitions: Partitions::new(kafka, topics, spec, bounds, config.idle_close, config.restore_threads()),
             router: Router::new(producer.clone(), topics, partition_count),
             checkpoints: Outbox::new(producer),
             last_checkpoint: Instant::now(),
@@ -556,7 +569,7 @@ mod tests {
     async fn a_partition_revoked_mid_batch_is_not_taken_back() {
         let mock = MockKafka::start(1, 2);
         let spec = WindowSpec::new(60_000, 5_000).unwrap();
-        let mut partitions = Partitions::new(&mock.kafka, &mock.topics, spec, StateBounds::new(65_000), Duration::from_secs(10));
+        let mut partitions = Partitions::new(&mock.kafka, &mock.topics, spec, StateBounds::new(65_000), Duration::from_secs(10), 2);
         partitions.take_over(vec![0, 1], &HashSet::from([0, 1])).await.unwrap();
         assert!(partitions.owns(0) && partitions.owns(1));
         // Partition 0 is revoked while a batch holding records of both is fetched.

@@ -137,6 +137,11 @@ pub struct PartitionState {
     replay: Option<Replay>,
 }
 
+/// Ids a replay holds, their memory prefetched, before it remembers them all: the
+/// table is tens of megabytes read at random, so one id at a time would wait for one
+/// cache miss after another.
+const REPLAY_AHEAD: usize = 16;
+
 /// The progress of re-reading the input on restore ([`PartitionState::replay`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Replay {
@@ -145,6 +150,15 @@ struct Replay {
     found: u64,
     /// The admission log's run reached ([`AdmissionLog::contains_ascending`]).
     cursor: usize,
+    /// Fingerprints and event times found, not remembered yet (the first `held`).
+    ahead: [(u128, i64); REPLAY_AHEAD],
+    held: usize,
+}
+
+impl Replay {
+    fn new(from: i64) -> Self {
+        Self { next: from, found: 0, cursor: 0, ahead: [(0, 0); REPLAY_AHEAD], held: 0 }
+    }
 }
 
 /// What a restore from the admission log found in the input
@@ -404,7 +418,7 @@ impl PartitionState {
     /// (`None`: nothing to re-read). Feed each record of that stretch, in order, to
     /// [`Self::replay`], then call [`Self::finish_replay`].
     pub fn replay_span(&self) -> Option<(i64, i64)> {
-        self.replay.and_then(|r| self.log.span().map(|(_, end)| (r.next, end))).filter(|(from, end)| from < end)
+        self.replay.as_ref().and_then(|r| self.log.span().map(|(_, end)| (r.next, end))).filter(|(from, end)| from < end)
     }
 
     /// Whether [`Self::replay`] wants the record at `offset` (an admitted one not
@@ -440,14 +454,25 @@ impl PartitionState {
         let Some(time) = event.event_time.as_ref() else { return };
         replay.found += 1;
         let fp = self.dedup.fingerprint(event.event_id);
-        self.dedup.remember(fp, timestamp_millis(time), self.watermark_ms);
+        self.dedup.prefetch(fp);
+        replay.ahead[replay.held] = (fp, timestamp_millis(time));
+        replay.held += 1;
+        if replay.held == REPLAY_AHEAD {
+            replay.held = 0;
+            for (fp, t) in replay.ahead {
+                self.dedup.remember(fp, t, self.watermark_ms);
+            }
+        }
     }
 
     /// Ends a restore's re-reading ([`Self::replay_span`]) and says how many admitted
     /// ids it found again.
     pub fn finish_replay(&mut self) -> Replayed {
-        let found = self.replay.take().map_or(0, |r| r.found);
-        Replayed { admitted: self.log.admitted(), found }
+        let Some(replay) = self.replay.take() else { return Replayed { admitted: self.log.admitted(), found: 0 } };
+        for &(fp, t) in &replay.ahead[..replay.held] {
+            self.dedup.remember(fp, t, self.watermark_ms);
+        }
+        Replayed { admitted: self.log.admitted(), found: replay.found }
     }
 
     /// Rebuilds the state from a checkpoint taken with the same window configuration.
@@ -495,7 +520,7 @@ impl PartitionState {
                 max_t: cp.dedup_log_max_time_ms,
             };
             let log = AdmissionLog::from_parts(&parts, cp.next_offset).map_err(|e| bad(format!("admission log: {e}")))?;
-            let replay = log.span().map(|(from, _)| Replay { next: from, found: 0, cursor: 0 });
+            let replay = log.span().map(|(from, _)| Replay::new(from));
             (log, None, replay)
         } else {
             (AdmissionLog::starting_at(cp.next_offset), cp.dedup_event_times_ms.iter().copied().max(), None)

@@ -297,6 +297,11 @@ pub struct AggregatorArgs {
     /// Most records processed per batch.
     #[arg(long, env = "ORDERFLOW_AGGREGATOR_BATCH", default_value_t = agg::BATCH)]
     pub batch: usize,
+    /// Threads (each with its own consumer) that re-read the input a take-over's
+    /// restored partitions rebuild their dedup memory from, the partitions shared
+    /// among them; 0: one per core.
+    #[arg(long, env = "ORDERFLOW_RESTORE_THREADS", default_value_t = 0)]
+    pub restore_threads: usize,
     /// How often each input partition's open windows are snapshotted for the
     /// provisional figures (`orderflow_open_window_*`); 0 disables them.
     #[arg(long, env = "ORDERFLOW_PROVISIONAL_INTERVAL", default_value_t = agg::PROVISIONAL_INTERVAL.into())]
@@ -318,6 +323,7 @@ impl From<AggregatorArgs> for AggregatorConfig {
             no_checkpoints: a.no_checkpoints,
             merger_checkpoint_interval: a.merger_checkpoint_interval.into(),
             batch: a.batch,
+            restore_threads: a.restore_threads,
             provisional_interval: a.provisional_interval.into(),
             shutdown_grace: a.shutdown.shutdown_grace.into(),
         }

@@ -154,7 +154,7 @@ async fn a_partition_restores_its_dedup_memory_from_the_input() {
         let restored = PartitionState::restore(&cp, spec, bounds).unwrap();
         let (k, topic) = (kafka.clone(), input.clone());
         let t = Instant::now();
-        let mut done = tokio::task::spawn_blocking(move || orderflow_aggregator::checkpoint::replay(&k, &topic, vec![(0, restored)]))
+        let mut done = tokio::task::spawn_blocking(move || orderflow_aggregator::checkpoint::replay(&k, &topic, vec![(0, restored)], 1))
             .await
             .unwrap()
             .unwrap();
