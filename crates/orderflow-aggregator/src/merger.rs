@@ -49,7 +49,7 @@ pub async fn run(
 ) -> Result<()> {
     let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("merger"), RevocationLog::new("merger"))?;
     consumer.subscribe(&[&topics.partials()])?;
-    let mut outbox = Outbox::new(kafka.producer_for("merger")?);
+    let mut outbox = Outbox::new(kafka.stage_producer("merger")?);
     let totals_topic = topics.totals();
     let mut merger = Merger::new().for_partitions(partitions);
     // Read when this merger takes the partial totals over, not when it starts: a
@@ -326,7 +326,7 @@ struct Checkpoints {
 
 impl Checkpoints {
     fn new(kafka: &KafkaConfig, topic: String, interval: Duration) -> Result<Self> {
-        Ok(Self { topic, outbox: Outbox::new(kafka.producer_for("merger")?), interval, last: Instant::now(), written: 0 })
+        Ok(Self { topic, outbox: Outbox::new(kafka.stage_producer("merger")?), interval, last: Instant::now(), written: 0 })
     }
 
     fn due(&self) -> bool {

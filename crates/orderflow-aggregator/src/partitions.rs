@@ -150,19 +150,16 @@ impl Partitions {
         }
     }
 
-    /// Restores newly owned partitions from their checkpoints (or starts them from
-    /// scratch when they have none): those in `partitions` (a batch's) and every other
-    /// partition assigned and not owned yet, all at once, so that their checkpoints
-    /// and input are read together rather than one take-over after another. Only
-    /// partitions in `assigned` (the consumer's assignment now) are taken: a batch
-    /// fetched before a rebalance may still hold records of a partition revoked since,
-    /// whose state must not come back (its idle ticks and partials would compete with
-    /// the new owner's).
-    pub async fn take_over(&mut self, mut partitions: Vec<i32>, assigned: &HashSet<i32>) -> Result<()> {
-        partitions.extend(assigned.iter().copied());
-        partitions.retain(|p| !self.owned.contains_key(p) && assigned.contains(p));
+    /// Restores the partitions in `assigned` (the consumer's assignment now) not owned
+    /// yet from their checkpoints (or starts them from scratch when they have none),
+    /// all at once, so that their checkpoints and input are read together rather than
+    /// one take-over after another. Only assigned partitions are taken: a batch fetched
+    /// before a rebalance may still hold records of a partition revoked since, whose
+    /// state must not come back (its idle ticks and partials would compete with the
+    /// new owner's); `apply` skips them.
+    pub async fn take_over(&mut self, assigned: &HashSet<i32>) -> Result<()> {
+        let mut partitions: Vec<i32> = assigned.iter().copied().filter(|p| !self.owned.contains_key(p)).collect();
         partitions.sort_unstable();
-        partitions.dedup();
         if partitions.is_empty() {
             return Ok(());
         }
@@ -460,7 +457,7 @@ impl Aggregator {
         let consumer: StreamConsumer<RevocationLog> =
             kafka.group_consumer(&topics.group("aggregator"), RevocationLog::new("aggregator"))?;
         consumer.subscribe(&[&topics.enriched()])?;
-        let producer = kafka.producer_for("aggregator")?;
+        let producer = kafka.stage_producer("aggregator")?;
         Ok(Self {
             config: config.clone(),
             consumer,
@@ -489,7 +486,7 @@ impl Aggregator {
                 metrics::counter!(telemetry::AGGREGATOR_INPUT_BYTES).increment(orderflow_runtime::kafka::record_bytes(&batch));
                 // Records of partitions revoked while the batch was fetched are skipped
                 // (`apply` ignores partitions not owned): their new owner processes them.
-                partitions.take_over(batch.iter().map(|m| m.partition()).collect(), &assignment(&consumer)).await?;
+                partitions.take_over(&assignment(&consumer)).await?;
                 // A few dozen records at a time: parse them and prepare their events
                 // (the dedup look-ups' cache misses overlap), then process them in
                 // order. Small chunks keep what was prepared in cache until it is used.
@@ -520,7 +517,7 @@ impl Aggregator {
             if housekeeping.elapsed() >= Duration::from_millis(500) {
                 housekeeping = Instant::now();
                 let assigned = assignment(&consumer);
-                partitions.take_over(assigned.iter().copied().collect(), &assigned).await?;
+                partitions.take_over(&assigned).await?;
                 partitions.report_lag();
                 if consumer.context().joined() && assigned.iter().all(|p| partitions.owns(*p)) {
                     if !readiness.is_ready() {
@@ -570,11 +567,11 @@ mod tests {
         let mock = MockKafka::start(1, 2);
         let spec = WindowSpec::new(60_000, 5_000).unwrap();
         let mut partitions = Partitions::new(&mock.kafka, &mock.topics, spec, StateBounds::new(65_000), Duration::from_secs(10), 2);
-        partitions.take_over(vec![0, 1], &HashSet::from([0, 1])).await.unwrap();
+        partitions.take_over(&HashSet::from([0, 1])).await.unwrap();
         assert!(partitions.owns(0) && partitions.owns(1));
         // Partition 0 is revoked while a batch holding records of both is fetched.
         partitions.forget(vec![0]);
-        partitions.take_over(vec![0, 1, 0], &HashSet::from([1])).await.unwrap();
+        partitions.take_over(&HashSet::from([1])).await.unwrap();
         assert!(!partitions.owns(0), "the revoked partition stays forgotten");
         assert!(partitions.owns(1));
         let tick = Parsed { record: Ok(Some(EnrichedKind::IdleTick(None))), prepared: None };

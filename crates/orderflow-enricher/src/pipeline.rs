@@ -39,7 +39,7 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &EnricherConfig, 
     let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("enricher"), RevocationLog::new("enricher"))?;
     consumer.subscribe(&[&topics.orders()])?;
     let enricher = Enricher {
-        outbox: Outbox::new(kafka.producer_for("enricher")?),
+        outbox: Outbox::new(kafka.stage_producer("enricher")?),
         merchants,
         enriched_topic: topics.enriched(),
         dlq_topic: topics.dead_letter(),

@@ -10,7 +10,10 @@
 //!
 //! Ignored (a minute): run with
 //! `cargo test --release -p orderflow --test restore_replay -- --ignored --nocapture`;
-//! `RESTORE_BENCH_SECONDS` (default 80) sets the seconds of input.
+//! `RESTORE_BENCH_SECONDS` (default 80) sets the seconds of input,
+//! `RESTORE_BENCH_BATCH` (default 100000) the records per producer batch (the enricher
+//! at 8,500 events/s per partition makes ~40 with a 5 ms linger, ~400 with 50 ms), and
+//! `RESTORE_BENCH_COMPRESSION` (default none) the producer's `compression.type`.
 
 mod common;
 
@@ -96,8 +99,15 @@ async fn a_partition_restores_its_dedup_memory_from_the_input() {
     let bounds = StateBounds::new(65_000);
     let key = DedupKey::from_words(3, 5);
     let mut state = PartitionState::new(spec, bounds, key);
+    let compression = std::env::var("RESTORE_BENCH_COMPRESSION").unwrap_or_else(|_| "none".into());
+    let batch = std::env::var("RESTORE_BENCH_BATCH").unwrap_or_else(|_| "100000".into());
     let producer: BaseProducer = kafka
-        .config(&[("linger.ms", "20"), ("batch.num.messages", "100000"), ("queue.buffering.max.messages", "2000000")])
+        .config(&[
+            ("linger.ms", "20"),
+            ("batch.num.messages", &batch),
+            ("queue.buffering.max.messages", "2000000"),
+            ("compression.type", &compression),
+        ])
         .unwrap()
         .create()
         .unwrap();

@@ -1031,7 +1031,7 @@ async fn broker_relay(kafka: &KafkaConfig, topics: &Topics) -> anyhow::Result<Ba
         // The leanest client path: no per-record future, delivery reports counted by a
         // context; the producer settings are the services'.
         let producer: BaseProducer<DeliveryCount> =
-            kafka.config(&orderflow_runtime::kafka::PRODUCER_SETTINGS)?.create_with_context(DeliveryCount::default())?;
+            kafka.config(&orderflow_runtime::kafka::STAGE_PRODUCER_SETTINGS)?.create_with_context(DeliveryCount::default())?;
         let reader = TopicReader::open(&kafka, &orders)?;
         let mut refused: Option<String> = None;
         let t = Instant::now();
