@@ -38,15 +38,18 @@ const MERCHANTS: &str =
     "merchant_id,region,tier\nm1,cn-east,tmall\nm2,cn-east,taobao\nm3,cn-south,tmall\nm4,cn-north,taobao\nm5,intl,tmall\n";
 
 /// Panels the dashboards mark with a "No data" value that may be empty here: counters of
-/// trouble this run does not stage, and idle ticks (none: `--idle-close 1h` keeps the
-/// window open until phase 2 closes it). Each appears on its first increment.
-const ABSENT_IN_A_CLEAN_RUN: [&str; 6] = [
+/// trouble this run does not stage, idle ticks (none: `--idle-close 1h` keeps the
+/// window open until phase 2 closes it), and a restore's re-reading (every partition
+/// starts from scratch). Each appears on its first increment.
+const ABSENT_IN_A_CLEAN_RUN: [&str; 8] = [
     "orderflow_kafka_errors_total",
     "orderflow_aggregator_idle_ticks_total",
     "orderflow_dead_letter_refused_total",
     "orderflow_aggregator_bound_refusals_total",
     "orderflow_aggregator_checkpoint_failures_total",
     "orderflow_enricher_merchant_records_refused_total",
+    "orderflow_aggregator_restore_replayed_records_total",
+    "orderflow_aggregator_restore_missing_ids_total",
 ];
 
 /// Panels the dashboards mark with a "No data" value that are empty here because this
