@@ -215,14 +215,23 @@ async fn post_events(State(app): State<Arc<App>>, headers: HeaderMap, body: Body
     let _gauge = InFlight::enter();
     let response = handle(&app, &headers, body).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!(telemetry::INGEST_REQUESTS, "route" => EVENTS_ROUTE, "status" => status).increment(1);
+    // Which refusal (a 503 is `broker_unavailable` or `overloaded`); `none` for answers
+    // about each event.
+    let code = response.extensions().get::<RefusalCode>().map_or("none", |c| c.0);
+    metrics::counter!(telemetry::INGEST_REQUESTS, "route" => EVENTS_ROUTE, "status" => status, "code" => code).increment(1);
     metrics::histogram!(telemetry::INGEST_REQUEST_SECONDS, "route" => EVENTS_ROUTE).record(started.elapsed().as_secs_f64());
     response
 }
 
+/// The `code` of a request refused whole, for the requests counter.
+#[derive(Debug, Clone, Copy)]
+struct RefusalCode(&'static str);
+
 /// A request refused whole.
 fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
-    json_response(status, &Refusal::new(code, message))
+    let mut r = json_response(status, &Refusal::new(code, message));
+    r.extensions_mut().insert(RefusalCode(code));
+    r
 }
 
 fn refuse_retry(status: StatusCode, code: &'static str, message: impl Into<String>, retry_after: u64) -> Response {

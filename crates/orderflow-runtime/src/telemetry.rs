@@ -183,7 +183,11 @@ pub const INGEST_TOKEN_RELOADS: &str = "orderflow_ingest_token_reloads_total";
 
 /// Describes every metric once, so `/metrics` carries HELP and TYPE lines.
 pub fn describe() {
-    describe_counter!(INGEST_REQUESTS, Unit::Count, "HTTP requests answered by ingest, by route and status code.");
+    describe_counter!(
+        INGEST_REQUESTS,
+        Unit::Count,
+        "HTTP requests answered by ingest, by route, status code and refusal code (`none` unless refused whole)."
+    );
     describe_counter!(INGEST_EVENTS, Unit::Count, "Events judged by ingest, by outcome (accepted, rejected) and reason.");
     describe_histogram!(INGEST_REQUEST_SECONDS, Unit::Seconds, "Time from a request's arrival to its answer, by route.");
     describe_histogram!(INGEST_ACK_SECONDS, Unit::Seconds, "Time for the broker to acknowledge every accepted event of a request.");

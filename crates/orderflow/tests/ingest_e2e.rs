@@ -188,8 +188,19 @@ fn posted_events_arrive_once_and_are_counted_exactly() {
 
     // The metrics tell the same story.
     let page = scrape(&metrics).unwrap();
-    let requests = |status: &str| sample(&page, "orderflow_ingest_requests_total", &[("route", "/v1/events"), ("status", status)]);
-    assert_eq!((requests("200"), requests("207"), requests("401"), requests("413"), requests("429")), (3.0, 1.0, 1.0, 1.0, 1.0));
+    let requests = |status: &str, code: &str| {
+        sample(&page, "orderflow_ingest_requests_total", &[("route", "/v1/events"), ("status", status), ("code", code)])
+    };
+    assert_eq!(
+        (
+            requests("200", "none"),
+            requests("207", "none"),
+            requests("401", "unauthorized"),
+            requests("413", "body_too_large"),
+            requests("429", "rate_limited")
+        ),
+        (3.0, 1.0, 1.0, 1.0, 1.0)
+    );
     let events = |outcome: &str, reason: &str| sample(&page, "orderflow_ingest_events_total", &[("outcome", outcome), ("reason", reason)]);
     assert_eq!(events("accepted", "none"), 7.0);
     assert_eq!((events("rejected", "negative_amount"), events("rejected", "foreign_storefront")), (1.0, 1.0));
