@@ -248,11 +248,15 @@ impl FingerprintTable {
     /// Grows the table, if need be, so that `n` entries fit without growing again.
     fn reserve(&mut self, n: usize) {
         let wanted = (n.saturating_mul(MAX_LOAD.1) / MAX_LOAD.0 + 1).next_power_of_two().max(MIN_SLOTS);
-        if wanted <= self.mask + 1 {
-            return;
+        if wanted > self.mask + 1 {
+            self.resize(wanted);
         }
-        let old = std::mem::replace(&mut self.slots, Slots::zeroed(wanted));
-        self.mask = wanted - 1;
+    }
+
+    /// Moves every entry into a new table of `n` slots (a power of two).
+    fn resize(&mut self, n: usize) {
+        let old = std::mem::replace(&mut self.slots, Slots::zeroed(n));
+        self.mask = n - 1;
         for s in old.get().iter().filter(|s| s.fp != EMPTY) {
             let i = self.find(&s.fp, i64::MIN).0;
             self.slots.get_mut()[i] = *s;
@@ -265,13 +269,7 @@ impl FingerprintTable {
     fn make_room(&mut self, expired_before: i64) {
         self.retain(|t| t >= expired_before);
         while self.len * AFTER_SWEEP.1 > (self.mask + 1) * AFTER_SWEEP.0 {
-            let n = 2 * (self.mask + 1);
-            let old = std::mem::replace(&mut self.slots, Slots::zeroed(n));
-            self.mask = n - 1;
-            for s in old.get().iter().filter(|s| s.fp != EMPTY) {
-                let i = self.find(&s.fp, i64::MIN).0;
-                self.slots.get_mut()[i] = *s;
-            }
+            self.resize(2 * (self.mask + 1));
         }
     }
 
