@@ -297,28 +297,31 @@ pub fn redact_option(opt: &str) -> String {
     }
 }
 
-/// The settings of every orderflow producer ([`KafkaConfig::producer_for`]): idempotent
-/// (acks=all, no reordering on retries), batched over 5 ms, a deep local queue, and
-/// records up to 64 MiB (checkpoints). The pipeline's stages batch longer
-/// ([`STAGE_PRODUCER_SETTINGS`]).
-pub const PRODUCER_SETTINGS: [(&str, &str); 5] = [
-    ("enable.idempotence", "true"),
-    ("linger.ms", "5"),
-    ("batch.num.messages", "10000"),
-    ("queue.buffering.max.messages", "500000"),
-    ("message.max.bytes", "67108864"),
-];
+/// The settings of every orderflow producer, batching over `linger_ms`: idempotent
+/// (acks=all, no reordering on retries), a deep local queue, and records up to 64 MiB
+/// (checkpoints).
+pub const fn producer_settings(linger_ms: &'static str) -> [(&'static str, &'static str); 5] {
+    [
+        ("enable.idempotence", "true"),
+        ("linger.ms", linger_ms),
+        ("batch.num.messages", "10000"),
+        ("queue.buffering.max.messages", "500000"),
+        ("message.max.bytes", "67108864"),
+    ]
+}
 
-/// [`PRODUCER_SETTINGS`] for the pipeline's stages (enricher, aggregator, merger;
-/// [`KafkaConfig::stage_producer`]): batched over 50 ms instead of 5. Nothing waits on
-/// a stage's single record (a window's total waits for the window to close), but
-/// every reader pays per batch: at 8,500 events/s per partition, 5 ms made batches of
-/// ~40 records, and a restore re-reading a dedup horizon of them from Nisshi took
-/// 1.43 s per partition against 0.68 s with 50 ms (README "Checkpoint cost"). Ingest
-/// and the producer CLI, which answer storefronts per record, keep 5 ms. The load
-/// test's broker baseline produces with these, so that it measures the same client path.
-pub const STAGE_PRODUCER_SETTINGS: [(&str, &str); 5] =
-    [PRODUCER_SETTINGS[0], ("linger.ms", "50"), PRODUCER_SETTINGS[2], PRODUCER_SETTINGS[3], PRODUCER_SETTINGS[4]];
+/// [`producer_settings`] over 5 ms ([`KafkaConfig::producer_for`]): ingest and the
+/// producer CLI, which answer storefronts per record.
+pub const PRODUCER_SETTINGS: [(&str, &str); 5] = producer_settings("5");
+
+/// [`producer_settings`] over 50 ms for the pipeline's stages (enricher, aggregator,
+/// merger; [`KafkaConfig::stage_producer`]). Nothing waits on a stage's single record
+/// (a window's total waits for the window to close), but every reader pays per batch:
+/// at 8,500 events/s per partition, 5 ms made batches of ~40 records, and a restore
+/// re-reading a dedup horizon of them from Nisshi took 1.43 s per partition, 0.93 s
+/// (median of four runs) with 50 ms (README "Checkpoint cost"). The load test's broker
+/// baseline produces with these, so that it measures the same client path.
+pub const STAGE_PRODUCER_SETTINGS: [(&str, &str); 5] = producer_settings("50");
 
 impl KafkaConfig {
     /// Settings for a given bootstrap address, plaintext and no extra options.
