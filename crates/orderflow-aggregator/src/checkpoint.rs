@@ -136,11 +136,11 @@ pub fn replay(
         return replay_on_one_reader(kafka, topic, states);
     }
     // The longest stretches first, each to the reader with the least to read so far.
-    let mut states = states;
-    states.sort_by_key(|(_, s)| std::cmp::Reverse(s.replay_span().map_or(0, |(from, end)| end - from)));
+    let mut states: Vec<(i64, i32, PartitionState)> =
+        states.into_iter().map(|(p, s)| (s.replay_span().map_or(0, |(from, end)| end - from), p, s)).collect();
+    states.sort_by_key(|(len, _, _)| std::cmp::Reverse(*len));
     let mut shares: Vec<(i64, Vec<(i32, PartitionState)>)> = (0..threads).map(|_| (0, Vec::new())).collect();
-    for (p, state) in states {
-        let len = state.replay_span().map_or(0, |(from, end)| end - from);
+    for (len, p, state) in states {
         let share = shares.iter_mut().min_by_key(|(load, _)| *load).expect("at least one reader");
         share.0 += len;
         share.1.push((p, state));
