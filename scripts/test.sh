@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# orderflow's test command (README "Tests"; CI runs exactly this through .ci/run).
+# orderflow's test command (docs/testing.md#tests; CI runs exactly this through .ci/run).
 #
 # Installs what the tests need when it is missing, then runs every test in the
 # workspace: unit tests of the pure core, and end-to-end tests that start a real
@@ -80,7 +80,7 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "fuzzing: every decoder of outside bytes, 10 s each, seed ${FUZZ_SEED:-1} (scripts/fuzz.sh)"
 # A fixed seed: this short run is a regression check that retraces the same inputs,
-# not a search (longer runs without a seed search: README "Fuzzing").
+# not a search (longer runs without a seed search: docs/testing.md#fuzzing).
 FUZZ_SEED="${FUZZ_SEED:-1}" scripts/fuzz.sh 10
 log "fuzz seeds are what their generator makes (FUZZ_WRITE_SEEDS=1 rewrites them)"
 cargo test --manifest-path fuzz/Cargo.toml --lib --quiet
