@@ -16,7 +16,8 @@
 #   - The Prometheus config and alerting rules (deploy/prometheus/) are checked and
 #     unit-tested with promtool (scripts/check-alerts.sh) right after formatting, and
 #     the Kubernetes manifests (deploy/k8s/) checked by scripts/check-k8s.sh, the
-#     Grafana dashboards (deploy/grafana/) by scripts/check-dashboards.py.
+#     Grafana dashboards (deploy/grafana/) by scripts/check-dashboards.py, and the
+#     documentation (docs/) by scripts/check-docs.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,10 +50,6 @@ if ! python3 -m venv --help >/dev/null 2>&1; then
 fi
 scripts/check-k8s.sh
 
-# The Grafana dashboards (deploy/grafana/): the provisioned datasource on every panel,
-# only metrics the code declares, and every expression parsed by a throwaway prometheus.
-scripts/check-dashboards.py
-
 # The build compiles librdkafka and OpenSSL from source (rdkafka's ssl-vendored: no
 # system OpenSSL needed). OpenSSL's Configure needs perl with its core modules, which
 # perl-base alone (on minimal images) lacks.
@@ -66,6 +63,15 @@ if ((${#need_apt[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+
+# The Grafana dashboards (deploy/grafana/): the provisioned datasource on every panel,
+# only metrics the code declares, and every expression parsed by a throwaway prometheus.
+scripts/check-dashboards.py
+
+# The documentation (docs/): every relative link and anchor resolves, each alert's
+# runbook_url is its runbook heading, every flag of --help and every metric is
+# documented. It reads the binary's help, so it builds it first (the tests reuse it).
+scripts/check-docs.py
 
 if [[ -z "${ORDERFLOW_TEST_BROKERS:-}" ]] && ! command -v nisshi >/dev/null && [[ ! -x "$HOME/.cargo/bin/nisshi" ]]; then
   log "Installing the Nisshi broker (cargo +nightly install nisshi --version 0.8.1 --locked)"
