@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Where a process's CPU goes, from a `perf record` of a load test (benches/README.md,
-"End to end: the backlog drain").
+"""Where a process's CPU goes, from a `perf record` of a load test (docs/testing.md,
+"Profiling a drain"; what it showed: docs/measurements/2026-12-01-backlog-drain.md).
 
     perf record -e cpu-clock -F 499 -o drain.data -- scripts/loadtest.sh 2000000 drain
     python3 benches/perf-by-process.py drain.data PID[,PID...] [TOP_SYMBOLS]

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Checks the Prometheus config and alerting rules under deploy/ (README "Alerts and
-# runbook"); part of scripts/test.sh, which installs promtool (Debian's prometheus
-# package, and amtool with prometheus-alertmanager) when they are missing. A few seconds,
+# Checks the Prometheus config and alerting rules under deploy/ (docs/operations.md#alerts);
+# part of scripts/test.sh, which installs promtool (Debian's prometheus package, and
+# amtool with prometheus-alertmanager) when they are missing. A few seconds,
 # plus about two per alert for the last step.
 #   1. promtool check config / check rules: both parse, and the config finds the rules;
 #      amtool check-config: deploy/alertmanager.yml parses, and routes each severity
 #      to its receiver.
 #   2. promtool test rules: every alert's unit tests (alerts_test.yml), firing and not.
-#   3. every runbook_url is README.md#<alert name in lower case>, and README.md has a
-#      heading of that name.
+#   3. every runbook_url is BASE#<alert name in lower case>, BASE being the one line of
+#      deploy/prometheus/runbook-base-url, and docs/runbook.md has a heading of that name.
 #   4. every alert has a test that needs it to fire: with the alert's expression made
 #      one that never fires, alerts_test.yml must fail.
 set -euo pipefail
@@ -31,13 +31,14 @@ amtool check-config deploy/alertmanager.yml >/dev/null
 alerts=$(sed -n 's/^ *- alert: *\([A-Za-z0-9_]*\) *$/\1/p' "$rules")
 [[ -n "$alerts" ]] || { echo "no alert found in $rules" >&2; exit 1; }
 
-log "runbook anchors in README.md"
+base=$(<deploy/prometheus/runbook-base-url)
+log "runbook links: $base#<alert>, each a heading of docs/runbook.md"
 for alert in $alerts; do
   anchor=$(printf '%s' "$alert" | tr '[:upper:]' '[:lower:]')
   # The alert's runbook_url: the first one after its `- alert:` line.
   url=$(sed -n "/^ *- alert: *$alert *\$/,\$ s/^ *runbook_url: *//p" "$rules" | head -n 1)
-  [[ "$url" == "README.md#$anchor" ]] || { echo "$alert: runbook_url is '$url', not README.md#$anchor" >&2; exit 1; }
-  grep -qiE "^#+ +$alert *\$" README.md || { echo "$alert: README.md has no heading '$alert' (anchor #$anchor)" >&2; exit 1; }
+  [[ "$url" == "$base#$anchor" ]] || { echo "$alert: runbook_url is '$url', not $base#$anchor (scripts/set-runbook-base-url.sh sets them all)" >&2; exit 1; }
+  grep -qE "^#+ +$alert *\$" docs/runbook.md || { echo "$alert: docs/runbook.md has no heading '$alert' (anchor #$anchor)" >&2; exit 1; }
 done
 
 log "each alert's tests fail when it never fires"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks the Grafana dashboards under deploy/grafana/ (README "Dashboards"); run by
+"""Checks the Grafana dashboards under deploy/grafana/ (docs/operations.md#dashboards); run by
 scripts/test.sh. Standard library only; needs Debian's `prometheus` (which the test
 command installs with promtool).
 

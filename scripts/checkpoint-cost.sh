@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What checkpoints cost the aggregator, measured in one run (README "Operations"). Two
+# What checkpoints cost the aggregator, measured in one run (docs/testing.md#checkpoint-cost). Two
 # modes:
 #
 #   scripts/checkpoint-cost.sh [EVENTS] [ROUNDS]                # backlog; defaults: 1000000 2

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes every decoder of outside bytes (README "Fuzzing"): builds the libFuzzer
+# Fuzzes every decoder of outside bytes (docs/testing.md#fuzzing): builds the libFuzzer
 # targets in fuzz/ and runs each for SECONDS_PER_TARGET seconds (default 60), starting
 # from its committed seeds (fuzz/seeds/<target>/) and the corpus earlier runs grew
 # (fuzz/corpus/<target>/, not committed). Fails on the first crash: a panic, an

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark of HTTP ingest on loopback (benches/README.md, "HTTP ingest"), against
+# Benchmark of HTTP ingest on loopback (benches/README.md#http-ingest-against-replay), against
 # `orderflow replay` of the same events on the same broker in the same run.
 #
 #   scripts/ingest-bench.sh [EVENTS] [SECONDS_PER_RUN]     # defaults: 200000, 20

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The end-to-end load test on one machine, through a real broker (README "Load test").
+# The end-to-end load test on one machine, through a real broker (docs/testing.md#load-test).
 #
 #   scripts/loadtest.sh [EVENTS] [SPEED]        # defaults: 1000000 max
 #   scripts/loadtest.sh [EVENTS] drain          # the backlog drain

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Renders the Grafana dashboards (deploy/grafana/dashboards/) to PNG from a running
-# Prometheus, with each panel's own queries (README "Dashboards"): one picture per board,
+# Prometheus, with each panel's own queries (docs/operations.md#dashboards): one picture per board,
 # laid out like Grafana's grid. matplotlib is installed from PyPI into a virtualenv under
 # target/ once per machine.
 #

@@ -1,7 +1,7 @@
 """Renders each Grafana dashboard under deploy/grafana/dashboards/ to one PNG from a
 running Prometheus, with the panels' own queries: what Grafana would show, for machines
 where Grafana itself is not installed. Run by scripts/render-boards.sh (which makes the
-virtualenv with matplotlib); see README "Dashboards".
+virtualenv with matplotlib); see docs/operations.md#dashboards.
 
 usage: render_boards.py PROMETHEUS_URL OUT_DIR START END
   START and END are Unix seconds; range panels use /api/v1/query_range over them,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# orderflow's test command (README "Tests"; CI runs exactly this through .ci/run).
+# orderflow's test command (docs/testing.md#tests; CI runs exactly this through .ci/run).
 #
 # Installs what the tests need when it is missing, then runs every test in the
 # workspace: unit tests of the pure core, and end-to-end tests that start a real
@@ -16,7 +16,8 @@
 #   - The Prometheus config and alerting rules (deploy/prometheus/) are checked and
 #     unit-tested with promtool (scripts/check-alerts.sh) right after formatting, and
 #     the Kubernetes manifests (deploy/k8s/) checked by scripts/check-k8s.sh, the
-#     Grafana dashboards (deploy/grafana/) by scripts/check-dashboards.py.
+#     Grafana dashboards (deploy/grafana/) by scripts/check-dashboards.py, and the
+#     documentation (docs/) by scripts/check-docs.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,10 +50,6 @@ if ! python3 -m venv --help >/dev/null 2>&1; then
 fi
 scripts/check-k8s.sh
 
-# The Grafana dashboards (deploy/grafana/): the provisioned datasource on every panel,
-# only metrics the code declares, and every expression parsed by a throwaway prometheus.
-scripts/check-dashboards.py
-
 # The build compiles librdkafka and OpenSSL from source (rdkafka's ssl-vendored: no
 # system OpenSSL needed). OpenSSL's Configure needs perl with its core modules, which
 # perl-base alone (on minimal images) lacks.
@@ -67,6 +64,15 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The Grafana dashboards (deploy/grafana/): the provisioned datasource on every panel,
+# only metrics the code declares, and every expression parsed by a throwaway prometheus.
+scripts/check-dashboards.py
+
+# The documentation (docs/): every relative link and anchor resolves, each alert's
+# runbook_url is its runbook heading, every flag of --help and every metric is
+# documented. It reads the binary's help, so it builds it first (the tests reuse it).
+scripts/check-docs.py
+
 if [[ -z "${ORDERFLOW_TEST_BROKERS:-}" ]] && ! command -v nisshi >/dev/null && [[ ! -x "$HOME/.cargo/bin/nisshi" ]]; then
   log "Installing the Nisshi broker (cargo +nightly install nisshi --version 0.8.1 --locked)"
   if ! rustup toolchain list | grep -q '^nightly'; then
@@ -80,7 +86,7 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "fuzzing: every decoder of outside bytes, 10 s each, seed ${FUZZ_SEED:-1} (scripts/fuzz.sh)"
 # A fixed seed: this short run is a regression check that retraces the same inputs,
-# not a search (longer runs without a seed search: README "Fuzzing").
+# not a search (longer runs without a seed search: docs/testing.md#fuzzing).
 FUZZ_SEED="${FUZZ_SEED:-1}" scripts/fuzz.sh 10
 log "fuzz seeds are what their generator makes (FUZZ_WRITE_SEEDS=1 rewrites them)"
 cargo test --manifest-path fuzz/Cargo.toml --lib --quiet

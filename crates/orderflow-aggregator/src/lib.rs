@@ -82,7 +82,7 @@ pub struct AggregatorConfig {
     pub window: Duration,
     /// How long after a window's end (in event time) its events are still counted.
     pub lateness: Duration,
-    /// After this long without input, open windows close (see README, "Windows").
+    /// After this long without input, open windows close (see docs/semantics.md#idle-close).
     pub idle_close: Duration,
     /// How long (event time) event ids are remembered for dedup; at least window +
     /// lateness, which is what `None` means.

@@ -126,7 +126,7 @@ const MIN_SLOTS: usize = 1 << 10;
 /// asks the kernel for transparent huge pages. A partition's table reaches tens of
 /// megabytes at peak and is read at random; with 4 KiB pages nearly every look-up
 /// would also miss the TLB (a few percent of the aggregator's time, measured in
-/// `benches/README.md`).
+/// `docs/measurements/2026-11-25-benches-dedup-table.md`).
 #[derive(Debug)]
 struct Slots(MmapMut);
 

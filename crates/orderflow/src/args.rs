@@ -262,7 +262,7 @@ pub struct AggregatorArgs {
     /// How long after a window's end (in event time) its events are still counted.
     #[arg(long, env = "ORDERFLOW_LATENESS", default_value_t = agg::LATENESS.into())]
     pub lateness: humantime::Duration,
-    /// After this long without input, open windows close (see README, "Windows").
+    /// After this long without input, open windows close (see docs/semantics.md#idle-close).
     #[arg(long, env = "ORDERFLOW_IDLE_CLOSE", default_value_t = agg::IDLE_CLOSE.into())]
     pub idle_close: humantime::Duration,
     /// How long (event time) event ids are remembered for dedup; at least window +

@@ -225,7 +225,7 @@ struct Throughput {
     /// `pipelineSeconds`.
     pipeline_events_per_second: Option<f64>,
     /// `pipeline_events_per_second` over the broker's own produce-then-consume rate
-    /// (each event crosses the broker twice; see the README on why this can pass 0.5).
+    /// (each event crosses the broker twice; see docs/measurements/2026-11-25-loadtest-10m-first-run.md on why this can pass 0.5).
     /// Only for `--speed max`: a paced replay measures the pace.
     pipeline_to_broker_ratio: Option<f64>,
 }
