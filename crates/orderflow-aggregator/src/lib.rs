@@ -114,6 +114,11 @@ pub struct AggregatorConfig {
     /// How long the aggregator's tasks may take to stop once one has failed or a
     /// shutdown was requested.
     pub shutdown_grace: Duration,
+    /// Whether to check at start that the checkpoint topics are compacted and take the
+    /// largest checkpoint, which asks the brokers for the topics' settings
+    /// (DescribeConfigs). Off only for brokers known not to answer, such as librdkafka's
+    /// mock cluster of the demo: the question would wait the connect timeout for nothing.
+    pub check_topic_settings: bool,
 }
 
 /// Defaults, one constant each (the command line shows them in `--help`).
@@ -149,6 +154,7 @@ impl Default for AggregatorConfig {
             restore_threads: 0,
             provisional_interval: defaults::PROVISIONAL_INTERVAL,
             shutdown_grace: orderflow_runtime::supervisor::DEFAULT_SHUTDOWN_GRACE,
+            check_topic_settings: true,
         }
     }
 }

@@ -26,7 +26,7 @@ use orderflow_core::provisional::{Figures, Provisional};
 use orderflow_core::window::{ClosedWindow, Tallies, TotalKey, TYPE_NAMES};
 use orderflow_proto::v1::{partial_record, MergerCheckpoint, OpenWindows, PartialRecord};
 use orderflow_proto::{millis_timestamp, timestamp_millis, Message as _};
-use orderflow_runtime::kafka::{recv_batch, KafkaConfig, RevocationLog};
+use orderflow_runtime::kafka::{recv_batch, GroupConsumerContext, KafkaConfig};
 use orderflow_runtime::outbox::Outbox;
 use orderflow_runtime::records;
 use orderflow_runtime::telemetry;
@@ -47,7 +47,8 @@ pub async fn run(
     checkpoint_interval: Duration,
     cancel: CancellationToken,
 ) -> Result<()> {
-    let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("merger"), RevocationLog::new("merger"))?;
+    let consumer: StreamConsumer<GroupConsumerContext> =
+        kafka.group_consumer(&topics.group("merger"), GroupConsumerContext::new("merger"))?;
     consumer.subscribe(&[&topics.partials()])?;
     let mut outbox = Outbox::new(kafka.stage_producer("merger")?);
     let totals_topic = topics.totals();
@@ -212,7 +213,7 @@ pub async fn run(
 /// consumer to the first record after it.
 async fn take_over(
     kafka: &KafkaConfig,
-    consumer: &StreamConsumer<RevocationLog>,
+    consumer: &StreamConsumer<GroupConsumerContext>,
     partials: &str,
     checkpoints: &str,
     partitions: i32,

@@ -14,7 +14,7 @@ use orderflow_core::window::{ClosedWindow, WindowSpec};
 use orderflow_core::wire::{undecodable, EnrichedKind, EnrichedView};
 use orderflow_proto::timestamp_millis;
 use orderflow_proto::v1::{EnrichedRecord, OpenWindows};
-use orderflow_runtime::kafka::{recv_batch, KafkaConfig, RevocationLog};
+use orderflow_runtime::kafka::{recv_batch, GroupConsumerContext, KafkaConfig};
 use orderflow_runtime::outbox::Outbox;
 use orderflow_runtime::records;
 use orderflow_runtime::telemetry;
@@ -356,7 +356,11 @@ impl Partitions {
     /// Writes the checkpoint of every partition that progressed, then commits the
     /// offsets they belong to. The caller settles outputs first, so a checkpoint never
     /// claims input whose results might be lost.
-    pub async fn checkpoint(&mut self, outbox: &mut Outbox<(i32, i64, usize)>, consumer: &StreamConsumer<RevocationLog>) -> Result<()> {
+    pub async fn checkpoint(
+        &mut self,
+        outbox: &mut Outbox<(i32, i64, usize)>,
+        consumer: &StreamConsumer<GroupConsumerContext>,
+    ) -> Result<()> {
         let mut written = Vec::new();
         for (&p, owned) in &self.owned {
             metrics::gauge!(telemetry::AGGREGATOR_DEDUP_IDS, "partition" => p.to_string()).set(owned.state.dedup_len() as f64);
@@ -415,7 +419,7 @@ impl Partitions {
 /// The input partitions assigned to `consumer` now (none if it cannot say). Rebalance
 /// callbacks run only while the consumer is polled, in this task, so the answer holds
 /// until the next poll.
-fn assignment(consumer: &StreamConsumer<RevocationLog>) -> HashSet<i32> {
+fn assignment(consumer: &StreamConsumer<GroupConsumerContext>) -> HashSet<i32> {
     match consumer.assignment() {
         Ok(tpl) => tpl.elements().iter().map(|e| e.partition()).collect(),
         Err(_) => HashSet::new(),
@@ -425,7 +429,7 @@ fn assignment(consumer: &StreamConsumer<RevocationLog>) -> HashSet<i32> {
 /// The partitions loop.
 pub struct Aggregator {
     config: AggregatorConfig,
-    consumer: StreamConsumer<RevocationLog>,
+    consumer: StreamConsumer<GroupConsumerContext>,
     partitions: Partitions,
     router: Router,
     /// Checkpoints, tagged with (partition, next offset, bytes).
@@ -454,8 +458,8 @@ impl Aggregator {
         partition_count: i32,
         watch: Watch,
     ) -> Result<Self> {
-        let consumer: StreamConsumer<RevocationLog> =
-            kafka.group_consumer(&topics.group("aggregator"), RevocationLog::new("aggregator"))?;
+        let consumer: StreamConsumer<GroupConsumerContext> =
+            kafka.group_consumer(&topics.group("aggregator"), GroupConsumerContext::new("aggregator"))?;
         consumer.subscribe(&[&topics.enriched()])?;
         let producer = kafka.stage_producer("aggregator")?;
         Ok(Self {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use orderflow_core::framing::{unframe, Format};
 use orderflow_core::validate::{InvalidReason, Limits};
-use orderflow_runtime::kafka::{partition_count, recv_batch, KafkaConfig, RevocationLog};
+use orderflow_runtime::kafka::{partition_count, recv_batch, GroupConsumerContext, KafkaConfig};
 use orderflow_runtime::outbox::Outbox;
 use orderflow_runtime::records::dead_letter::{self, Source};
 use orderflow_runtime::supervisor::Supervisor;
@@ -36,7 +36,8 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, config: &EnricherConfig, 
     let (merchants, follower) = MerchantStore::load(kafka, &topics.merchants()).await?;
     metrics::gauge!(telemetry::ENRICHER_MERCHANTS_LOADED).set(1.0);
     readiness.not_ready("merchants loaded; waiting for partitions");
-    let consumer: StreamConsumer<RevocationLog> = kafka.group_consumer(&topics.group("enricher"), RevocationLog::new("enricher"))?;
+    let consumer: StreamConsumer<GroupConsumerContext> =
+        kafka.group_consumer(&topics.group("enricher"), GroupConsumerContext::new("enricher"))?;
     consumer.subscribe(&[&topics.orders()])?;
     let enricher = Enricher {
         outbox: Outbox::new(kafka.stage_producer("enricher")?),
@@ -97,7 +98,7 @@ struct Enricher {
 }
 
 impl Enricher {
-    async fn run(mut self, consumer: StreamConsumer<RevocationLog>, cancel: CancellationToken) -> Result<()> {
+    async fn run(mut self, consumer: StreamConsumer<GroupConsumerContext>, cancel: CancellationToken) -> Result<()> {
         let result = self.enrich_until(&consumer, &cancel).await;
         // Whatever happened, leave the group cleanly with what was settled committed.
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -112,7 +113,7 @@ impl Enricher {
     /// Batches land in order: a batch's input offsets are stored once every output of
     /// it and of every batch before it is on the broker, so a crash re-processes, and
     /// never skips, what was not delivered.
-    async fn enrich_until<'a>(&mut self, consumer: &'a StreamConsumer<RevocationLog>, cancel: &CancellationToken) -> Result<()> {
+    async fn enrich_until<'a>(&mut self, consumer: &'a StreamConsumer<GroupConsumerContext>, cancel: &CancellationToken) -> Result<()> {
         let readiness = telemetry::readiness("enricher");
         let mut in_flight: VecDeque<InFlight<'a>> = VecDeque::new();
         let mut next_seq = 0u64;
@@ -151,7 +152,7 @@ impl Enricher {
     async fn land<'a>(
         &mut self,
         in_flight: &mut VecDeque<InFlight<'a>>,
-        consumer: &'a StreamConsumer<RevocationLog>,
+        consumer: &'a StreamConsumer<GroupConsumerContext>,
         max_pending: usize,
     ) -> Result<()> {
         loop {

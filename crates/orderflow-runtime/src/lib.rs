@@ -3,8 +3,16 @@
 //! `orderflow` binary owns the flags and converts them.
 //!
 //! # Layout
-//! - [`kafka`]: [`kafka::KafkaConfig`] (brokers, TLS and SASL, librdkafka passthrough),
-//!   client builders, reading whole topics, consumer-group positions, batched receive.
+//! - [`kafka`]: Kafka clients, one concern a file, all re-exported from `kafka`:
+//!   - `kafka/config.rs`: [`kafka::KafkaConfig`] (brokers, TLS and SASL, librdkafka
+//!     passthrough) and secret redaction;
+//!   - `kafka/connect.rs`: the start-up probe, [`kafka::KafkaConfig::check_reachable`];
+//!   - `kafka/clients.rs`: producer settings, [`kafka::Producer`], the builders of
+//!     producers, group consumers and readers;
+//!   - `kafka/admin.rs`: partition counts and consumer-group positions;
+//!   - `kafka/reader.rs`: [`kafka::TopicReader`] (whole topics), headers, fatal read errors;
+//!   - `kafka/consumer.rs`: [`kafka::GroupConsumerContext`] (revoked partitions,
+//!     rebalances, joining, lag) and [`kafka::recv_batch`].
 //! - [`topics`]: topic names (one prefix for all), the topics each [`topics::Stage`]
 //!   needs, and their creation through the admin API so a fresh cluster needs no
 //!   manual step.

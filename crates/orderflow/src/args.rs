@@ -326,6 +326,7 @@ impl From<AggregatorArgs> for AggregatorConfig {
             restore_threads: a.restore_threads,
             provisional_interval: a.provisional_interval.into(),
             shutdown_grace: a.shutdown.shutdown_grace.into(),
+            check_topic_settings: true,
         }
     }
 }
