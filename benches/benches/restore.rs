@@ -1,12 +1,12 @@
 //! A restore's own work on one partition, without Kafka: the aggregator's stream
 //! (see `aggregate`) is applied for 78 s of event time (900,000 events, ~11,500/s, a
 //! third more than the 2019 peak's 8,500 per partition over 64) and checkpointed; a
-//! restore from that checkpoint then re-reads the stretch its admission log names, as
-//! `checkpoint::replay` does: `replays` says whether a record is wanted, the wanted
-//! ones are parsed as views and `replay`ed, which remembers their ids again.
+//! restore from that checkpoint then rereads the stretch its admission log names, as
+//! `checkpoint::reread` does: `wants` says whether a record is wanted, the wanted
+//! ones are parsed as views and `reread`, which remembers their ids again.
 //!
-//! - `replay`: `PartitionState::restore` plus the replay of the stretch and
-//!   `finish_replay` (every admitted id must be found: checked once before measuring).
+//! - `reread`: `PartitionState::restore` plus the reread of the stretch and
+//!   `finish` (every admitted id must be found: checked once before measuring).
 //! - `parse_only`: the baseline, parsing the same records as views and nothing else.
 //!
 //! `cargo bench -p orderflow-benches --bench restore`
@@ -21,21 +21,22 @@ use orderflow_core::partition::PartitionState;
 use orderflow_core::wire::{EnrichedKind, EnrichedView};
 use orderflow_proto::v1::PartitionCheckpoint;
 
-/// Restores `cp` and replays `payloads[from..end]` (offset = index); returns the ids found.
-fn restore_and_replay(cp: &PartitionCheckpoint, payloads: &[Vec<u8>]) -> (u64, u64) {
+/// Restores `cp` and rereads `payloads[from..end]` (offset = index); returns the ids found.
+fn restore_and_reread(cp: &PartitionCheckpoint, payloads: &[Vec<u8>]) -> (u64, u64) {
     let (spec, bounds) = aggregator_default_spec();
-    let mut state = PartitionState::restore(cp, spec, bounds).expect("restores");
-    let (from, end) = state.replay_span().expect("a stretch to re-read");
+    let mut restoring = PartitionState::restore(cp, spec, bounds).expect("restores");
+    let (from, end) = restoring.reread_span().expect("a stretch to reread");
     for offset in from..end {
-        if state.replays(offset) {
+        if restoring.wants(offset) {
             if let Ok(EnrichedView { kind: Some(EnrichedKind::Event(e)) }) = EnrichedView::parse(&payloads[offset as usize]) {
-                state.replay(offset, &e);
+                restoring.reread(offset, &e);
             }
         }
     }
-    let replayed = state.finish_replay();
+    let counts = restoring.counts();
+    let state = restoring.finish();
     black_box(&state);
-    (replayed.admitted, replayed.found)
+    (counts.admitted, counts.found)
 }
 
 fn bench(c: &mut Criterion) {
@@ -51,16 +52,16 @@ fn bench(c: &mut Criterion) {
         }
     }
     let cp = state.checkpoint("orderflow.enriched", 0, payloads.len() as i64);
-    let (admitted, found) = restore_and_replay(&cp, &payloads);
+    let (admitted, found) = restore_and_reread(&cp, &payloads);
     assert_eq!(found, admitted, "every admitted id is found again");
-    let (from, end) = PartitionState::restore(&cp, spec, bounds).unwrap().replay_span().unwrap();
+    let (from, end) = PartitionState::restore(&cp, spec, bounds).unwrap().reread_span().unwrap();
     let stretch = &payloads[from as usize..end as usize];
-    eprintln!("restore: {} records re-read, {admitted} ids remembered again", stretch.len());
+    eprintln!("restore: {} records reread, {admitted} ids remembered again", stretch.len());
 
     let mut group = c.benchmark_group("restore");
     group.sample_size(10).measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(stretch.len() as u64));
-    group.bench_function("replay", |b| b.iter(|| restore_and_replay(&cp, &payloads)));
+    group.bench_function("reread", |b| b.iter(|| restore_and_reread(&cp, &payloads)));
     group.bench_function("parse_only", |b| {
         b.iter(|| {
             let mut n = 0u64;

@@ -19,17 +19,17 @@ fn exercise(cp: &PartitionCheckpoint, spec: WindowSpec) {
     // Small bounds, so that refusals at them are reached too.
     let bounds =
         StateBounds { dedup_max_ids: 3, max_keys_per_window: 2, ..StateBounds::new(spec.size_ms().saturating_add(spec.lateness_ms())) };
-    let Ok(mut state) = PartitionState::restore(cp, spec, bounds) else { return };
+    let Ok(restoring) = PartitionState::restore(cp, spec, bounds) else { return };
     // The input its admission log names is not here: the memory stays empty (the
-    // aggregator re-reads it; `partition::tests` check that path against a log).
-    if let Some((from, end)) = state.replay_span() {
+    // aggregator rereads it; `partition::tests` check that path against a log).
+    // Finished, the state has nothing left to reread: its type has no reread.
+    if let Some((from, end)) = restoring.reread_span() {
         assert!(from < end);
     }
-    let replayed = state.finish_replay();
-    assert_eq!(replayed.found, 0);
-    assert_eq!(state.replay_span(), None);
+    assert_eq!(restoring.counts().found, 0);
+    let mut state = restoring.finish();
     let again = state.checkpoint(&cp.topic, cp.partition, cp.next_offset);
-    let restored = PartitionState::restore(&again, spec, bounds).expect("a checkpoint of a restored state restores");
+    let restored = PartitionState::restore(&again, spec, bounds).expect("a checkpoint of a restored state restores").finish();
     assert_eq!(restored.checkpoint(&cp.topic, cp.partition, cp.next_offset), again);
     let _ = (state.last_open_end_ms(), state.open_keys(), state.dedup_live(), state.dedup_len());
 
@@ -55,7 +55,7 @@ fn exercise(cp: &PartitionCheckpoint, spec: WindowSpec) {
     }
     let next = state.checkpoint(&cp.topic, cp.partition, cp.next_offset.saturating_add(5));
     let decoded = PartitionCheckpoint::decode(next.encode_to_vec().as_slice()).expect("a checkpoint decodes");
-    let restored = PartitionState::restore(&decoded, spec, bounds).expect("a checkpoint restores");
+    let restored = PartitionState::restore(&decoded, spec, bounds).expect("a checkpoint restores").finish();
     assert_eq!(restored.checkpoint(&cp.topic, cp.partition, cp.next_offset.saturating_add(5)), next);
 }
 

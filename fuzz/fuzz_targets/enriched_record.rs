@@ -92,7 +92,7 @@ fuzz_target!(|data: &[u8]| {
         let bytes = cp.encode_to_vec();
         let decoded = PartitionCheckpoint::decode(bytes.as_slice()).expect("a checkpoint decodes");
         assert_eq!(decoded, cp);
-        let restored = PartitionState::restore(&decoded, spec, bounds).expect("a checkpoint restores");
+        let restored = PartitionState::restore(&decoded, spec, bounds).expect("a checkpoint restores").finish();
         assert_eq!(restored.checkpoint("orderflow.enriched", 0, next_offset), cp);
     }
 });

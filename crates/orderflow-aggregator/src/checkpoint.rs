@@ -3,7 +3,7 @@
 //! restoring reads a handful of records, whatever the length of the input log.
 //!
 //! A partition's checkpoint does not carry its dedup memory but the input offsets of
-//! the ids it admitted ([`orderflow_core::admitted`]); [`replay`] re-reads that
+//! the ids it admitted ([`orderflow_core::admitted`]); [`reread`] re-reads that
 //! stretch of the input (about a dedup horizon's worth) to rebuild it.
 //!
 //! The merger's checkpoints go, under one key, to their own single-partition compacted
@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use orderflow_core::partition::{PartitionState, Replayed};
+use orderflow_core::partition::{PartitionState, RereadCounts, RestoringPartition};
 use orderflow_core::wire::{EnrichedKind, EnrichedView};
 
 use orderflow_proto::v1::{MergerCheckpoint, PartitionCheckpoint};
@@ -105,41 +105,42 @@ pub fn restore_merger(kafka: &KafkaConfig, topic: &str) -> Result<Option<MergerC
     }
 }
 
-/// How long a replay waits without any record before it gives up on the partitions
+/// How long a reread waits without any record before it gives up on the partitions
 /// still short of their stretch's end (the records are gone or the broker is away):
 /// those restore with what was found, and say so.
-const REPLAY_STALL: Duration = Duration::from_secs(30);
+const REREAD_STALL: Duration = Duration::from_secs(30);
 
-/// What [`replay`] did for one partition.
+/// What [`reread`] did for one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Replay {
-    pub replayed: Replayed,
+pub struct Reread {
+    /// Admitted ids, and those found again.
+    pub ids: RereadCounts,
     /// Input records read.
     pub records: u64,
 }
 
 /// Rebuilds the dedup memory of restored partitions: reads, from `topic` (the input),
-/// the stretch each one's admission log names ([`PartitionState::replay_span`]), and
-/// hands every record to its partition's state. The partitions are spread over up to
+/// the stretch each one's admission log names ([`RestoringPartition::reread_span`]), and
+/// hands every record to its partition. The partitions are spread over up to
 /// `threads` readers, each on its own thread with its own consumer, reading its
 /// partitions all at once (a take-over's wall time is then about its largest share,
-/// where the machine has the cores). Returns the states, ready to apply records from
-/// their checkpoints' offsets on.
-pub fn replay(
+/// where the machine has the cores). Returns the finished states, ready to apply
+/// records from their checkpoints' offsets on.
+pub fn reread(
     kafka: &KafkaConfig,
     topic: &str,
-    states: Vec<(i32, PartitionState)>,
+    states: Vec<(i32, RestoringPartition)>,
     threads: usize,
-) -> Result<Vec<(i32, PartitionState, Replay)>> {
+) -> Result<Vec<(i32, PartitionState, Reread)>> {
     let threads = threads.clamp(1, states.len().max(1));
     if threads == 1 {
-        return replay_on_one_reader(kafka, topic, states);
+        return reread_on_one_reader(kafka, topic, states);
     }
     // The longest stretches first, each to the reader with the least to read so far.
-    let mut states: Vec<(i64, i32, PartitionState)> =
-        states.into_iter().map(|(p, s)| (s.replay_span().map_or(0, |(from, end)| end - from), p, s)).collect();
+    let mut states: Vec<(i64, i32, RestoringPartition)> =
+        states.into_iter().map(|(p, s)| (s.reread_span().map_or(0, |(from, end)| end - from), p, s)).collect();
     states.sort_by_key(|(len, _, _)| std::cmp::Reverse(*len));
-    let mut shares: Vec<(i64, Vec<(i32, PartitionState)>)> = (0..threads).map(|_| (0, Vec::new())).collect();
+    let mut shares: Vec<(i64, Vec<(i32, RestoringPartition)>)> = (0..threads).map(|_| (0, Vec::new())).collect();
     for (len, p, state) in states {
         let share = shares.iter_mut().min_by_key(|(load, _)| *load).expect("at least one reader");
         share.0 += len;
@@ -152,9 +153,9 @@ pub fn replay(
             .enumerate()
             .map(|(i, (_, share))| {
                 std::thread::Builder::new()
-                    .name(format!("replay-{i}"))
-                    .spawn_scoped(scope, move || replay_on_one_reader(kafka, topic, share))
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("starting a replay thread: {e}")))
+                    .name(format!("reread-{i}"))
+                    .spawn_scoped(scope, move || reread_on_one_reader(kafka, topic, share))
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("starting a reread thread: {e}")))
             })
             .collect();
         let mut done = Vec::new();
@@ -168,19 +169,19 @@ pub fn replay(
     })
 }
 
-/// [`replay`] of `states` on one consumer.
-fn replay_on_one_reader(
+/// [`reread`] of `states` on one consumer.
+fn reread_on_one_reader(
     kafka: &KafkaConfig,
     topic: &str,
-    states: Vec<(i32, PartitionState)>,
-) -> Result<Vec<(i32, PartitionState, Replay)>> {
+    states: Vec<(i32, RestoringPartition)>,
+) -> Result<Vec<(i32, PartitionState, Reread)>> {
     let consumer = kafka.reader()?;
     let mut tpl = TopicPartitionList::new();
     // Partition → (state, end of its stretch, records read).
-    let mut pending: HashMap<i32, (PartitionState, i64, u64)> = HashMap::new();
+    let mut pending: HashMap<i32, (RestoringPartition, i64, u64)> = HashMap::new();
     let mut done = Vec::with_capacity(states.len());
     for (p, state) in states {
-        let Some((from, end)) = state.replay_span() else {
+        let Some((from, end)) = state.reread_span() else {
             done.push((p, state, 0));
             continue;
         };
@@ -199,10 +200,10 @@ fn replay_on_one_reader(
     // Since when nothing came (no clock read per record: they showed in the profile).
     let mut idle_since: Option<Instant> = None;
     while !pending.is_empty() {
-        if idle_since.is_some_and(|t| t.elapsed() > REPLAY_STALL) {
+        if idle_since.is_some_and(|t| t.elapsed() > REREAD_STALL) {
             tracing::error!(
                 partitions = ?pending.keys().collect::<Vec<_>>(),
-                "No input for {REPLAY_STALL:?} while rebuilding the dedup memory; going on with what was read."
+                "No input for {REREAD_STALL:?} while rebuilding the dedup memory; going on with what was read."
             );
             done.extend(pending.drain().map(|(p, (state, _, read))| (p, state, read)));
             break;
@@ -212,7 +213,7 @@ fn replay_on_one_reader(
                 idle_since.get_or_insert_with(Instant::now);
             }
             Some(Err(e)) if is_fatal_read(&e) => return Err(e.into()),
-            Some(Err(e)) => tracing::debug!(error = %e, "Transient error re-reading the input; retrying."),
+            Some(Err(e)) => tracing::debug!(error = %e, "Transient error rereading the input; retrying."),
             Some(Ok(m)) => {
                 idle_since = None;
                 let p = m.partition();
@@ -221,9 +222,9 @@ fn replay_on_one_reader(
                     continue;
                 }
                 *read += 1;
-                if state.replays(m.offset()) {
+                if state.wants(m.offset()) {
                     if let Ok(EnrichedView { kind: Some(EnrichedKind::Event(e)) }) = EnrichedView::parse(m.payload().unwrap_or_default()) {
-                        state.replay(m.offset(), &e);
+                        state.reread(m.offset(), &e);
                     }
                 }
                 if m.offset() + 1 >= *end {
@@ -235,9 +236,9 @@ fn replay_on_one_reader(
     }
     Ok(done
         .into_iter()
-        .map(|(p, mut state, records)| {
-            let replayed = state.finish_replay();
-            (p, state, Replay { replayed, records })
+        .map(|(p, state, records)| {
+            let ids = state.counts();
+            (p, state.finish(), Reread { ids, records })
         })
         .collect())
 }

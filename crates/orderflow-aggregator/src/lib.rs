@@ -33,8 +33,13 @@
 //!   bookkeeping, idle ticks.
 //! - [`router`]: an outcome to the records it produces (partial, progress, late, dead
 //!   letter, tick), all through one outbox.
-//! - [`checkpoint`]: reading the newest checkpoint of a partition.
-//! - [`merger`], [`upstream`], [`idle`], [`totals`] (reading the totals back).
+//! - [`checkpoint`]: reading the newest checkpoint of a partition (and of the merger),
+//!   and the reread of the input that rebuilds restored partitions' dedup memories
+//!   ([`checkpoint::reread`], on `--restore-threads` readers).
+//! - [`merger`]: the loop ([`merger::run`]) apart from the merger's state
+//!   (`MergerState`: the merge, its position in the partial-totals topic, its
+//!   checkpoints, the provisional figures), one method per step of a batch.
+//! - [`upstream`], [`idle`], [`totals`] (reading the totals back).
 
 pub mod checkpoint;
 pub mod idle;
@@ -105,7 +110,7 @@ pub struct AggregatorConfig {
     pub merger_checkpoint_interval: Duration,
     /// Most records processed per batch.
     pub batch: usize,
-    /// Readers (threads, each with its own consumer) that re-read the input of the
+    /// Readers (threads, each with its own consumer) that reread the input of the
     /// partitions a take-over restores; 0: one per core.
     pub restore_threads: usize,
     /// How often each owned partition's open windows are snapshotted for the

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use orderflow_core::merge::{Merger, PartialOutcome};
 use orderflow_core::provisional::{Figures, Provisional};
 use orderflow_core::window::{ClosedWindow, Tallies, TotalKey, TYPE_NAMES};
-use orderflow_proto::v1::{partial_record, MergerCheckpoint, OpenWindows, PartialRecord};
+use orderflow_proto::v1::{partial_record, MergerCheckpoint, OpenWindows, PartialRecord, PartialTotal, PartitionProgress};
 use orderflow_proto::{millis_timestamp, timestamp_millis, Message as _};
 use orderflow_runtime::kafka::{recv_batch, GroupConsumerContext, KafkaConfig};
 use orderflow_runtime::outbox::Outbox;
@@ -32,6 +32,7 @@ use orderflow_runtime::records;
 use orderflow_runtime::telemetry;
 use orderflow_runtime::topics::Topics;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -50,17 +51,7 @@ pub async fn run(
     let consumer: StreamConsumer<GroupConsumerContext> =
         kafka.group_consumer(&topics.group("merger"), GroupConsumerContext::new("merger"))?;
     consumer.subscribe(&[&topics.partials()])?;
-    let mut outbox = Outbox::new(kafka.stage_producer("merger")?);
-    let totals_topic = topics.totals();
-    let mut merger = Merger::new().for_partitions(partitions);
-    // Read when this merger takes the partial totals over, not when it starts: a
-    // standby that read them at its start would count again the windows published
-    // between its start and its take-over.
-    let mut counted = Counted::default();
-    let partials_topic = topics.partials();
-    let mut position = Position::default();
-    let mut checkpoints = Checkpoints::new(&kafka, topics.merger_checkpoints(), checkpoint_interval)?;
-    let mut live = Live::default();
+    let mut state = MergerState::new(kafka, &topics, partitions, checkpoint_interval)?;
     while !cancel.is_cancelled() {
         // Short waits: snapshots of open windows are read between batches.
         let batch = recv_batch(&consumer, 10_000, &cancel, Duration::from_millis(100)).await;
@@ -68,121 +59,199 @@ pub async fn run(
             metrics::counter!(telemetry::RECORDS_CONSUMED, "service" => "merger").increment(batch.len() as u64);
         }
         if !consumer.context().take().is_empty() {
-            // Whoever owns the partition next restores the newest checkpoint and reads
-            // on from the offset it covers, this merger too if it gets it back. Records
-            // fetched before the revocation may come from anywhere in the topic: only
-            // the one at the restored state's next offset is merged (see [`Position`]).
-            merger = Merger::new().for_partitions(partitions);
-            counted = Counted::default();
-            live.stop();
-            position = Position::default();
+            state.start_over();
         }
         // Only the merger that owns the partial-totals partition keeps provisional
         // figures, so that a sum over instances counts each open window once.
         let active = consumer.assignment().is_ok_and(|a| a.count() > 0);
-        let restored = active && !position.restored;
-        if restored {
-            counted = Counted::read(&kafka, &totals_topic).await?;
-            merger = take_over(&kafka, &consumer, &partials_topic, &checkpoints.topic, partitions, &mut position).await?;
-            checkpoints.written = position.next;
+        state.follow_assignment(&consumer, active).await?;
+        let mut step = Step::default();
+        for m in &batch {
+            state.merge(m, &mut step).await?;
         }
-        if active && live.reader.is_none() {
-            live.start(&kafka, &topics.open_windows(), counted.through_ms)?;
-        } else if !active && live.reader.is_some() {
-            live.stop();
+        state.finish_batch(step).await?;
+        if active {
+            state.checkpoint_if_due().await;
+        }
+    }
+    state.stop(&consumer).await
+}
+
+/// The merger's state between batches: the merge itself, where it stands in the
+/// partial-totals topic, what the business counters hold, its checkpoints and the
+/// provisional figures.
+struct MergerState {
+    kafka: KafkaConfig,
+    partials_topic: String,
+    totals_topic: String,
+    open_windows_topic: String,
+    /// Partitions of the enriched topic.
+    partitions: i32,
+    /// The totals published.
+    outbox: Outbox<()>,
+    merger: Merger,
+    /// Read when this merger takes the partial totals over, not when it starts: a
+    /// standby that read them at its start would count again the windows published
+    /// between its start and its take-over.
+    counted: Counted,
+    position: Position,
+    checkpoints: Checkpoints,
+    live: Live,
+}
+
+impl MergerState {
+    fn new(kafka: KafkaConfig, topics: &Topics, partitions: i32, checkpoint_interval: Duration) -> Result<Self> {
+        Ok(Self {
+            outbox: Outbox::new(kafka.stage_producer("merger")?),
+            checkpoints: Checkpoints::new(&kafka, topics.merger_checkpoints(), checkpoint_interval)?,
+            kafka,
+            partials_topic: topics.partials(),
+            totals_topic: topics.totals(),
+            open_windows_topic: topics.open_windows(),
+            partitions,
+            merger: Merger::new().for_partitions(partitions),
+            counted: Counted::default(),
+            position: Position::default(),
+            live: Live::default(),
+        })
+    }
+
+    /// Forgets the merge after a revocation. Whoever owns the partition next restores
+    /// the newest checkpoint and reads on from the offset it covers, this merger too if
+    /// it gets it back. Records fetched before the revocation may come from anywhere in
+    /// the topic: only the one at the restored state's next offset is merged (see
+    /// [`Position`]).
+    fn start_over(&mut self) {
+        self.merger = Merger::new().for_partitions(self.partitions);
+        self.counted = Counted::default();
+        self.live.stop();
+        self.position = Position::default();
+    }
+
+    /// Takes the partition over when it has just become this merger's (`active`), and
+    /// starts or stops the provisional figures to match.
+    async fn follow_assignment(&mut self, consumer: &StreamConsumer<RevocationLog>, active: bool) -> Result<()> {
+        let restored = active && !self.position.restored;
+        if restored {
+            self.counted = Counted::read(&self.kafka, &self.totals_topic).await?;
+            self.merger =
+                take_over(&self.kafka, consumer, &self.partials_topic, &self.checkpoints.topic, self.partitions, &mut self.position)
+                    .await?;
+            self.checkpoints.written = self.position.next;
+        }
+        if active && self.live.reader.is_none() {
+            self.live.start(&self.kafka, &self.open_windows_topic, self.counted.through_ms)?;
+        } else if !active && self.live.reader.is_some() {
+            self.live.stop();
         }
         if restored {
             // The restored partials of windows still open on some partition belong in
             // the provisional figures, as they would had they been read again.
-            for (start, end, key, partition, tallies) in merger.pending_parts() {
-                live.heard_tallies(partition, start, end, key, tallies, 0);
+            for (start, end, key, partition, tallies) in self.merger.pending_parts() {
+                self.live.heard_tallies(partition, start, end, key, tallies, 0);
             }
         }
-        let mut step = Step::default();
-        for m in &batch {
-            if !position.take(m.offset()) {
-                continue;
-            }
-            let record = match m.payload().map(PartialRecord::decode) {
-                Some(Ok(r)) => r,
-                _ => {
-                    tracing::error!(offset = m.offset(), "Unreadable partial-total record; skipped.");
-                    continue;
-                }
-            };
-            match record.kind {
-                Some(partial_record::Kind::Partial(p)) => {
-                    let outcome = match merger.add_partial(&p) {
-                        Ok(PartialOutcome::Accepted) => {
-                            if let Some(total) = p.total.as_ref() {
-                                live.heard(p.partition, total, p.newest_record_ms);
-                            }
-                            "accepted"
-                        }
-                        Ok(PartialOutcome::Repeated) => "repeated",
-                        Ok(PartialOutcome::Corrected(window)) => {
-                            tracing::warn!(
-                                window_start = %millis_timestamp(window.start_ms),
-                                partition = p.partition,
-                                "Partial total for a window already published; its corrected total is published in place."
-                            );
-                            publish(&mut outbox, &totals_topic, &window).await?;
-                            step.counted.push((window, false));
-                            "corrected"
-                        }
-                        Ok(PartialOutcome::TooLate) => {
-                            tracing::error!(
-                                offset = m.offset(),
-                                partition = p.partition,
-                                "Partial total for a window published more than the merger's retention ago; not merged."
-                            );
-                            "too_late"
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, offset = m.offset(), "Conflicting partial total; keeping the first.");
-                            "conflict"
-                        }
-                    };
-                    metrics::counter!(telemetry::MERGER_PARTIALS, "outcome" => outcome).increment(1);
-                }
-                Some(partial_record::Kind::Progress(progress)) => {
-                    if !merger.fits(&progress) {
-                        metrics::counter!(telemetry::MERGER_PARTIALS, "outcome" => "stray_progress").increment(1);
-                        tracing::error!(
-                            offset = m.offset(),
-                            partition = progress.partition,
-                            partition_count = progress.partition_count,
-                            expected = partitions,
-                            "Progress record for partitions other than the enriched topic's; ignored."
-                        );
-                        continue;
-                    }
-                    for window in merger.progress(&progress) {
-                        publish(&mut outbox, &totals_topic, &window).await?;
-                        tracing::info!(window_start = %millis_timestamp(window.start_ms), keys = window.totals.len(), "Window closed on every partition; totals published.");
-                        step.counted.push((window, true));
-                    }
-                }
-                None => {}
-            }
+        Ok(())
+    }
+
+    /// Merges the record `m` if it is the one the state is at ([`Position::take`]).
+    async fn merge(&mut self, m: &BorrowedMessage<'_>, step: &mut Step) -> Result<()> {
+        if !self.position.take(m.offset()) {
+            return Ok(());
         }
-        live.read_snapshots(partitions, &mut step);
-        if let Some(r) = outbox.settle().await?.rejected.first() {
+        let record = match m.payload().map(PartialRecord::decode) {
+            Some(Ok(r)) => r,
+            _ => {
+                tracing::error!(offset = m.offset(), "Unreadable partial-total record; skipped.");
+                return Ok(());
+            }
+        };
+        match record.kind {
+            Some(partial_record::Kind::Partial(p)) => self.partial(&p, m.offset(), step).await,
+            Some(partial_record::Kind::Progress(progress)) => self.progress(&progress, m.offset(), step).await,
+            None => Ok(()),
+        }
+    }
+
+    /// A partition's partial total of a window, read at `offset`.
+    async fn partial(&mut self, p: &PartialTotal, offset: i64, step: &mut Step) -> Result<()> {
+        let outcome = match self.merger.add_partial(p) {
+            Ok(PartialOutcome::Accepted) => {
+                if let Some(total) = p.total.as_ref() {
+                    self.live.heard(p.partition, total, p.newest_record_ms);
+                }
+                "accepted"
+            }
+            Ok(PartialOutcome::Repeated) => "repeated",
+            Ok(PartialOutcome::Corrected(window)) => {
+                tracing::warn!(
+                    window_start = %millis_timestamp(window.start_ms),
+                    partition = p.partition,
+                    "Partial total for a window already published; its corrected total is published in place."
+                );
+                publish(&mut self.outbox, &self.totals_topic, &window).await?;
+                step.counted.push((window, false));
+                "corrected"
+            }
+            Ok(PartialOutcome::TooLate) => {
+                tracing::error!(
+                    offset,
+                    partition = p.partition,
+                    "Partial total for a window published more than the merger's retention ago; not merged."
+                );
+                "too_late"
+            }
+            Err(e) => {
+                tracing::error!(error = %e, offset, "Conflicting partial total; keeping the first.");
+                "conflict"
+            }
+        };
+        metrics::counter!(telemetry::MERGER_PARTIALS, "outcome" => outcome).increment(1);
+        Ok(())
+    }
+
+    /// A partition's progress, read at `offset`: publishes the windows it closes on
+    /// every partition.
+    async fn progress(&mut self, progress: &PartitionProgress, offset: i64, step: &mut Step) -> Result<()> {
+        if !self.merger.fits(progress) {
+            metrics::counter!(telemetry::MERGER_PARTIALS, "outcome" => "stray_progress").increment(1);
+            tracing::error!(
+                offset,
+                partition = progress.partition,
+                partition_count = progress.partition_count,
+                expected = self.partitions,
+                "Progress record for partitions other than the enriched topic's; ignored."
+            );
+            return Ok(());
+        }
+        for window in self.merger.progress(progress) {
+            publish(&mut self.outbox, &self.totals_topic, &window).await?;
+            tracing::info!(window_start = %millis_timestamp(window.start_ms), keys = window.totals.len(), "Window closed on every partition; totals published.");
+            step.counted.push((window, true));
+        }
+        Ok(())
+    }
+
+    /// After a batch: takes in the open-window snapshots, waits for the totals to be
+    /// on the broker, then updates the metrics.
+    async fn finish_batch(&mut self, mut step: Step) -> Result<()> {
+        self.live.read_snapshots(self.partitions, &mut step);
+        if let Some(r) = self.outbox.settle().await?.rejected.first() {
             // A total is a few hundred bytes: only a misconfigured topic refuses one.
             return Err(Error::Refused(r.reason()));
         }
         // The totals are on the broker: count them, and take their windows out of the
         // provisional figures, in one step.
-        let finalized = merger.emitted_through_ms().map(|t| live.provisional.finalize_through(t)).unwrap_or_default();
-        live.changed |= !finalized.is_empty();
+        let finalized = self.merger.emitted_through_ms().map(|t| self.live.provisional.finalize_through(t)).unwrap_or_default();
+        self.live.changed |= !finalized.is_empty();
         // Summed only when something changed (the gauges keep their values meanwhile).
-        let figures = std::mem::take(&mut live.changed).then(|| live.figures());
+        let figures = std::mem::take(&mut self.live.changed).then(|| self.live.figures());
         telemetry::consistently(|| {
             for (window, closed) in &step.counted {
-                counted.record_metrics(window, *closed);
+                self.counted.record_metrics(window, *closed);
             }
             if let Some(figures) = &figures {
-                live.export(figures);
+                self.live.export(figures);
             }
         });
         let now = now_ms();
@@ -192,20 +261,29 @@ pub async fn run(
         for newest in step.snapshot_newest.iter().filter(|n| **n > 0) {
             metrics::histogram!(telemetry::PROVISIONAL_LATENCY).record(now.saturating_sub(*newest).max(0) as f64 / 1000.0);
         }
-        position.caught_up();
-        // Every total the state implies is on the broker (settled above): the state may
-        // be checkpointed.
-        if active && position.restored && checkpoints.due() {
-            checkpoints.write(&merger, &partials_topic, position.next).await;
+        self.position.caught_up();
+        Ok(())
+    }
+
+    /// Writes a checkpoint when one is due. Call it only after [`Self::finish_batch`]:
+    /// every total the state implies is then on the broker.
+    async fn checkpoint_if_due(&mut self) {
+        if self.position.restored && self.checkpoints.due() {
+            self.checkpoints.write(&self.merger, &self.partials_topic, self.position.next).await;
         }
     }
-    live.stop();
-    outbox.close(Duration::from_secs(10)).await?;
-    if position.restored && consumer.assignment().is_ok_and(|a| a.count() > 0) {
-        checkpoints.write(&merger, &partials_topic, position.next).await;
+
+    /// Stops: the figures go to 0, the totals are flushed and, if the partition is
+    /// still this merger's, a last checkpoint is written.
+    async fn stop(mut self, consumer: &StreamConsumer<RevocationLog>) -> Result<()> {
+        self.live.stop();
+        self.outbox.close(Duration::from_secs(10)).await?;
+        if self.position.restored && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+            self.checkpoints.write(&self.merger, &self.partials_topic, self.position.next).await;
+        }
+        self.checkpoints.outbox.close(Duration::from_secs(10)).await?;
+        Ok(())
     }
-    checkpoints.outbox.close(Duration::from_secs(10)).await?;
-    Ok(())
 }
 
 /// Takes the partial-totals partition over: restores the newest merger checkpoint (none,

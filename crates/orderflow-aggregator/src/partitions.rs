@@ -99,7 +99,7 @@ pub struct Partitions {
     input: String,
     checkpoints: String,
     idle_close: Duration,
-    /// Readers of a take-over's replay ([`checkpoint::replay`]).
+    /// Readers of a take-over's reread ([`checkpoint::reread`]).
     restore_threads: usize,
     owned: HashMap<i32, Owned>,
     /// When input last came back to a partition after `--idle-close` without any
@@ -186,21 +186,21 @@ impl Partitions {
         let next_offsets: HashMap<i32, i64> = restored.iter().map(|(p, _, next)| (*p, *next)).collect();
         let (kafka, input, threads) = (self.kafka.clone(), self.input.clone(), self.restore_threads);
         let states = restored.into_iter().map(|(p, state, _)| (p, state)).collect();
-        let replay_started = Instant::now();
-        let replayed = tokio::task::spawn_blocking(move || checkpoint::replay(&kafka, &input, states, threads))
+        let reread_started = Instant::now();
+        let finished = tokio::task::spawn_blocking(move || checkpoint::reread(&kafka, &input, states, threads))
             .await
-            .expect("replay task panicked")?;
-        let replay_ms = replay_started.elapsed().as_millis() as u64;
-        for (p, state, replay) in replayed {
+            .expect("reread task panicked")?;
+        let reread_ms = reread_started.elapsed().as_millis() as u64;
+        for (p, state, reread) in finished {
             let next_offset = next_offsets[&p];
-            metrics::counter!(telemetry::AGGREGATOR_REPLAY_RECORDS).increment(replay.records);
-            let missing = replay.replayed.admitted.saturating_sub(replay.replayed.found);
+            metrics::counter!(telemetry::AGGREGATOR_REREAD_RECORDS).increment(reread.records);
+            let missing = reread.ids.admitted.saturating_sub(reread.ids.found);
             if missing > 0 {
-                metrics::counter!(telemetry::AGGREGATOR_REPLAY_MISSING).increment(missing);
+                metrics::counter!(telemetry::AGGREGATOR_REREAD_MISSING).increment(missing);
                 tracing::error!(
                     partition = p,
                     missing,
-                    admitted = replay.replayed.admitted,
+                    admitted = reread.ids.admitted,
                     "Event ids of the dedup memory not found in the input (is its retention shorter than --dedup-horizon?): \
                      their duplicates, if any come, are counted again."
                 );
@@ -209,8 +209,8 @@ impl Partitions {
                 partition = p,
                 next_offset,
                 open_windows = state.open_windows(),
-                dedup_ids = replay.replayed.found,
-                records_replayed = replay.records,
+                dedup_ids = reread.ids.found,
+                records_reread = reread.records,
                 "Partition restored from checkpoint."
             );
             self.owned.insert(p, Owned::new(state, next_offset, next_offset));
@@ -221,7 +221,7 @@ impl Partitions {
             self.restore_max_seconds = seconds;
             metrics::gauge!(telemetry::AGGREGATOR_RESTORE_MAX_SECONDS).set(seconds);
         }
-        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, replay_ms, "Take-over done.");
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, reread_ms, "Take-over done.");
         Ok(())
     }
 

@@ -9,21 +9,21 @@
 //! before N whose event time is still within the horizon. So a checkpoint carries
 //! only *which* offsets were admitted, as run lengths (a few bytes per run; one run
 //! for every stretch without a duplicate, a refusal or a non-event record), and a
-//! restore re-reads the input from the first of them and remembers exactly those ids
+//! restore rereads the input from the first of them and remembers exactly those ids
 //! again. Re-deciding is not needed, nor wanted: whether a sighting was admitted
-//! depended on memory older than the stretch re-read (and on the bound on ids), so
-//! the decisions are replayed, not re-made.
+//! depended on memory older than the stretch reread (and on the bound on ids), so
+//! the first reading's decisions are kept, not made again.
 //!
 //! How far back the stretch goes is bounded by event time: every id admitted at or
 //! before an offset whose running highest admitted event time is older than the
 //! horizon (of the partition's watermark) has expired for good (the watermark only
 //! rises), so its offsets are dropped. [`AdmissionLog`] keeps marks of that running
 //! highest time (one per sixteenth of the horizon) to find those offsets; the stretch
-//! re-read is therefore about 17/16 of the horizon of input.
+//! reread is therefore about 17/16 of the horizon of input.
 
 use std::collections::VecDeque;
 
-/// Marks per horizon: the stretch re-read on restore is at most this much longer
+/// Marks per horizon: the stretch reread on restore is at most this much longer
 /// than the horizon, in event time (plus the spread of event times in the input).
 const MARKS_PER_HORIZON: i64 = 16;
 

@@ -11,8 +11,13 @@
 //!   merchant version in effect at the event's time).
 //! - [`window`]: tumbling event-time windows aligned to the epoch, keys and tallies.
 //! - [`dedup`]: event-id memory over an event-time horizon.
+//! - [`admitted`]: the admission log, the input offsets of the ids the dedup memory
+//!   admitted: what a checkpoint carries instead of the memory.
 //! - [`partition`]: one input partition's aggregation state: watermark, open windows,
 //!   closing, lateness, checkpoints. Its output depends only on the partition's log.
+//!   A restore gives a [`partition::RestoringPartition`], which only rereads the input
+//!   its admission log names to rebuild the dedup memory; its `finish` gives the
+//!   [`partition::PartitionState`] that applies events and checkpoints.
 //! - [`merge`]: merges per-partition partial totals into one exact total per key once
 //!   every partition has closed the window.
 //! - [`provisional`]: the provisional figures of windows not yet final, from the

@@ -133,41 +133,50 @@ pub struct PartitionState {
     /// admission log): the highest event time among its ids, which are not in `log`.
     /// Until they expire, checkpoints carry the memory itself too.
     uncovered_through_ms: Option<i64>,
-    /// A restore from the admission log not finished yet ([`Self::replay`]).
-    replay: Option<Replay>,
 }
 
-/// Ids a replay holds, their memory prefetched, before it remembers them all: the
+/// A partition restored from a checkpoint whose dedup memory is not rebuilt yet
+/// ([`PartitionState::restore`]). It only rereads the input its admission log names;
+/// [`Self::finish`] then gives the state that applies events and checkpoints, so no
+/// event can be judged against a memory still half-built.
+#[derive(Debug, Clone)]
+pub struct RestoringPartition {
+    state: PartitionState,
+    /// `None`: nothing to reread (the checkpoint carried the memory itself, or its
+    /// admission log is empty).
+    reread: Option<RereadProgress>,
+}
+
+/// Ids a reread holds, their memory prefetched, before it remembers them all: the
 /// table is tens of megabytes read at random, so one id at a time would wait for one
 /// cache miss after another.
-const REPLAY_AHEAD: usize = 16;
+const REREAD_AHEAD: usize = 16;
 
-/// The progress of re-reading the input on restore ([`PartitionState::replay`]).
+/// How far the reread of the input on restore got ([`RestoringPartition::reread`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Replay {
-    /// Offsets below this were replayed (or skipped) already.
+struct RereadProgress {
+    /// Offsets below this were reread (or skipped) already.
     next: i64,
     found: u64,
     /// The admission log's run reached ([`AdmissionLog::contains_ascending`]).
     cursor: usize,
     /// Fingerprints and event times found, not remembered yet (the first `held`).
-    ahead: [(u128, i64); REPLAY_AHEAD],
+    ahead: [(u128, i64); REREAD_AHEAD],
     held: usize,
 }
 
-impl Replay {
+impl RereadProgress {
     fn new(from: i64) -> Self {
-        Self { next: from, found: 0, cursor: 0, ahead: [(0, 0); REPLAY_AHEAD], held: 0 }
+        Self { next: from, found: 0, cursor: 0, ahead: [(0, 0); REREAD_AHEAD], held: 0 }
     }
 }
 
-/// What a restore from the admission log found in the input
-/// ([`PartitionState::finish_replay`]).
+/// What a restore's reread found in the input ([`RestoringPartition::counts`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Replayed {
-    /// Ids the checkpoint says were admitted (at offsets from the replay's start).
+pub struct RereadCounts {
+    /// Ids the checkpoint says were admitted (at offsets from the reread's start).
     pub admitted: u64,
-    /// Of those, ids found in the records replayed. Fewer: records no longer in the
+    /// Of those, ids found in the records reread. Fewer: records no longer in the
     /// input (retention shorter than the dedup horizon) or not events; their
     /// duplicates, if any come, are counted again.
     pub found: u64,
@@ -186,7 +195,6 @@ impl PartitionState {
             max_keys_per_window: bounds.max_keys_per_window,
             log: AdmissionLog::starting_at(0),
             uncovered_through_ms: None,
-            replay: None,
         }
     }
 
@@ -287,7 +295,6 @@ impl PartitionState {
         prepared: Prepared,
         closed: &mut Vec<ClosedWindow>,
     ) -> Outcome {
-        debug_assert!(self.replay.is_none(), "applied before the restore's replay finished");
         self.log.passed(offset);
         let Some(event) = e.event.as_ref() else { return Outcome::Invalid };
         debug_assert_eq!(prepared.0, self.dedup.fingerprint(event.event_id), "prepared for another event");
@@ -306,7 +313,7 @@ impl PartitionState {
         }
         match self.dedup.sight(prepared.0, t, self.watermark_ms) {
             // An id expired on arrival (far behind the watermark) can never be a
-            // duplicate's original: not worth re-reading.
+            // duplicate's original: not worth rereading.
             Sighting::First if self.dedup.expired(t, self.watermark_ms) => {}
             Sighting::First => self.log.admit(offset, t, mark_every_ms(self.dedup.horizon_ms())),
             Sighting::Repeat => return Outcome::Duplicate,
@@ -413,70 +420,9 @@ impl PartitionState {
         }
     }
 
-    /// Where a state restored from a checkpoint must re-read its input before it
-    /// applies anything: the first offset of an admitted id and one past the last
-    /// (`None`: nothing to re-read). Feed each record of that stretch, in order, to
-    /// [`Self::replay`], then call [`Self::finish_replay`].
-    pub fn replay_span(&self) -> Option<(i64, i64)> {
-        self.replay.as_ref().and_then(|r| self.log.span().map(|(_, end)| (r.next, end))).filter(|(from, end)| from < end)
-    }
-
-    /// Whether [`Self::replay`] wants the record at `offset` (an admitted one not
-    /// replayed yet): the others need not even be decoded. Records not wanted are
-    /// passed over for good.
-    pub fn replays(&mut self, offset: i64) -> bool {
-        let Some(replay) = self.replay.as_mut() else { return false };
-        if offset < replay.next {
-            return false;
-        }
-        if self.log.contains_ascending(offset, &mut replay.cursor) {
-            true
-        } else {
-            replay.next = offset.saturating_add(1);
-            false
-        }
-    }
-
-    /// Re-reads the event at `offset` on restore: remembers its id again if the
-    /// checkpoint says it was admitted (the decisions of the first reading are
-    /// replayed, not made again). Offsets outside the stretch, or already replayed,
-    /// are ignored.
-    pub fn replay(&mut self, offset: i64, e: &EnrichedEventView<'_>) {
-        let Some(replay) = self.replay.as_mut() else { return };
-        if offset < replay.next {
-            return;
-        }
-        replay.next = offset.saturating_add(1);
-        if !self.log.contains_ascending(offset, &mut replay.cursor) {
-            return;
-        }
-        let Some(event) = e.event.as_ref() else { return };
-        let Some(time) = event.event_time.as_ref() else { return };
-        replay.found += 1;
-        let fp = self.dedup.fingerprint(event.event_id);
-        self.dedup.prefetch(fp);
-        replay.ahead[replay.held] = (fp, timestamp_millis(time));
-        replay.held += 1;
-        if replay.held == REPLAY_AHEAD {
-            replay.held = 0;
-            for (fp, t) in replay.ahead {
-                self.dedup.remember(fp, t, self.watermark_ms);
-            }
-        }
-    }
-
-    /// Ends a restore's re-reading ([`Self::replay_span`]) and says how many admitted
-    /// ids it found again.
-    pub fn finish_replay(&mut self) -> Replayed {
-        let Some(replay) = self.replay.take() else { return Replayed { admitted: self.log.admitted(), found: 0 } };
-        for &(fp, t) in &replay.ahead[..replay.held] {
-            self.dedup.remember(fp, t, self.watermark_ms);
-        }
-        Replayed { admitted: self.log.admitted(), found: replay.found }
-    }
-
     /// Rebuilds the state from a checkpoint taken with the same window configuration.
-    pub fn restore(cp: &PartitionCheckpoint, spec: WindowSpec, bounds: StateBounds) -> Result<Self> {
+    /// Its dedup memory is then rebuilt from the input ([`RestoringPartition`]).
+    pub fn restore(cp: &PartitionCheckpoint, spec: WindowSpec, bounds: StateBounds) -> Result<RestoringPartition> {
         let bad = |reason: String| Error::Checkpoint { topic: cp.topic.clone(), partition: cp.partition, reason };
         if cp.window_ms != spec.size_ms() || cp.lateness_ms != spec.lateness_ms() {
             return Err(bad(format!(
@@ -508,7 +454,7 @@ impl PartitionState {
             .chunks_exact(16)
             .zip(&cp.dedup_event_times_ms)
             .map(|(fp, t)| (u128::from_be_bytes(fp.try_into().expect("16-byte chunk")), *t));
-        let (log, uncovered_through_ms, replay) = if cp.dedup_from_log {
+        let (log, uncovered_through_ms, reread) = if cp.dedup_from_log {
             if !cp.dedup_fingerprints.is_empty() {
                 return Err(bad("dedup memory both in the checkpoint and in the input log".into()));
             }
@@ -520,8 +466,8 @@ impl PartitionState {
                 max_t: cp.dedup_log_max_time_ms,
             };
             let log = AdmissionLog::from_parts(&parts, cp.next_offset).map_err(|e| bad(format!("admission log: {e}")))?;
-            let replay = log.span().map(|(from, _)| Replay::new(from));
-            (log, None, replay)
+            let reread = log.span().map(|(from, _)| RereadProgress::new(from));
+            (log, None, reread)
         } else {
             (AdmissionLog::starting_at(cp.next_offset), cp.dedup_event_times_ms.iter().copied().max(), None)
         };
@@ -540,15 +486,85 @@ impl PartitionState {
             max_keys_per_window: bounds.max_keys_per_window,
             log,
             uncovered_through_ms,
-            replay,
         };
-        if state.replay.is_some() {
+        if reread.is_some() {
             // Room for every id to come back, so that the table does not grow (and
-            // rehash) all along the replay; a hostile count is capped by the bound.
+            // rehash) all along the reread; a hostile count is capped by the bound.
             let ids = usize::try_from(state.log.admitted()).unwrap_or(usize::MAX).min(bounds.dedup_max_ids);
             state.dedup.reserve(ids);
         }
-        Ok(state)
+        Ok(RestoringPartition { state, reread })
+    }
+}
+
+impl RestoringPartition {
+    /// Where the input must be reread before the partition applies anything: the
+    /// first offset of an admitted id not reread yet and one past the last (`None`:
+    /// nothing to reread). Feed each record of that stretch, in order, to
+    /// [`Self::reread`], then call [`Self::finish`].
+    pub fn reread_span(&self) -> Option<(i64, i64)> {
+        self.reread.as_ref().and_then(|r| self.state.log.span().map(|(_, end)| (r.next, end))).filter(|(from, end)| from < end)
+    }
+
+    /// Whether [`Self::reread`] wants the record at `offset` (an admitted one not
+    /// reread yet): the others need not even be decoded. Records not wanted are
+    /// passed over for good.
+    pub fn wants(&mut self, offset: i64) -> bool {
+        let Some(reread) = self.reread.as_mut() else { return false };
+        if offset < reread.next {
+            return false;
+        }
+        if self.state.log.contains_ascending(offset, &mut reread.cursor) {
+            true
+        } else {
+            reread.next = offset.saturating_add(1);
+            false
+        }
+    }
+
+    /// Rereads the event at `offset`: remembers its id again if the checkpoint says
+    /// it was admitted (the first reading's decisions are kept, not made again).
+    /// Offsets outside the stretch, or already reread, are ignored.
+    pub fn reread(&mut self, offset: i64, e: &EnrichedEventView<'_>) {
+        let Some(reread) = self.reread.as_mut() else { return };
+        let state = &mut self.state;
+        if offset < reread.next {
+            return;
+        }
+        reread.next = offset.saturating_add(1);
+        if !state.log.contains_ascending(offset, &mut reread.cursor) {
+            return;
+        }
+        let Some(event) = e.event.as_ref() else { return };
+        let Some(time) = event.event_time.as_ref() else { return };
+        reread.found += 1;
+        let fp = state.dedup.fingerprint(event.event_id);
+        state.dedup.prefetch(fp);
+        reread.ahead[reread.held] = (fp, timestamp_millis(time));
+        reread.held += 1;
+        if reread.held == REREAD_AHEAD {
+            reread.held = 0;
+            for (fp, t) in reread.ahead {
+                state.dedup.remember(fp, t, state.watermark_ms);
+            }
+        }
+    }
+
+    /// How many admitted ids the reread found again so far.
+    pub fn counts(&self) -> RereadCounts {
+        RereadCounts { admitted: self.state.log.admitted(), found: self.reread.as_ref().map_or(0, |r| r.found) }
+    }
+
+    /// Ends the reread (whatever it found: ids not found are forgotten) and gives the
+    /// partition's state, ready to apply records from the checkpoint's offset on.
+    pub fn finish(self) -> PartitionState {
+        let Self { mut state, reread } = self;
+        if let Some(reread) = reread {
+            for &(fp, t) in &reread.ahead[..reread.held] {
+                state.dedup.remember(fp, t, state.watermark_ms);
+            }
+        }
+        state
     }
 }
 
@@ -580,19 +596,19 @@ mod tests {
 
     const KEY: DedupKey = DedupKey::from_words(1, 2);
 
-    /// Restores `cp` and re-reads its admission log from `log` (the partition's events,
+    /// Restores `cp` and rereads its admission log from `log` (the partition's events,
     /// offset = index), as the aggregator does from the input topic.
-    fn restore_replaying(cp: &PartitionCheckpoint, spec: WindowSpec, bounds: StateBounds, log: &[EnrichedOrderEvent]) -> PartitionState {
+    fn restore_rereading(cp: &PartitionCheckpoint, spec: WindowSpec, bounds: StateBounds, log: &[EnrichedOrderEvent]) -> PartitionState {
         let mut s = PartitionState::restore(cp, spec, bounds).unwrap();
-        if let Some((from, end)) = s.replay_span() {
-            assert!(from >= 0 && end <= cp.next_offset, "replays {from}..{end}, checkpoint at {}", cp.next_offset);
+        if let Some((from, end)) = s.reread_span() {
+            assert!(from >= 0 && end <= cp.next_offset, "rereads {from}..{end}, checkpoint at {}", cp.next_offset);
             for o in from..end {
-                s.replay(o, &EnrichedEventView::from_event(&log[o as usize]));
+                s.reread(o, &EnrichedEventView::from_event(&log[o as usize]));
             }
         }
-        let replayed = s.finish_replay();
-        assert_eq!(replayed.found, replayed.admitted);
-        s
+        let counts = s.counts();
+        assert_eq!(counts.found, counts.admitted);
+        s.finish()
     }
 
     fn state() -> PartitionState {
@@ -637,7 +653,7 @@ mod tests {
         assert_eq!(s.apply(&ev("d", 1_000, Paid, 1, "r"), &mut closed), Outcome::Refused(Bound::DedupIds(3)));
         assert_eq!(s.apply(&ev("a", 1_000, Paid, 1, "r"), &mut closed), Outcome::Duplicate);
         let log: Vec<_> = ["a", "b", "c"].iter().map(|id| ev(id, 1_000, Paid, 1, "r")).collect();
-        let mut restored = restore_replaying(&cp, WindowSpec::new(MIN, 5_000).unwrap(), bounds, &log);
+        let mut restored = restore_rereading(&cp, WindowSpec::new(MIN, 5_000).unwrap(), bounds, &log);
         assert_eq!(restored.apply(&ev("d", 1_000, Paid, 1, "r"), &mut closed), Outcome::Refused(Bound::DedupIds(3)));
         assert_eq!(restored.apply(&ev("a", 1_000, Paid, 1, "r"), &mut closed), Outcome::Duplicate);
         let totals = |s: &PartitionState| s.checkpoint("t", 0, 5).open;
@@ -793,7 +809,7 @@ mod tests {
             let bytes = orderflow_proto::Message::encode_to_vec(&cp);
             let cp: PartitionCheckpoint = orderflow_proto::Message::decode(bytes.as_slice()).unwrap();
             assert_eq!(cp.next_offset, cut as i64);
-            let mut second = restore_replaying(&cp, WindowSpec::new(MIN, 5_000).unwrap(), StateBounds::new(MIN + 5_000), &events);
+            let mut second = restore_rereading(&cp, WindowSpec::new(MIN, 5_000).unwrap(), StateBounds::new(MIN + 5_000), &events);
             got.extend(events[cut..].iter().map(|e| second.apply(e, &mut out)));
             assert_eq!(got, outcomes, "cut at {cut}");
             assert_eq!(out, out_straight, "cut at {cut}");
@@ -806,7 +822,7 @@ mod tests {
     /// A hostile log: ids repeated with other event times, across horizons and after
     /// expiring; events far behind the watermark; a dedup bound that refuses; a key
     /// bound; idle ticks. Cut anywhere, checkpointed (with the admission log, not the
-    /// memory), restored by re-reading only the stretch the checkpoint names, the
+    /// memory), restored by rereading only the stretch the checkpoint names, the
     /// partition goes on with exactly the outcomes, closed windows and checkpoints of
     /// the one never cut.
     #[test]
@@ -864,7 +880,7 @@ mod tests {
         ] {
             assert!(outcomes.iter().filter(|o| kind(o)).count() > 10, "the log stages every outcome");
         }
-        let mut longest_replay = 0;
+        let mut longest_reread = 0;
         for cut in (0..log.len()).step_by(97).chain([log.len()]) {
             let mut first = PartitionState::new(spec, bounds, KEY);
             let mut out = Vec::new();
@@ -873,36 +889,37 @@ mod tests {
             assert!(cp.dedup_from_log && cp.dedup_fingerprints.is_empty());
             let cp: PartitionCheckpoint =
                 orderflow_proto::Message::decode(orderflow_proto::Message::encode_to_vec(&cp).as_slice()).unwrap();
-            let mut second = restore_replaying(&cp, spec, bounds, &events);
-            if let Some((from, _)) = PartitionState::restore(&cp, spec, bounds).unwrap().replay_span() {
-                longest_replay = longest_replay.max(cut as i64 - from);
+            let mut second = restore_rereading(&cp, spec, bounds, &events);
+            if let Some((from, _)) = PartitionState::restore(&cp, spec, bounds).unwrap().reread_span() {
+                longest_reread = longest_reread.max(cut as i64 - from);
             }
             got.extend(run(&mut second, cut, log.len(), &mut out));
             assert_eq!(got, outcomes, "cut at {cut}");
             assert_eq!(out, out_straight, "cut at {cut}");
             assert_eq!(second.checkpoint("t", 0, 9), straight.checkpoint("t", 0, 9), "cut at {cut}");
         }
-        // The stretch re-read stays near the horizon's worth of input (12 s at ~5.5 ms
+        // The stretch reread stays near the horizon's worth of input (12 s at ~5.5 ms
         // per event is ~2,200 events; events up to 3 s ahead of the others and a mark
         // every 750 ms add up to ~700), not the whole log.
-        assert!((1..3_500).contains(&longest_replay), "re-read {longest_replay} records");
+        assert!((1..3_500).contains(&longest_reread), "reread {longest_reread} records");
     }
 
-    /// Without the re-reading, the same checkpoint forgets the ids: the replay is what
+    /// Without the rereading, the same checkpoint forgets the ids: the reread is what
     /// makes the restore exact (so the test above can fail).
     #[test]
-    fn a_restore_that_skips_the_replay_counts_a_retry_again() {
+    fn a_restore_that_skips_the_reread_counts_a_retry_again() {
         use OrderEventType::*;
         let mut s = state();
         let mut closed = Vec::new();
         let log = [ev("a", 1_000, Paid, 5, "r")];
         assert_eq!(s.apply(&log[0], &mut closed), Outcome::Counted { window_start_ms: 0 });
         let cp = s.checkpoint("t", 0, 1);
-        let mut replayed = restore_replaying(&cp, WindowSpec::new(MIN, 5_000).unwrap(), StateBounds::new(MIN + 5_000), &log);
-        let mut skipped = PartitionState::restore(&cp, WindowSpec::new(MIN, 5_000).unwrap(), StateBounds::new(MIN + 5_000)).unwrap();
-        assert_eq!(skipped.replay_span(), Some((0, 1)));
-        assert_eq!(skipped.finish_replay(), Replayed { admitted: 1, found: 0 });
-        assert_eq!(replayed.apply(&log[0], &mut closed), Outcome::Duplicate);
+        let mut reread = restore_rereading(&cp, WindowSpec::new(MIN, 5_000).unwrap(), StateBounds::new(MIN + 5_000), &log);
+        let skipped = PartitionState::restore(&cp, WindowSpec::new(MIN, 5_000).unwrap(), StateBounds::new(MIN + 5_000)).unwrap();
+        assert_eq!(skipped.reread_span(), Some((0, 1)));
+        assert_eq!(skipped.counts(), RereadCounts { admitted: 1, found: 0 });
+        let mut skipped = skipped.finish();
+        assert_eq!(reread.apply(&log[0], &mut closed), Outcome::Duplicate);
         assert_eq!(skipped.apply(&log[0], &mut closed), Outcome::Counted { window_start_ms: 0 });
     }
 
@@ -924,16 +941,16 @@ mod tests {
         let bytes = orderflow_proto::Message::encoded_len(&cp);
         let (from, _) = PartitionState::restore(&cp, WindowSpec::new(MIN, 5_000).unwrap(), StateBounds::new(MIN + 5_000))
             .unwrap()
-            .replay_span()
+            .reread_span()
             .unwrap();
-        // Re-read from about a horizon (65 s) and a sixteenth back, at 8,500/s.
-        assert!((65 * 8_500..(65 + 5) * 8_500).contains(&(n - from)), "re-reads {} records", n - from);
+        // Reread from about a horizon (65 s) and a sixteenth back, at 8,500/s.
+        assert!((65 * 8_500..(65 + 5) * 8_500).contains(&(n - from)), "rereads {} records", n - from);
         assert!(bytes < 30_000, "{bytes} bytes for {} ids", s.dedup_live());
         assert!(s.dedup_live() > 540_000);
     }
 
     /// A checkpoint that carries the memory itself (taken before the admission log)
-    /// restores without re-reading, and its ids stay in the checkpoints (whole) until
+    /// restores without rereading, and its ids stay in the checkpoints (whole) until
     /// they have all expired; from then on the admission log covers everything.
     #[test]
     fn a_checkpoint_with_the_memory_itself_is_carried_until_its_ids_expire() {
@@ -951,8 +968,9 @@ mod tests {
         old.dedup_log_mark_times_ms.clear();
         old.dedup_fingerprints = entries.iter().flat_map(|(fp, _)| fp.to_be_bytes()).collect();
         old.dedup_event_times_ms = entries.iter().map(|(_, t)| *t).collect();
-        let mut r = PartitionState::restore(&old, spec, StateBounds::new(MIN + 5_000)).unwrap();
-        assert_eq!(r.replay_span(), None);
+        let r = PartitionState::restore(&old, spec, StateBounds::new(MIN + 5_000)).unwrap();
+        assert_eq!(r.reread_span(), None);
+        let mut r = r.finish();
         assert_eq!(r.apply(&ev("a", 1_000, Paid, 5, "r"), &mut closed), Outcome::Duplicate);
         r.apply(&ev("b", 30_000, Paid, 5, "r"), &mut closed);
         let cp = r.checkpoint("t", 0, 3);
@@ -965,7 +983,7 @@ mod tests {
         assert!(cp.dedup_from_log && cp.dedup_fingerprints.is_empty());
         let log =
             [ev("a", 1_000, Paid, 5, "r"), ev("a", 1_000, Paid, 5, "r"), ev("b", 30_000, Paid, 5, "r"), ev("c", 66_001, Paid, 5, "r")];
-        let mut again = restore_replaying(&cp, spec, StateBounds::new(MIN + 5_000), &log);
+        let mut again = restore_rereading(&cp, spec, StateBounds::new(MIN + 5_000), &log);
         assert_eq!(again.apply(&ev("b", 30_000, Paid, 5, "r"), &mut closed), Outcome::Duplicate);
     }
 
@@ -988,7 +1006,8 @@ mod tests {
         // (Equal only for the last window, clipped to end where it starts: `i64::MAX`.)
         assert!(s.last_open_end_ms().is_none_or(|end| end >= s.closed_through_ms()));
         let cp = s.checkpoint("t", 0, 1);
-        let restored = PartitionState::restore(&cp, spec, StateBounds::new(spec.size_ms().saturating_add(spec.lateness_ms()))).unwrap();
+        let restored =
+            PartitionState::restore(&cp, spec, StateBounds::new(spec.size_ms().saturating_add(spec.lateness_ms()))).unwrap().finish();
         assert_eq!(restored.checkpoint("t", 0, 1), cp);
     }
 
@@ -1022,7 +1041,7 @@ mod tests {
         let cp = PartitionCheckpoint::decode(&bytes[..]).unwrap();
         assert_eq!((cp.watermark_ms, cp.window_ms, cp.lateness_ms), (i64::MIN + 92, MIN, 0));
         let spec = WindowSpec::new(MIN, 0).unwrap();
-        let mut s = PartitionState::restore(&cp, spec, StateBounds::new(MIN)).unwrap();
+        let mut s = PartitionState::restore(&cp, spec, StateBounds::new(MIN)).unwrap().finish();
         let mut e = ev("a", 0, OrderEventType::Paid, 5, "r");
         e.event.as_mut().unwrap().event_time = Some(millis_timestamp(i64::MIN + 91));
         apply_tick_and_round_trip(&mut s, spec, &e, i64::MIN + 100);
@@ -1039,7 +1058,7 @@ mod tests {
         let cp = PartitionCheckpoint::decode(&bytes[..]).unwrap();
         let spec = WindowSpec::new(cp.window_ms, cp.lateness_ms).unwrap();
         assert!(spec.size_ms() > i64::MAX / 2);
-        let mut s = PartitionState::restore(&cp, spec, StateBounds::new(spec.size_ms())).unwrap();
+        let mut s = PartitionState::restore(&cp, spec, StateBounds::new(spec.size_ms())).unwrap().finish();
         let t = 1_573_430_400_000 + spec.size_ms();
         apply_tick_and_round_trip(&mut s, spec, &ev("a", t, OrderEventType::Paid, 5, "r"), 0);
         assert_eq!(s.last_open_end_ms(), Some(i64::MAX));

@@ -9,7 +9,7 @@ use crate::wire::{undecodable, OrderEventView};
 /// Limits on what one event may claim, checked by the enricher against its own clock
 /// ([`check_limits`], and [`crate::merchant::MerchantTable::enrich_payload`]). Its
 /// decision is recorded in the log (the event is enriched or dead-lettered), so the
-/// aggregator stays a function of the log on replay.
+/// aggregator stays a function of the log when it rereads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// How far ahead of the enricher's clock an event time may be. An event dated

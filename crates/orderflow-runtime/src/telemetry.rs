@@ -102,13 +102,13 @@ pub const AGGREGATOR_RESTORE_SECONDS: &str = "orderflow_aggregator_restore_durat
 pub const AGGREGATOR_RESTORE_MAX_SECONDS: &str = "orderflow_aggregator_restore_duration_max_seconds";
 /// Gauge: the largest checkpoint written since the process started, in bytes.
 pub const AGGREGATOR_CHECKPOINT_MAX_BYTES: &str = "orderflow_aggregator_checkpoint_size_max_bytes";
-/// Counter: input records re-read on restore to rebuild the dedup memory (the stretch
+/// Counter: input records reread on restore to rebuild the dedup memory (the stretch
 /// a checkpoint's admission log names).
-pub const AGGREGATOR_REPLAY_RECORDS: &str = "orderflow_aggregator_restore_replayed_records_total";
+pub const AGGREGATOR_REREAD_RECORDS: &str = "orderflow_aggregator_restore_reread_records_total";
 /// Counter: event ids a checkpoint's admission log names that the restore did not find
 /// in the input (retention shorter than the dedup horizon): their duplicates, if any
 /// come, are counted again.
-pub const AGGREGATOR_REPLAY_MISSING: &str = "orderflow_aggregator_restore_missing_ids_total";
+pub const AGGREGATOR_REREAD_MISSING: &str = "orderflow_aggregator_restore_missing_ids_total";
 /// Counter: bytes of the enriched records the aggregator's partitions loop read (key plus
 /// payload), to compare with what its checkpoints write
 /// ([`AGGREGATOR_CHECKPOINT_BYTES`]).
@@ -287,11 +287,11 @@ pub fn describe() {
     describe_histogram!(
         AGGREGATOR_RESTORE_SECONDS,
         Unit::Seconds,
-        "Time to take partitions over: read their checkpoints and re-read the input their dedup memory is rebuilt from."
+        "Time to take partitions over: read their checkpoints and reread the input their dedup memory is rebuilt from."
     );
-    describe_counter!(AGGREGATOR_REPLAY_RECORDS, Unit::Count, "Input records re-read on restore to rebuild the dedup memory.");
+    describe_counter!(AGGREGATOR_REREAD_RECORDS, Unit::Count, "Input records reread on restore to rebuild the dedup memory.");
     describe_counter!(
-        AGGREGATOR_REPLAY_MISSING,
+        AGGREGATOR_REREAD_MISSING,
         Unit::Count,
         "Event ids a checkpoint names that the restore did not find in the input (retention shorter than the dedup horizon)."
     );

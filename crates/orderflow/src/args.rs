@@ -297,7 +297,7 @@ pub struct AggregatorArgs {
     /// Most records processed per batch.
     #[arg(long, env = "ORDERFLOW_AGGREGATOR_BATCH", default_value_t = agg::BATCH)]
     pub batch: usize,
-    /// Threads (each with its own consumer) that re-read the input a take-over's
+    /// Threads (each with its own consumer) that reread the input a take-over's
     /// restored partitions rebuild their dedup memory from, the partitions shared
     /// among them; 0: one per core.
     #[arg(long, env = "ORDERFLOW_RESTORE_THREADS", default_value_t = 0)]

@@ -139,8 +139,8 @@ struct Evidence {
     duplicates: f64,
     restored_from_checkpoint: f64,
     restore_max_seconds: f64,
-    /// Input records re-read to rebuild dedup memories, and ids not found in them.
-    replayed_records: f64,
+    /// Input records reread to rebuild dedup memories, and ids not found in them.
+    reread_records: f64,
     missing_ids: f64,
     checkpoints: f64,
     checkpoint_bytes_sum: f64,
@@ -152,12 +152,12 @@ impl std::fmt::Display for Evidence {
         write!(
             f,
             "{} enriched records; surviving aggregators: {} duplicates absorbed, {} partitions restored from checkpoints (slowest take-over {:.0} ms, \
-             {} input records re-read for their dedup memory, {} ids missing), {} checkpoints written, {:.0} bytes on average, {:.0} at most",
+             {} input records reread for their dedup memory, {} ids missing), {} checkpoints written, {:.0} bytes on average, {:.0} at most",
             self.enriched_records,
             self.duplicates,
             self.restored_from_checkpoint,
             self.restore_max_seconds * 1000.0,
-            self.replayed_records,
+            self.reread_records,
             self.missing_ids,
             self.checkpoints,
             self.checkpoint_bytes_sum / self.checkpoints.max(1.0),
@@ -240,7 +240,7 @@ impl<'a> Run<'a> {
                 common::sample(&page, "orderflow_aggregator_partition_restores_total", &[("from", "checkpoint")]);
             evidence.restore_max_seconds =
                 evidence.restore_max_seconds.max(common::sample(&page, "orderflow_aggregator_restore_duration_max_seconds", &[]));
-            evidence.replayed_records += common::sample(&page, "orderflow_aggregator_restore_replayed_records_total", &[]);
+            evidence.reread_records += common::sample(&page, "orderflow_aggregator_restore_reread_records_total", &[]);
             evidence.missing_ids += common::sample(&page, "orderflow_aggregator_restore_missing_ids_total", &[]);
             evidence.checkpoints += common::sample(&page, "orderflow_aggregator_checkpoint_size_bytes_count", &[]);
             evidence.checkpoint_bytes_sum += common::sample(&page, "orderflow_aggregator_checkpoint_size_bytes_sum", &[]);
@@ -366,7 +366,7 @@ fn check(name: &str, trace: &Trace, baseline: &Baseline, (got, waited, evidence)
     if expect == Expect::Restores && evidence.restored_from_checkpoint == 0.0 {
         failed.push(format!("{name}: no partition was restored from a checkpoint"));
     }
-    if expect == Expect::Restores && evidence.replayed_records == 0.0 {
+    if expect == Expect::Restores && evidence.reread_records == 0.0 {
         failed.push(format!("{name}: no dedup memory was rebuilt from the input"));
     }
     if evidence.missing_ids != 0.0 {

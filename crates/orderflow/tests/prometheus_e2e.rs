@@ -39,7 +39,7 @@ const MERCHANTS: &str =
 
 /// Panels the dashboards mark with a "No data" value that may be empty here: counters of
 /// trouble this run does not stage, idle ticks (none: `--idle-close 1h` keeps the
-/// window open until phase 2 closes it), and a restore's re-reading (every partition
+/// window open until phase 2 closes it), and a restore's rereading (every partition
 /// starts from scratch). Each appears on its first increment.
 const ABSENT_IN_A_CLEAN_RUN: [&str; 8] = [
     "orderflow_kafka_errors_total",
@@ -48,7 +48,7 @@ const ABSENT_IN_A_CLEAN_RUN: [&str; 8] = [
     "orderflow_aggregator_bound_refusals_total",
     "orderflow_aggregator_checkpoint_failures_total",
     "orderflow_enricher_merchant_records_refused_total",
-    "orderflow_aggregator_restore_replayed_records_total",
+    "orderflow_aggregator_restore_reread_records_total",
     "orderflow_aggregator_restore_missing_ids_total",
 ];
 

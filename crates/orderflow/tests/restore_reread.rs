@@ -2,14 +2,14 @@
 //! broker (Nisshi): 80 s of enriched events at 8,500 events/s (1% storefront retries)
 //! on one partition, aggregated in memory as the aggregator does (offset by offset),
 //! checkpointed at the end. The checkpoint names the stretch of input its dedup memory
-//! is rebuilt from; `checkpoint::replay` re-reads it from the broker. Timed against a
+//! is rebuilt from; `checkpoint::reread` re-reads it from the broker. Timed against a
 //! bare read of the same records by the same kind of reader (what the broker delivers),
-//! alternately, three times each. Every replay must rebuild exactly the memory the
+//! alternately, three times each. Every reread must rebuild exactly the memory the
 //! partition had: every admitted id found, and the restored state goes on like the
 //! original on the retries of the whole input.
 //!
 //! Ignored (a minute): run with
-//! `cargo test --release -p orderflow --test restore_replay -- --ignored --nocapture`;
+//! `cargo test --release -p orderflow --test restore_reread -- --ignored --nocapture`;
 //! `RESTORE_BENCH_SECONDS` (default 80) sets the seconds of input,
 //! `RESTORE_BENCH_BATCH` (default 100000) the records per producer batch (the enricher
 //! at 8,500 events/s per partition makes ~40 with a 5 ms linger, ~400 with 50 ms), and
@@ -135,7 +135,7 @@ async fn a_partition_restores_its_dedup_memory_from_the_input() {
     producer.flush(Duration::from_secs(120)).unwrap();
     let cp = state.checkpoint(&input, 0, n);
     let cp_bytes = cp.encoded_len();
-    let (from, to) = PartitionState::restore(&cp, spec, bounds).unwrap().replay_span().expect("a stretch to re-read");
+    let (from, to) = PartitionState::restore(&cp, spec, bounds).unwrap().reread_span().expect("a stretch to re-read");
     let ids = state.dedup_live();
     println!(
         "restore bench | {n} events ({input_bytes} bytes, {duplicates} retries) over {seconds} s of event time; checkpoint {cp_bytes} bytes \
@@ -155,7 +155,7 @@ async fn a_partition_restores_its_dedup_memory_from_the_input() {
     let expected = judge(&mut state.clone());
     assert!(expected.iter().filter(|o| **o == Outcome::Duplicate).count() > 5_000, "recent retries are duplicates");
 
-    let (mut bare, mut replay) = (Vec::new(), Vec::new());
+    let (mut bare, mut reread) = (Vec::new(), Vec::new());
     for round in 0..3 {
         let t = Instant::now();
         assert_eq!(bare_read(&kafka, &input, from, to), (to - from) as u64);
@@ -164,21 +164,21 @@ async fn a_partition_restores_its_dedup_memory_from_the_input() {
         let restored = PartitionState::restore(&cp, spec, bounds).unwrap();
         let (k, topic) = (kafka.clone(), input.clone());
         let t = Instant::now();
-        let mut done = tokio::task::spawn_blocking(move || orderflow_aggregator::checkpoint::replay(&k, &topic, vec![(0, restored)], 1))
+        let mut done = tokio::task::spawn_blocking(move || orderflow_aggregator::checkpoint::reread(&k, &topic, vec![(0, restored)], 1))
             .await
             .unwrap()
             .unwrap();
-        replay.push(t.elapsed());
+        reread.push(t.elapsed());
         let (_, mut restored, r) = done.pop().unwrap();
         assert_eq!(r.records, (to - from) as u64);
-        assert_eq!(r.replayed.found, r.replayed.admitted, "every admitted id found again");
+        assert_eq!(r.ids.found, r.ids.admitted, "every admitted id found again");
         assert_eq!(restored.checkpoint(&input, 0, n), cp, "the restored state checkpoints as the original");
         assert_eq!(judge(&mut restored), expected, "round {round}: the restored memory judges every retry as the original");
     }
-    for (round, (b, r)) in bare.iter().zip(&replay).enumerate() {
+    for (round, (b, r)) in bare.iter().zip(&reread).enumerate() {
         let records = (to - from) as f64;
         println!(
-            "restore bench | round {}: bare read {:.3} s ({:.0} records/s), replay {:.3} s ({:.0} records/s): replay / bare {:.2}",
+            "restore bench | round {}: bare read {:.3} s ({:.0} records/s), reread {:.3} s ({:.0} records/s): reread / bare {:.2}",
             round + 1,
             b.as_secs_f64(),
             records / b.as_secs_f64(),
