@@ -32,7 +32,7 @@ pub const PRODUCER_SETTINGS: [(&str, &str); 5] = producer_settings("5");
 /// (a window's total waits for the window to close), but every reader pays per batch:
 /// at 8,500 events/s per partition, 5 ms made batches of ~40 records, and a restore
 /// re-reading a dedup horizon of them from Nisshi took 1.43 s per partition, 0.93 s
-/// (median of four runs) with 50 ms (README "Checkpoint cost"). The load test's broker
+/// (median of four runs) with 50 ms (docs/measurements/2026-12-02-restore-speed.md). The load test's broker
 /// baseline produces with these, so that it measures the same client path.
 pub const STAGE_PRODUCER_SETTINGS: [(&str, &str); 5] = producer_settings("50");
 impl KafkaConfig {
