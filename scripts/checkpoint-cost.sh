@@ -41,220 +41,9 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 export RUST_LOG="${RUST_LOG:-warn}"
 
-# write_sampler FILE: the Python helper of the paced mode. `sample ADDR PID [EVERY]`
-# prints one JSON line of the aggregator's metrics and CPU seconds (every EVERY seconds,
-# until killed; once without EVERY); `ready ADDR PARTITIONS` exits 0 once /readyz answers
-# 200 and PARTITIONS partitions were restored;
-# `summary DIR JSON PARTITIONS SECONDS RATE` prints and writes the summary.
-write_sampler() {
-  cat >"$1" <<'EOF'
-import json, sys, time, urllib.request
-
-HORIZON = 65.0  # the aggregator's default dedup horizon (window 1m + lateness 5s)
-
-def scrape(addr):
-    page = urllib.request.urlopen(f"http://{addr}/metrics", timeout=2).read().decode()
-    m, dedup = {}, {}
-    for line in page.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        series, value = line.rsplit(" ", 1)
-        name, _, labels = series.partition("{")
-        v = float(value)
-        if name == "orderflow_aggregator_partition_restores_total":
-            name += "{" + labels
-        if name == "orderflow_aggregator_dedup_ids":
-            dedup[labels.rstrip("}")] = v
-        m[name] = m.get(name, 0.0) + v
-    return m, dedup
-
-def cpu(pid):
-    try:
-        stat = open(f"/proc/{pid}/stat").read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 1:].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0
-
-def sample(addr, pid):
-    t = time.time()
-    try:
-        m, dedup = scrape(addr)
-    except Exception:
-        return None
-    return {"t": t, "cpu": cpu(pid), "m": m, "dedup": dedup}
-
-def ready(addr):
-    try:
-        return urllib.request.urlopen(f"http://{addr}/readyz", timeout=2).status == 200
-    except Exception:
-        return False
-
-def load(path):
-    try:
-        return [json.loads(l) for l in open(path) if l.strip()]
-    except FileNotFoundError:
-        return []
-
-M = lambda s, k: s["m"].get(k, 0.0) if s else 0.0
-IN, CP_SUM, CP_COUNT = "orderflow_aggregator_input_bytes_total", "orderflow_aggregator_checkpoint_size_bytes_sum", "orderflow_aggregator_checkpoint_size_bytes_count"
-EVENTS = "orderflow_aggregator_events_total"
-
-def stretch(samples, t_from, t_to):
-    """The first sample at or after t_from and the last at or before t_to."""
-    inside = [s for s in samples if t_from <= s["t"] <= t_to]
-    return (inside[0], inside[-1]) if len(inside) >= 2 else None
-
-def rates(*pairs):
-    """Rates over one or more (first, last) sample pairs, summed."""
-    dt = sum(b["t"] - a["t"] for a, b in pairs)
-    d = lambda k: sum(M(b, k) - M(a, k) for a, b in pairs)
-    return {
-        "seconds": round(dt, 1),
-        "eventsPerSecond": round(d(EVENTS) / dt),
-        "inputBytesPerSecond": round(d(IN) / dt),
-        "checkpointBytesPerSecond": round(d(CP_SUM) / dt),
-        "checkpoints": int(d(CP_COUNT)),
-        "checkpointToInputPercent": round(100.0 * d(CP_SUM) / d(IN), 2) if d(IN) else None,
-    }
-
-def analyse(run_dir, partitions, seconds):
-    marks = json.load(open(f"{run_dir}/marks.json"))
-    report = json.load(open(f"{run_dir}/report/report.json"))
-    first, second = load(f"{run_dir}/samples-1.jsonl"), load(f"{run_dir}/samples-2.jsonl")
-    t0, t_mark = marks["inputStarted"], marks["mark"]
-    # Steady: the first aggregator once its dedup memory is full (the horizon, plus 5 s),
-    # to the mark; and the second from 5 s after it caught up (once it has read
-    # something, its rate back within 25% of the first's: the backlog since the last
-    # checkpoint done) to the replay's end.
-    whole = stretch(first, t0, t_mark)
-    steady_from = t0 + HORIZON + 5.0
-    pairs = [stretch(first, steady_from, t_mark) if t_mark - steady_from >= 10 else None]
-    caught_up = None
-    if marks.get("ready") and whole:
-        pace = (M(whole[1], EVENTS) - M(whole[0], EVENTS)) / (whole[1]["t"] - whole[0]["t"])
-        after = [s for s in second if s["t"] >= marks["ready"] and M(s, EVENTS) > 0]
-        caught_up = next((a["t"] for a, b in zip(after, after[1:]) if (M(b, EVENTS) - M(a, EVENTS)) / (b["t"] - a["t"]) <= 1.25 * pace), None)
-    if caught_up and t0 + seconds - 1 - (caught_up + 5) >= 10:
-        pairs.append(stretch(second, caught_up + 5, t0 + seconds - 1))
-    pairs = [p for p in pairs if p]
-    out = {"totalsMatched": report["totals"]["matched"], "totals": report["totals"]["totals"],
-           "lateEvents": report["totals"]["lateEvents"], "events": report["events"],
-           "achievedEventsPerSecond": round(report["throughput"]["achievedEventsPerSecond"]),
-           "replaySeconds": report["replaySeconds"], "lastTotalSeconds": report.get("lastTotalSeconds")}
-    lags = [(s.get("enricherLag"), s.get("aggregatorLag")) for s in report["seconds"]]
-    out["enricherLagMax"] = max((e for e, _ in lags if e is not None), default=None)
-    agg = sorted(a for _, a in lags if a is not None)
-    out["aggregatorCommittedLagMax"] = agg[-1] if agg else None
-    out["aggregatorCommittedLagP50"] = agg[len(agg) // 2] if agg else None
-    # Whether the pipeline kept up: the load test's lag is from committed offsets, which
-    # the aggregator commits with its checkpoints (every 5 s), so the aggregator's is
-    # judged by its rate (eventsPerSecond against the replay's), its CPU and how soon
-    # after the last send both groups had committed everything.
-    if report.get("pipelineSeconds") is not None:
-        out["caughtUpAfterLastSendSeconds"] = round(report["pipelineSeconds"] - report["replaySeconds"], 1)
-    out["steady"] = rates(*pairs) if pairs else None
-    if pairs:
-        out["steady"]["stretches"] = [[round(a["t"] - t0, 1), round(b["t"] - t0, 1)] for a, b in pairs]
-    if whole:
-        out["untilMark"] = rates(whole)
-    last1 = first[-1] if first else None
-    last2 = second[-1] if second else None
-    in_total = M(last1, IN) + M(last2, IN)
-    cp_total = M(last1, CP_SUM) + M(last2, CP_SUM)
-    out["wholeRun"] = {
-        "inputBytes": int(in_total), "checkpointBytes": int(cp_total),
-        "checkpointToInputPercent": round(100.0 * cp_total / in_total, 2) if in_total else None,
-        "checkpoints": int(M(last1, CP_COUNT) + M(last2, CP_COUNT)),
-        "checkpointFailures": int(M(last1, "orderflow_aggregator_checkpoint_failures_total") + M(last2, "orderflow_aggregator_checkpoint_failures_total")),
-    }
-    out["largestCheckpointBytes"] = int(max(M(last1, "orderflow_aggregator_checkpoint_size_max_bytes"), M(last2, "orderflow_aggregator_checkpoint_size_max_bytes")))
-    if last1 and last1["dedup"]:
-        out["dedupIdsPerPartitionAtMark"] = {k: int(v) for k, v in sorted(last1["dedup"].items())}
-    c = [s for s in first if s["cpu"] is not None and s["t"] >= t0]
-    if c:
-        events = M(c[-1], EVENTS) - M(c[0], EVENTS)
-        cpu_s = c[-1]["cpu"] - c[0]["cpu"]
-        out["aggregatorCpu"] = {"seconds": round(cpu_s, 2), "events": int(events), "cores": round(cpu_s / (c[-1]["t"] - c[0]["t"]), 3),
-                                "microsecondsPerEvent": round(1e6 * cpu_s / events, 3) if events else None,
-                                "over": "first input to the mark"}
-    if marks.get("killed"):
-        restored = M(last2, 'orderflow_aggregator_partition_restores_total{from="checkpoint"}')
-        scratch = M(last2, 'orderflow_aggregator_partition_restores_total{from="scratch"}')
-        total = M(last2, "orderflow_aggregator_restore_duration_seconds_sum")
-        out["restore"] = {
-            "partitionsFromCheckpoint": int(restored), "partitionsFromScratch": int(scratch),
-            "takeOvers": int(M(last2, "orderflow_aggregator_restore_duration_seconds_count")),
-            "seconds": round(total, 3),
-            "maxSeconds": round(M(last2, "orderflow_aggregator_restore_duration_max_seconds"), 3),
-            "secondsPerPartition": round(total / (restored + scratch), 3) if restored + scratch else None,
-            "readyAfterSeconds": round(marks["ready"] - marks["restarted"], 1) if marks.get("ready") else None,
-            "caughtUpAfterSeconds": round(caught_up - marks["restarted"], 1) if caught_up else None,
-        }
-    return out
-
-def summary(out_dir, path, partitions, seconds, rate):
-    partitions, seconds = int(partitions), int(seconds)
-    result = {"partitions": partitions, "seconds": seconds, "targetEventsPerSecondPerPartition": int(rate),
-              "checkpointInterval": "5s", "runs": {}}
-    for name in ("checkpoints", "no-checkpoints"):
-        try:
-            result["runs"][name] = analyse(f"{out_dir}/{name}", partitions, seconds)
-        except FileNotFoundError:
-            pass
-    r = result["runs"]["checkpoints"]
-    s = r["steady"] or r.get("untilMark")
-    if r.get("aggregatorCpu") and "no-checkpoints" in result["runs"]:
-        a, b = r["aggregatorCpu"]["microsecondsPerEvent"], result["runs"]["no-checkpoints"].get("aggregatorCpu", {}).get("microsecondsPerEvent")
-        result["cpuWithToWithoutCheckpoints"] = round(a / b, 3) if a and b else None
-    json.dump(result, open(path, "w"), indent=2)
-    lines = [
-        f"Paced checkpoint cost: {partitions} partitions, {seconds} s at {rate} events/s per partition, --checkpoint-interval 5s",
-        f"  replay                {r['achievedEventsPerSecond']:,} events/s acknowledged over {r['replaySeconds']:.1f} s",
-        f"  events per partition  {s['eventsPerSecond'] / partitions:,.0f}/s at the aggregator ("
-        + (f"steady: {s['seconds']} s in s {', '.join(f'{a:.0f}-{b:.0f}' for a, b in s['stretches'])} of the run" if r['steady'] else f"until the mark, {s['seconds']} s; too short to be steady")
-        + ")",
-        f"  input                 {s['inputBytesPerSecond']:,} bytes/s",
-        f"  checkpoints           {s['checkpointBytesPerSecond']:,} bytes/s ({s['checkpoints']} checkpoints in the stretch)",
-        f"  checkpoint / input    {s['checkpointToInputPercent']}% (target: below 5%)",
-        f"  whole run             {r['wholeRun']['checkpointToInputPercent']}%: {r['wholeRun']['checkpointBytes']:,} checkpoint bytes for {r['wholeRun']['inputBytes']:,} input bytes",
-        f"  largest checkpoint    {r['largestCheckpointBytes']:,} bytes; {r['wholeRun']['checkpoints']} checkpoints written, {r['wholeRun']['checkpointFailures']} refused",
-        f"  keeping up            enricher lag max {r['enricherLagMax']} records; aggregator {r.get('aggregatorCpu', {}).get('cores')} cores until the mark; "
-        f"both groups committed everything {r.get('caughtUpAfterLastSendSeconds')} s after the last send",
-    ]
-    if r.get("restore"):
-        x = r["restore"]
-        lines.append(f"  restore after SIGKILL {x['secondsPerPartition']} s per partition ({x['seconds']} s for {x['partitionsFromCheckpoint']} from checkpoint, {x['partitionsFromScratch']} from scratch, in {x['takeOvers']} take-overs); target: under 1 s per partition")
-        lines.append(f"                        after the restart: ready (every partition restored) {x['readyAfterSeconds']} s, caught up {x['caughtUpAfterSeconds']} s (the group waits for the killed member's session timeout first)")
-    lines.append(f"  totals                {'match' if r['totalsMatched'] else 'DO NOT MATCH'}: {r['totals']} totals, {r['lateEvents']} late events")
-    if "no-checkpoints" in result["runs"]:
-        n = result["runs"]["no-checkpoints"]
-        lines.append(f"  aggregator CPU        {r.get('aggregatorCpu', {}).get('microsecondsPerEvent')} us/event with checkpoints, {n.get('aggregatorCpu', {}).get('microsecondsPerEvent')} without: ratio {result.get('cpuWithToWithoutCheckpoints')}; without-checkpoints run totals {'match' if n['totalsMatched'] else 'DO NOT MATCH'}")
-    lines.append(f"  (written to {path})")
-    print("\n".join(lines))
-    if not all(run["totalsMatched"] for run in result["runs"].values()):
-        sys.exit(1)
-
-mode = sys.argv[1]
-if mode == "sample":
-    addr, pid = sys.argv[2], sys.argv[3]
-    every = float(sys.argv[4]) if len(sys.argv) > 4 else None
-    while True:
-        s = sample(addr, pid)
-        if s:
-            print(json.dumps(s), flush=True)
-        if every is None:
-            sys.exit(0 if s else 1)
-        time.sleep(every)
-elif mode == "ready":
-    # /readyz alone is not enough: it answers 200 before the aggregator's loop registers.
-    s = sample(sys.argv[2], 0)
-    restored = sum(v for k, v in s["m"].items() if k.startswith("orderflow_aggregator_partition_restores_total")) if s else 0
-    sys.exit(0 if ready(sys.argv[2]) and restored >= int(sys.argv[3]) else 1)
-elif mode == "summary":
-    summary(*sys.argv[2:7])
-EOF
-}
+# The measuring (sampling the aggregator's /metrics and CPU, readiness, the summary) is
+# scripts/checkpoint_cost.py; see its docstring.
+CC=(python3 "$PWD/scripts/checkpoint_cost.py")
 
 # paced_run NAME DIR kill|nokill [AGGREGATOR FLAGS...]: one paced run on a fresh topic
 # prefix (see the header); samples, marks and the load test's report go to DIR.
@@ -267,7 +56,7 @@ start_aggregator() {
   "$OF" aggregate --metrics-addr "$maddr" "$@" &
   pids+=($!)
   agg=$!
-  python3 "$dir/../sample.py" sample "$maddr" "$agg" 1 >"$samples" &
+  "${CC[@]}" sample "$maddr" "$agg" 1 >"$samples" &
   pids+=($!)
   sampler=$!
 }
@@ -293,12 +82,7 @@ paced_run() {
   while [[ -z "$started" ]]; do
     kill -0 "$loadtest" 2>/dev/null || { cat "$dir/loadtest.log" >&2; echo "paced run '$name': the load test ended before the aggregator read anything" >&2; exit 1; }
     kill -0 "$agg" 2>/dev/null || { echo "paced run '$name': the aggregator exited" >&2; exit 1; }
-    if python3 - "$dir/samples-1.jsonl" <<'EOF'
-import json, sys
-lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-sys.exit(0 if any(l["m"].get("orderflow_aggregator_input_bytes_total", 0) > 0 for l in lines) else 1)
-EOF
-    then started=$(date +%s.%N); fi
+    if "${CC[@]}" flowing "$dir/samples-1.jsonl"; then started=$(date +%s.%N); fi
     sleep 0.5
   done
   local mark
@@ -310,7 +94,7 @@ EOF
   done
   kill -TERM "$sampler"
   wait "$sampler" 2>/dev/null || true
-  python3 "$dir/../sample.py" sample "$maddr" "$agg" >>"$dir/samples-1.jsonl" || { echo "paced run '$name': no metrics from the aggregator at the mark" >&2; exit 1; }
+  "${CC[@]}" sample "$maddr" "$agg" >>"$dir/samples-1.jsonl" || { echo "paced run '$name': no metrics from the aggregator at the mark" >&2; exit 1; }
   local marked restarted="null" ready="null" killed=false
   marked=$(date +%s.%N)
   if [[ "$kill" == kill ]]; then
@@ -320,7 +104,7 @@ EOF
     killed=true
     restarted=$(date +%s.%N)
     start_aggregator "$dir/samples-2.jsonl" "$@"
-    until python3 "$dir/../sample.py" ready "$maddr" "$PARTITIONS"; do
+    until "${CC[@]}" ready "$maddr" "$PARTITIONS"; do
       kill -0 "$agg" 2>/dev/null || { echo "paced run '$name': the new aggregator exited" >&2; exit 1; }
       kill -0 "$loadtest" 2>/dev/null || break
       sleep 0.2
@@ -338,20 +122,14 @@ EOF
   if [[ "$kill" == kill ]]; then
     kill -TERM "$sampler"
     wait "$sampler" 2>/dev/null || true
-    python3 "$dir/../sample.py" sample "$maddr" "$agg" >>"$dir/samples-2.jsonl" || true
+    "${CC[@]}" sample "$maddr" "$agg" >>"$dir/samples-2.jsonl" || true
   fi
   printf '{"inputStarted": %s, "mark": %s, "marked": %s, "killed": %s, "restarted": %s, "ready": %s}\n' \
     "$started" "$mark" "$marked" "$killed" "$restarted" "$ready" >"$dir/marks.json"
   kill -TERM "$agg" "$enricher" 2>/dev/null || true
   wait "$agg" "$enricher" 2>/dev/null || true
   [[ -s "$dir/report/report.json" ]] || { echo "paced run '$name': the load test wrote no report (exit code $rc; see $dir/loadtest.log)" >&2; exit 1; }
-  python3 - "$dir/report/report.json" "$name" <<'EOF' || exit 1
-import json, sys
-totals = json.load(open(sys.argv[1]))["totals"]
-if not totals["matched"]:
-    print(f"paced run '{sys.argv[2]}': the totals do not match the trace:", *totals["differences"][:20], sep="\n  ", file=sys.stderr)
-    sys.exit(1)
-EOF
+  "${CC[@]}" totals-match "$dir/report/report.json" "$name" || exit 1
   [[ "$rc" == 0 ]] || { echo "paced run '$name': the load test exited with $rc (see $dir/loadtest.log)" >&2; exit 1; }
 }
 
@@ -382,12 +160,11 @@ if [[ "${1:-}" == paced ]]; then
   fi
   TRACE_DIR="$trace_dir"
   start_broker checkpoint-cost-paced
-  write_sampler "$OUT/sample.py"
   paced_run checkpoints "$OUT/checkpoints" kill
   if [[ "${CHECKPOINT_COST_COMPARE:-1}" != 0 ]]; then
     paced_run no-checkpoints "$OUT/no-checkpoints" nokill --no-checkpoints
   fi
-  python3 "$OUT/sample.py" summary "$OUT" "$SUMMARY" "$PARTITIONS" "$SECONDS_RUN" "$RATE"
+  "${CC[@]}" summary "$OUT" "$SUMMARY" "$PARTITIONS" "$SECONDS_RUN" "$RATE"
   exit
 fi
 
@@ -396,14 +173,7 @@ ROUNDS="${2:-2}"
 export ORDERFLOW_PARTITIONS="${ORDERFLOW_PARTITIONS:-4}"
 
 metric_sum() { # sum of every sample of metric $2 on http://$1/metrics
-  python3 - "$1" "$2" <<'EOF'
-import sys, urllib.request
-try:
-    page = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=2).read().decode()
-except Exception:
-    print(0); sys.exit()
-print(int(sum(float(l.rsplit(" ", 1)[1]) for l in page.splitlines() if l.startswith(sys.argv[2] + "{") or l.startswith(sys.argv[2] + " "))))
-EOF
+  "${CC[@]}" metric-sum "$1" "$2"
 }
 
 build_and_synth "$EVENTS"

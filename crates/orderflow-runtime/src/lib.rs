@@ -23,11 +23,14 @@
 //! - [`supervisor`]: a service's named tasks; the first failure stops them all and
 //!   becomes the process's exit status.
 //! - [`telemetry`]: every metric name, described once; the Prometheus exporter; tracing.
+//! - [`metrics_page`]: the other side of the exporter: fetching a `/metrics` page and
+//!   reading its samples (the load test, the end-to-end tests).
 //! - [`shutdown`]: SIGTERM/Ctrl-C to a cancellation token.
 //! - `testing` (feature `testing`, for other crates' tests): librdkafka's mock cluster
 //!   with every topic created, and helpers to read topics and wait for outcomes.
 
 pub mod kafka;
+pub mod metrics_page;
 pub mod outbox;
 pub mod records;
 pub mod shutdown;

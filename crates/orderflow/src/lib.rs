@@ -9,7 +9,19 @@
 //! - `inspect`: printing totals, dead letters and late events.
 //! - `demo`: the whole pipeline in one process on librdkafka's embedded mock cluster.
 //! - `trace`: synthetic traces (`trace synth`).
-//! - `loadtest`: replaying a trace against a running pipeline, with a report.
+//! - `loadtest`: replaying a trace against a running pipeline (or draining a published
+//!   backlog), with a report. By concern:
+//!   - `loadtest::flags`: its flags; `loadtest::orchestrate`: the run, start to end.
+//!   - `loadtest::baseline`: the broker alone on the same messages, through the outbox.
+//!   - `loadtest::children`: a drain's enricher and aggregator as child processes
+//!     (SIGTERM, then a kill after a grace).
+//!   - `loadtest::watch`: the watcher threads (totals, lag, metrics, CPU);
+//!     `loadtest::scrape`: the aggregator's `/metrics`; `loadtest::cpu`: CPU time from
+//!     `/proc`.
+//!   - `loadtest::check`: the reference totals; `loadtest::timeline`: per-second
+//!     figures and latency.
+//!   - `loadtest::report`: `report.json`'s schema and the summary;
+//!     `loadtest::chart`: the SVG picture.
 
 mod args;
 mod demo;

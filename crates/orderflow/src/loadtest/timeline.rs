@@ -8,7 +8,7 @@
 //! The provisional figures' latency is measured from the other end: the counted events
 //! acknowledged so far (a cumulative curve, in the order they were sent) against the
 //! events the aggregator's `/metrics` shows, final plus provisional, polled every
-//! [`super::VISIBLE_POLL`]. The k-th counted event acknowledged is visible at the first
+//! [`super::scrape::VISIBLE_POLL`]. The k-th counted event acknowledged is visible at the first
 //! poll, no earlier than its acknowledgement, that shows at least k events. Events are
 //! taken to become visible in the order they were acknowledged (the pipeline keeps each
 //! partition's order, not the order across partitions), so the figures are the curves'

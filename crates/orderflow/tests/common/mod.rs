@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use orderflow_runtime::metrics_page;
+
 /// A broker for one test.
 pub struct Broker {
     pub bootstrap: String,
@@ -241,45 +243,18 @@ impl Drop for Service {
     }
 }
 
-/// Fetches `http://addr/metrics`.
 /// `GET http://addr/path`: the status code and the body.
 pub fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    s.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    Some((status, body))
+    metrics_page::get(addr, path, Duration::from_secs(5)).ok()
 }
 
+/// Fetches `http://addr/metrics`.
 pub fn scrape(addr: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
+    metrics_page::scrape(addr).ok()
 }
 
 /// The value of the sample of metric `name` with exactly the labels `labels` (in any
 /// order) in a Prometheus text page, 0 when absent.
 pub fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    want.sort();
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, mut got) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}').split(',').map(str::to_owned).collect::<Vec<_>>()),
-                None => (series, Vec::new()),
-            };
-            got.sort();
-            (n == name && got == want).then(|| value.parse().unwrap())
-        })
-        .unwrap_or(0.0)
+    metrics_page::samples(page).find(|s| s.name == name && s.has_labels(labels)).map_or(0.0, |s| s.value)
 }
