@@ -16,6 +16,8 @@ command installs with promtool).
      HTTP 400 `bad_data`).
   5. The checks fail on a broken panel: a copy with a syntax error, with another
      datasource uid, and with an unknown metric must each be refused.
+  6. Every metric the alerting and recording rules (deploy/prometheus/alerts.yml) name
+     is declared as in 3, so a renamed metric cannot leave an alert that never fires.
 """
 
 import copy
@@ -39,6 +41,7 @@ DATASOURCES = os.path.join(GRAFANA, "provisioning/datasources/prometheus.yaml")
 PROVIDER = os.path.join(GRAFANA, "provisioning/dashboards/orderflow.yaml")
 COMPOSE = os.path.join(ROOT, "deploy/compose.yaml")
 TELEMETRY = os.path.join(ROOT, "crates/orderflow-runtime/src/telemetry.rs")
+RULES = os.path.join(ROOT, "deploy/prometheus/alerts.yml")
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 
 
@@ -97,6 +100,28 @@ def static_problems(dashboard, uid, declared):
             for name in sorted(metric_names(expr)):
                 if not known(name, declared):
                     problems.append(f"{tw}: metric {name} is not declared in {os.path.relpath(TELEMETRY, ROOT)}")
+    return problems
+
+
+def rule_problems(rules_text, declared):
+    """Metrics named in the rules' `expr:` lines (and their continuation lines) that the
+    code does not declare."""
+    problems = []
+    in_expr, indent, alert = False, 0, "?"
+    for line in rules_text.splitlines():
+        stripped = line.lstrip()
+        depth = len(line) - len(stripped)
+        m = re.match(r"- (alert|record): *(\S+)", stripped)
+        if m:
+            alert, in_expr = m.group(2), False
+        if in_expr and stripped and depth <= indent:
+            in_expr = False
+        if stripped.startswith("expr:"):
+            in_expr, indent = True, depth
+        if in_expr:
+            for name in sorted(metric_names(line)):
+                if not known(name, declared):
+                    problems.append(f"{os.path.relpath(RULES, ROOT)}: {alert}: metric {name} is not declared in {os.path.relpath(TELEMETRY, ROOT)}")
     return problems
 
 
@@ -214,6 +239,13 @@ def main():
     log("datasource uid and metric names of every panel")
     problems = [p for d in dashboards.values() for p in static_problems(d, uid, declared)]
     targets = sum(len(p.get("targets") or []) for d in dashboards.values() for p in panels(d))
+
+    log("metric names of every alerting rule")
+    with open(RULES, encoding="utf-8") as f:
+        rules_text = f.read()
+    problems += rule_problems(rules_text, declared)
+    if not rule_problems("- alert: Broken\n  expr: |\n    rate(orderflow_no_such_metric_total[5m]) > 0\n", declared):
+        sys.exit("the rules check did not refuse an alert naming an undeclared metric")
 
     log("every expression parses (a throwaway prometheus, empty TSDB)")
     with Prometheus() as prometheus:

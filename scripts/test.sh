@@ -23,8 +23,27 @@ cd "$(dirname "$0")/.."
 
 log() { printf '==> %s\n' "$*" >&2; }
 
+# Each phase's time, printed as it ends and again at the end (CI has 90 minutes).
+timings=()
+phase_name=""
+phase_started=$SECONDS
+phase() {
+  if [[ -n "$phase_name" ]]; then
+    local took=$((SECONDS - phase_started))
+    timings+=("$(printf '%5d s  %s' "$took" "$phase_name")")
+    log "$phase_name: ${took} s"
+  fi
+  phase_name="$1"
+  phase_started=$SECONDS
+  [[ -n "$phase_name" ]] && log "$phase_name"
+  return 0
+}
+# A test that needs a tool this script installs fails when the tool is missing, instead
+# of skipping with a line the test runner hides.
+export ORDERFLOW_REQUIRE_ALL_TOOLS=1
+
 # Formatting first: it needs nothing installed and fails in a second.
-log "cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --all -- --check
 
 # The Prometheus config and alerting rules, with their unit tests: under a minute. promtool
@@ -34,11 +53,12 @@ cargo fmt --all -- --check
 # server as a system service, which the tests do not need.
 # amtool (Alertmanager's config check) comes with prometheus-alertmanager.
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v amtool >/dev/null; then
-  log "Installing Debian packages: prometheus (promtool and the server), prometheus-alertmanager (amtool)"
+  phase "Installing Debian packages: prometheus (promtool and the server), prometheus-alertmanager (amtool)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null
   if [[ -d /run/systemd/system ]]; then systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true; fi
 fi
+phase "alerting rules and their tests (promtool, amtool)"
 scripts/check-alerts.sh
 
 # The Kubernetes manifests against Kubernetes' schemas (kubernetes-validate, from PyPI,
@@ -48,6 +68,7 @@ if ! python3 -m venv --help >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
 fi
+phase "Kubernetes manifests"
 scripts/check-k8s.sh
 
 # The build compiles librdkafka and OpenSSL from source (rdkafka's ssl-vendored: no
@@ -65,16 +86,14 @@ if ((${#need_apt[@]})); then
 fi
 
 # The Grafana dashboards (deploy/grafana/): the provisioned datasource on every panel,
-# only metrics the code declares, and every expression parsed by a throwaway prometheus.
+# only metrics the code declares (and in the alerting rules), every expression parsed by
+# a throwaway prometheus.
+phase "Grafana dashboards"
 scripts/check-dashboards.py
 
-# The documentation (docs/): every relative link and anchor resolves, each alert's
-# runbook_url is its runbook heading, every flag of --help and every metric is
-# documented. It reads the binary's help, so it builds it first (the tests reuse it).
-scripts/check-docs.py
 
 if [[ -z "${ORDERFLOW_TEST_BROKERS:-}" ]] && ! command -v nisshi >/dev/null && [[ ! -x "$HOME/.cargo/bin/nisshi" ]]; then
-  log "Installing the Nisshi broker (cargo +nightly install nisshi --version 0.8.1 --locked)"
+  phase "Installing the Nisshi broker (cargo +nightly install nisshi --version 0.8.1 --locked)"
   if ! rustup toolchain list | grep -q '^nightly'; then
     rustup toolchain install nightly --profile minimal
   fi
@@ -82,15 +101,27 @@ if [[ -z "${ORDERFLOW_TEST_BROKERS:-}" ]] && ! command -v nisshi >/dev/null && [
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 
-log "cargo clippy"
+phase "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-log "fuzzing: every decoder of outside bytes, 10 s each, seed ${FUZZ_SEED:-1} (scripts/fuzz.sh)"
+# The fault test is not one of the workspace's default test targets (`test = false`).
+cargo clippy -p orderflow --test faults --quiet -- -D warnings
+phase "fuzzing: every decoder of outside bytes, 10 s each, seed ${FUZZ_SEED:-1} (scripts/fuzz.sh)"
 # A fixed seed: this short run is a regression check that retraces the same inputs,
 # not a search (longer runs without a seed search: docs/testing.md#fuzzing).
 FUZZ_SEED="${FUZZ_SEED:-1}" scripts/fuzz.sh 10
-log "fuzz seeds are what their generator makes (FUZZ_WRITE_SEEDS=1 rewrites them)"
+phase "fuzz seeds are what their generator makes (FUZZ_WRITE_SEEDS=1 rewrites them)"
 cargo test --manifest-path fuzz/Cargo.toml --lib --quiet
-log "cargo test (everything but the fault test)"
-cargo test --workspace "$@" -- --skip fault_
-log "fault tests: crashes, restarts, scale-out and a broker restart against the undisturbed run"
+phase "build the tests"
+cargo test --workspace --no-run --quiet "$@"
+# The documentation (docs/): every relative link and anchor resolves, each alert's
+# runbook_url is its runbook heading, every flag of --help and every metric is
+# documented. It reads the help of the binary the tests just built.
+phase "documentation (scripts/check-docs.py)"
+scripts/check-docs.py "${CARGO_TARGET_DIR:-target}/debug/orderflow"
+phase "cargo test (every test but the fault test, which is not a default target)"
+cargo test --workspace "$@"
+phase "fault tests: crashes, restarts, scale-out and a broker restart against the undisturbed run"
 cargo test -p orderflow --test faults "$@" -- --nocapture --test-threads=1
+phase ""
+log "time per phase:"
+printf '  %s\n' "${timings[@]}" >&2

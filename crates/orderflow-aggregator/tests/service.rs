@@ -283,7 +283,7 @@ async fn an_enriched_event_the_aggregator_cannot_count_is_dead_lettered_with_wha
     let reasons: Vec<&str> = dead.iter().map(|m| header(m, dead_letter::REASON_CODE).unwrap()).collect();
     assert_eq!(reasons, ["unspecified_type", "missing_event"]);
     cancel.cancel();
-    service.await.unwrap().unwrap();
+    within("the service to stop", service).await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -320,7 +320,7 @@ async fn the_merger_sums_partials_once_every_partition_has_passed_and_flags_conf
     let partials = |outcome| counters.get(telemetry::MERGER_PARTIALS, &[("outcome", outcome)]);
     assert_eq!((partials("accepted"), partials("repeated"), partials("conflict")), (2, 1, 1));
     cancel.cancel();
-    merger.await.unwrap().unwrap();
+    within("the merger to stop", merger).await.unwrap().unwrap();
 }
 
 /// Progress far ahead of the partials (every partition's frontier a day on) does not
@@ -359,7 +359,7 @@ async fn progress_far_ahead_does_not_freeze_the_merger() {
     .await;
     assert!(totals.is_some(), "exact totals after the jump: {:?}", orderflow_aggregator::totals::read(kafka, &topics.totals()));
     cancel.cancel();
-    merger.await.unwrap().unwrap();
+    within("the merger to stop", merger).await.unwrap().unwrap();
     let counters = Counters::of(&snapshotter);
     let partials = |outcome| counters.get(telemetry::MERGER_PARTIALS, &[("outcome", outcome)]);
     assert_eq!((partials("accepted"), partials("corrected")), (1, 3));
@@ -400,7 +400,7 @@ async fn a_merger_taking_over_republishes_but_does_not_count_published_windows_a
         .expect("the totals");
         assert_eq!(totals.iter().map(total_of).collect::<Vec<_>>()[..want], [(MIDNIGHT, 2, 300), (MIDNIGHT + MINUTE, 5, 500)][..want]);
         cancel.cancel();
-        merger.await.unwrap().unwrap();
+        within("the merger to stop", merger).await.unwrap().unwrap();
         let counters = Counters::of(&snapshotter);
         paid_counts.push(counters.get(telemetry::WINDOW_EVENTS, &[("region", "cn-east"), ("tier", "tmall"), ("type", "paid")]));
     }
@@ -453,14 +453,14 @@ async fn a_standby_merger_counts_only_what_was_published_after_it_took_over() {
     write(&mock.kafka, &mock.topics.partials(), &[partial(0, MIDNIGHT + MINUTE, 5, 500), progress(0, MIDNIGHT + 2 * MINUTE, 1)]).await;
     eventually(Duration::from_secs(30), published(2)).await.expect("A publishes 00:01");
     stop_a.send(()).unwrap();
-    let counted_by_a = a.join().unwrap();
+    let counted_by_a = join_within("instance A", a);
     // B takes over, re-reads the partials from the beginning (A wrote no checkpoint)
     // and re-publishes 00:00 and 00:01; then 00:02 closes, which only B counts.
     write(&mock.kafka, &mock.topics.partials(), &[partial(0, MIDNIGHT + 2 * MINUTE, 11, 1_100), progress(0, MIDNIGHT + 3 * MINUTE, 1)])
         .await;
     eventually(Duration::from_secs(60), published(5)).await.expect("B publishes");
     stop_b.send(()).unwrap();
-    let counted_by_b = b.join().unwrap();
+    let counted_by_b = join_within("instance B", b);
     let totals = orderflow_aggregator::totals::read(&mock.kafka, &mock.topics.totals()).unwrap();
     assert_eq!(
         totals.iter().map(total_of).collect::<Vec<_>>(),
@@ -511,7 +511,7 @@ async fn a_merger_taking_over_restores_its_checkpoint_and_reads_only_the_records
         .expect("the totals");
         assert_eq!(totals.iter().map(total_of).collect::<Vec<_>>(), expected[..want]);
         cancel.cancel();
-        merger.await.unwrap().unwrap();
+        within("the merger to stop", merger).await.unwrap().unwrap();
         let counters = Counters::of(&snapshotter);
         let partials = |outcome| counters.get(telemetry::MERGER_PARTIALS, &[("outcome", outcome)]);
         // Fetched: at least what it merged; records fetched before its seek to the
@@ -631,4 +631,22 @@ async fn a_failing_merger_stops_the_aggregator_with_its_error() {
     let (chain, stopped) = fail_writing_to(|t| t.totals()).await;
     assert!(chain.starts_with("task `merger` failed: producing to `orderflow.totals`"), "{chain}");
     eprintln!("aggregator stopped {stopped:?} after the records were written");
+}
+
+/// Awaits `f`, failing the test with what it was waiting for after two minutes (a
+/// regression that hangs fails here, not at CI's time limit).
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(120), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after 120 s waiting for {what}"))
+}
+
+/// Joins a thread, failing the test with what it was waiting for after two minutes.
+fn join_within<T>(what: &str, handle: std::thread::JoinHandle<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !handle.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "timed out after 120 s waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    handle.join().unwrap()
 }

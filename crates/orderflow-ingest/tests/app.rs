@@ -248,11 +248,11 @@ async fn the_openapi_document_matches_the_app() {
     });
     let req = Request::post("/v1/events").header("content-type", "application/json").header("authorization", "Bearer web-token");
     let held = tokio::spawn(single.clone().oneshot(req.body(Body::from_stream(body)).unwrap()));
-    polled.await.unwrap();
+    within("the held request to be polled", polled).await.unwrap();
     assert_eq!(record(post(&single, Some("web-token"), "application/json", ev("o").into_bytes()).await), 503);
     chunks.send(Ok(ev("h").into_bytes())).await.unwrap();
     drop(chunks);
-    assert_eq!(held.await.unwrap().unwrap().status(), StatusCode::OK, "the held request is answered");
+    assert_eq!(within("the held request's answer", held).await.unwrap().unwrap().status(), StatusCode::OK, "the held request is answered");
 
     let responses = op["responses"].as_object().unwrap();
     let documented: BTreeSet<u16> = responses.keys().map(|k| k.parse().unwrap()).collect();
@@ -276,4 +276,12 @@ async fn the_openapi_document_matches_the_app() {
             assert!(headers.contains_key(name.as_str()), "{status} lacks {name}");
         }
     }
+}
+
+/// Awaits `f`, failing the test with what it was waiting for after two minutes (a
+/// regression that hangs fails here, not at CI's time limit).
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(120), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after 120 s waiting for {what}"))
 }

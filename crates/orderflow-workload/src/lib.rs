@@ -13,6 +13,7 @@
 //!   pace of event time, with a bounded number in flight; unreadable lines and refused
 //!   events are reported by number, and an [`Observer`] hears of every step.
 
+pub mod reference;
 pub mod replay;
 pub mod sample;
 pub mod synth;

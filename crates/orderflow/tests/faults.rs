@@ -2,7 +2,12 @@
 //! undisturbed and then under faults (SIGKILL of the enricher, of the aggregator, scale
 //! out then kill one of each, a broker restart on SQLite storage). Every run's totals
 //! must equal the undisturbed run's field for field, with the same dead-letter and late
-//! records. Prints per scenario: events in, totals checked, differences.
+//! records, and every run (the undisturbed one first) must equal the independent answer
+//! computed from the trace (`orderflow_workload::reference`): totals per window, key and
+//! type, the exact late events and the dead letters with their reasons. Each scenario
+//! must also show that its fault hit (records sent again and absorbed, partitions
+//! restored and the merger taken over after the kill). Prints per scenario: events in,
+//! totals checked, differences.
 //!
 //! One test per scenario (`fault_1_...` to `fault_4_...`; cargo's filter picks some:
 //! `cargo test -p orderflow --test faults fault_2`). The first to run makes the
@@ -10,7 +15,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -18,6 +23,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::{free_port, wait_until, Broker, Orderflow, Service};
+use orderflow_proto::v1::Merchant;
+use orderflow_workload::reference::{Reference, Settings};
 use orderflow_workload::sample;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
@@ -33,6 +40,10 @@ struct Trace {
     valid_unique: usize,
     invalid: usize,
     last_window: String,
+    /// The independent answer.
+    reference: Reference,
+    /// The ids `add_late_events` made three minutes late.
+    made_late: BTreeSet<String>,
 }
 
 impl Trace {
@@ -47,30 +58,37 @@ fn make_trace() -> Trace {
     let dir = tempfile::tempdir().unwrap();
     // Every 10th merchant moves to another region and tier mid-trace: the temporal join
     // must give every run the same answer.
-    let moved_at = orderflow_proto::millis_timestamp(START_MS + 4 * 60_000).to_string();
+    let moved_at = orderflow_proto::millis_timestamp(START_MS + 4 * 60_000);
     let mut csv = String::from("merchant_id,region,tier,effective_from\n");
+    let mut merchants = Vec::new();
     for (i, m) in s.merchants.iter().enumerate() {
         csv.push_str(&format!("{},{},{},\n", m.merchant_id, m.region, m.tier));
+        merchants.push(m.clone());
         if i % 10 == 0 {
             csv.push_str(&format!("{},relocated,{}-upgraded,{moved_at}\n", m.merchant_id, m.tier));
+            let tier = format!("{}-upgraded", m.tier);
+            merchants.push(Merchant {
+                merchant_id: m.merchant_id.clone(),
+                region: "relocated".into(),
+                tier,
+                effective_from: Some(moved_at),
+            });
         }
     }
     std::fs::write(dir.path().join("merchants.csv"), csv).unwrap();
     let mut f = std::io::BufWriter::new(std::fs::File::create(dir.path().join("trace.jsonl")).unwrap());
-    let mut ids = BTreeSet::new();
-    let (mut invalid, mut last) = (0, i64::MIN);
+    // The aggregators run with the default window and lateness.
+    let mut reference = Reference::new(Settings::default(), &merchants);
     for e in &s.events {
         writeln!(f, "{}", serde_json::to_string(e).unwrap()).unwrap();
-        if orderflow_core::validate::validate(e).is_ok() {
-            ids.insert(e.event_id.clone());
-            last = last.max(orderflow_proto::timestamp_millis(&e.event_time.unwrap()));
-        } else {
-            invalid += 1;
-        }
+        reference.add(e);
     }
     f.flush().unwrap();
-    let last_window = orderflow_proto::millis_timestamp(last - last.rem_euclid(60_000)).to_string();
-    Trace { dir, events: s.events.len(), valid_unique: ids.len(), invalid, last_window }
+    let made_late = s.events.iter().filter(|e| e.event_id.starts_with("late-")).map(|e| e.event_id.clone()).collect();
+    let last = reference.certain_totals().keys().map(|k| k.window_start_ms).max().expect("counted events");
+    let last_window = orderflow_proto::millis_timestamp(last).to_string();
+    let invalid = reference.dead_letters().values().sum();
+    Trace { dir, events: s.events.len(), valid_unique: reference.valid_unique as usize, invalid, last_window, reference, made_late }
 }
 
 /// What a run produced.
@@ -129,6 +147,19 @@ struct Run<'a> {
     /// Metrics addresses of the aggregators, by service index.
     aggregators: Vec<(usize, String)>,
     replay: Option<Service>,
+    /// Services this run killed or stopped on purpose; any other that exits fails the run.
+    killed: BTreeSet<usize>,
+    /// The surviving aggregators' counters right after the last kill.
+    at_kill: Counters,
+}
+
+/// Counters summed over the running aggregators.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    duplicates: f64,
+    restored_from_checkpoint: f64,
+    /// Take-overs of the merger (each records how long its restore took).
+    merger_takeovers: f64,
 }
 
 /// What the surviving aggregators' metrics say happened (killed ones take theirs along).
@@ -136,29 +167,36 @@ struct Run<'a> {
 struct Evidence {
     /// Records on the enriched topic (events, repeats after crashes, idle ticks).
     enriched_records: i64,
-    duplicates: f64,
-    restored_from_checkpoint: f64,
     restore_max_seconds: f64,
-    /// Input records reread to rebuild dedup memories, and ids not found in them.
+    /// Input records re-read to rebuild dedup memories, and ids not found in them.
     reread_records: f64,
     missing_ids: f64,
     checkpoints: f64,
     checkpoint_bytes_sum: f64,
     checkpoint_bytes_max: f64,
+    /// The same counters right after the last kill, and at the end.
+    at_kill: Counters,
+    at_end: Counters,
+    /// How the run differs from the independent answer.
+    reference_differences: Vec<String>,
 }
 
 impl std::fmt::Display for Evidence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} enriched records; surviving aggregators: {} duplicates absorbed, {} partitions restored from checkpoints (slowest take-over {:.0} ms, \
-             {} input records reread for their dedup memory, {} ids missing), {} checkpoints written, {:.0} bytes on average, {:.0} at most",
+            "{} enriched records; surviving aggregators: {} duplicates absorbed, {} partitions restored from checkpoints ({} after the last kill; \
+             slowest take-over {:.0} ms, {} input records reread for their dedup memory, {} ids missing), {} merger take-overs ({} after the \
+             last kill), {} checkpoints written, {:.0} bytes on average, {:.0} at most",
             self.enriched_records,
-            self.duplicates,
-            self.restored_from_checkpoint,
+            self.at_end.duplicates,
+            self.at_end.restored_from_checkpoint,
+            self.at_end.restored_from_checkpoint - self.at_kill.restored_from_checkpoint,
             self.restore_max_seconds * 1000.0,
             self.reread_records,
             self.missing_ids,
+            self.at_end.merger_takeovers,
+            self.at_end.merger_takeovers - self.at_kill.merger_takeovers,
             self.checkpoints,
             self.checkpoint_bytes_sum / self.checkpoints.max(1.0),
             self.checkpoint_bytes_max
@@ -170,7 +208,15 @@ impl<'a> Run<'a> {
     fn start(broker: &Broker, trace: &'a Trace) -> Self {
         let of = Orderflow::new(broker, PARTITIONS);
         of.run(&["merchants", "load", trace.path("merchants.csv").to_str().unwrap()]);
-        let mut run = Run { of, trace, services: Vec::new(), aggregators: Vec::new(), replay: None };
+        let mut run = Run {
+            of,
+            trace,
+            services: Vec::new(),
+            aggregators: Vec::new(),
+            replay: None,
+            killed: BTreeSet::new(),
+            at_kill: Counters::default(),
+        };
         run.enricher();
         run.aggregator();
         run.replay = Some(run.of.spawn(&["replay", trace.path("trace.jsonl").to_str().unwrap(), "--rate", "25000"]));
@@ -192,13 +238,46 @@ impl<'a> Run<'a> {
     /// Waits until `fraction` of the trace is on the enriched topic.
     fn wait_for_progress(&self, fraction: f64) {
         let want = (self.trace.events as f64 * fraction) as i64;
-        wait_until(&format!("{:.0}% of the trace enriched", fraction * 100.0), Duration::from_secs(300), || {
+        wait_until(&format!("{:.0}% of the trace enriched", fraction * 100.0), Duration::from_secs(180), || {
             (enriched_so_far(&self.of) >= want).then_some(())
         });
     }
 
+    /// SIGKILLs service `i`, waits for it to be gone, and notes the survivors' counters.
     fn kill(&mut self, i: usize) {
         self.services[i].signal("KILL");
+        self.killed.insert(i);
+        common::wait_for("the killed service to be gone", Duration::from_secs(30), || !self.services[i].running());
+        self.at_kill = self.counters();
+    }
+
+    /// The counters of the running aggregators, summed.
+    fn counters(&mut self) -> Counters {
+        let mut c = Counters::default();
+        for (i, addr) in &self.aggregators {
+            if !self.services[*i].running() {
+                continue;
+            }
+            let page = common::scrape(addr).unwrap_or_default();
+            c.duplicates += common::sample(&page, "orderflow_aggregator_events_total", &[("outcome", "duplicate")]);
+            c.restored_from_checkpoint += common::sample(&page, "orderflow_aggregator_partition_restores_total", &[("from", "checkpoint")]);
+            c.merger_takeovers += common::sample(&page, "orderflow_merger_restore_duration_seconds_count", &[]);
+        }
+        c
+    }
+
+    /// The index of the aggregator whose merger is active: the one whose merger reads
+    /// records (a standby's reads nothing) while the replay runs.
+    fn active_merger(&self) -> usize {
+        let read = |addr: &str| {
+            common::scrape(addr).map_or(0.0, |p| common::sample(&p, "orderflow_records_consumed_total", &[("service", "merger")]))
+        };
+        wait_until("an aggregator whose merger reads", Duration::from_secs(60), || {
+            let before: Vec<f64> = self.aggregators.iter().map(|(_, a)| read(a)).collect();
+            std::thread::sleep(Duration::from_millis(1500));
+            let active: Vec<usize> = self.aggregators.iter().zip(before).filter(|((_, a), b)| read(a) > *b).map(|((i, _), _)| *i).collect();
+            (active.len() == 1).then(|| active[0])
+        })
     }
 
     /// Waits for the replay to finish and for the outcome to reach `expect` (or, for
@@ -208,7 +287,7 @@ impl<'a> Run<'a> {
     fn finish(mut self, expect: Option<&Outcome>) -> (Outcome, Duration, Evidence) {
         let started = Instant::now();
         let mut replay = self.replay.take().unwrap();
-        common::wait_for("the replay to finish", Duration::from_secs(600), || replay.exited());
+        common::wait_for("the replay to finish", Duration::from_secs(300), || replay.exited());
         let mut previous: Option<Outcome> = None;
         let mut changed = Instant::now();
         let got = loop {
@@ -221,7 +300,14 @@ impl<'a> Run<'a> {
                 None if complete && stable => break now,
                 _ => {}
             }
-            assert!(started.elapsed() < Duration::from_secs(600), "no final outcome 600s after the replay finished");
+            // A stalled run fails within two minutes of its last change, any run within
+            // five minutes of the replay's end.
+            assert!(
+                changed.elapsed() < Duration::from_secs(120) && started.elapsed() < Duration::from_secs(300),
+                "no final outcome {:.0}s after the replay finished ({:.0}s without a change)",
+                started.elapsed().as_secs_f64(),
+                changed.elapsed().as_secs_f64()
+            );
             if !stable {
                 changed = Instant::now();
             }
@@ -229,15 +315,13 @@ impl<'a> Run<'a> {
             std::thread::sleep(Duration::from_millis(500));
         };
         let waited = started.elapsed();
-        let mut evidence = Evidence { enriched_records: enriched_so_far(&self.of), ..Evidence::default() };
+        let at_end = self.counters();
+        let mut evidence = Evidence { enriched_records: enriched_so_far(&self.of), at_kill: self.at_kill, at_end, ..Evidence::default() };
         for (i, addr) in &self.aggregators {
             if !self.services[*i].running() {
                 continue;
             }
             let page = common::scrape(addr).unwrap_or_default();
-            evidence.duplicates += common::sample(&page, "orderflow_aggregator_events_total", &[("outcome", "duplicate")]);
-            evidence.restored_from_checkpoint +=
-                common::sample(&page, "orderflow_aggregator_partition_restores_total", &[("from", "checkpoint")]);
             evidence.restore_max_seconds =
                 evidence.restore_max_seconds.max(common::sample(&page, "orderflow_aggregator_restore_duration_max_seconds", &[]));
             evidence.reread_records += common::sample(&page, "orderflow_aggregator_restore_reread_records_total", &[]);
@@ -247,11 +331,18 @@ impl<'a> Run<'a> {
             evidence.checkpoint_bytes_max =
                 evidence.checkpoint_bytes_max.max(common::sample(&page, "orderflow_aggregator_checkpoint_size_max_bytes", &[]));
         }
-        for s in self.services.drain(..).filter_map(|mut s| s.running().then_some(s)) {
-            let name = s.name.clone();
-            assert!(s.terminate().success(), "{name} did not exit cleanly on SIGTERM");
+        for (i, mut s) in self.services.drain(..).enumerate() {
+            match s.exit_status() {
+                None => {
+                    let name = s.name.clone();
+                    assert!(s.terminate().success(), "{name} did not exit cleanly on SIGTERM");
+                }
+                Some(_) if self.killed.contains(&i) => {}
+                Some(status) => panic!("{} exited by itself ({status}) during the run", s.name),
+            }
         }
         assert_eq!(outcome(&self.of), got, "the outcome changed after the services stopped");
+        evidence.reference_differences = self.trace.reference.differences(&common::observe(&self.of));
         (got, waited, evidence)
     }
 }
@@ -267,8 +358,8 @@ fn count(totals: &[Value]) -> i64 {
 /// returns whether anything does.
 fn report(name: &str, trace: &Trace, got: &Outcome, baseline: &Outcome, waited: Duration, evidence: &Evidence) -> bool {
     let key = |t: &Value| format!("{} {} {} {}", t["windowStart"], t["region"], t["tier"], t["currency"]);
-    let theirs: std::collections::BTreeMap<String, &Value> = baseline.totals.iter().map(|t| (key(t), t)).collect();
-    let ours: std::collections::BTreeMap<String, &Value> = got.totals.iter().map(|t| (key(t), t)).collect();
+    let theirs: BTreeMap<String, &Value> = baseline.totals.iter().map(|t| (key(t), t)).collect();
+    let ours: BTreeMap<String, &Value> = got.totals.iter().map(|t| (key(t), t)).collect();
     let mut differences = Vec::new();
     for (k, t) in &ours {
         match theirs.get(k) {
@@ -293,16 +384,21 @@ fn report(name: &str, trace: &Trace, got: &Outcome, baseline: &Outcome, waited: 
     for d in differences.iter().take(20) {
         println!("fault test |   {d}");
     }
-    !differences.is_empty()
+    for d in evidence.reference_differences.iter().take(20) {
+        println!("fault test |   differs from the reference: {d}");
+    }
+    !differences.is_empty() || !evidence.reference_differences.is_empty()
 }
 
 /// What a scenario must also show, beyond equal outcomes, to prove the fault hit.
 #[derive(Debug, PartialEq)]
 enum Expect {
     Nothing,
-    /// The surviving aggregators restored partitions from checkpoints.
-    Restores,
-    /// The enricher's successor sent records again (more enriched records than undisturbed).
+    /// After the last kill, the surviving aggregators restored partitions from
+    /// checkpoints, rebuilt dedup memories from the input, and took the merger over.
+    RestoresAndMergerTakeOver,
+    /// The enricher's successor sent records again (more enriched records than
+    /// undisturbed), and the aggregators absorbed them as duplicates.
     Repeats,
 }
 
@@ -342,11 +438,20 @@ fn undisturbed(trace: &Trace) -> Baseline {
     let broker = Broker::start();
     let (baseline, waited, baseline_evidence) = Run::start(&broker, trace).finish(None);
     drop(broker);
-    report("undisturbed", trace, &baseline, &baseline, waited, &baseline_evidence);
-    // Every valid event is counted once or reported late; every invalid one is dead-lettered.
+    let differs = report("undisturbed", trace, &baseline, &baseline, waited, &baseline_evidence);
+    // The independent answer: every valid event counted once in its window, key and type,
+    // or reported late; every invalid one dead-lettered with its reason.
+    assert!(
+        !differs,
+        "the undisturbed run differs from the reference: {:?}",
+        &baseline_evidence.reference_differences[..20.min(baseline_evidence.reference_differences.len())]
+    );
+    // The trace's late events are the three-minute-late copies, all certainly late.
+    assert_eq!(trace.reference.maybe_late().count(), 0, "events the reference cannot call on time or late");
+    assert_eq!(trace.reference.late(), &trace.made_late);
+    assert_eq!(baseline.late, trace.made_late);
     assert_eq!(count(&baseline.totals) + baseline.late.len() as i64, trace.valid_unique as i64);
     assert_eq!(baseline.dead_letters.len(), trace.invalid);
-    assert!(!baseline.late.is_empty());
     // Merchants that moved mid-trace count under their old region before the move and
     // under the new one after it.
     let moved = orderflow_proto::millis_timestamp(START_MS + 4 * 60_000).to_string();
@@ -363,17 +468,29 @@ fn check(name: &str, trace: &Trace, baseline: &Baseline, (got, waited, evidence)
     if report(name, trace, &got, &baseline.outcome, waited, &evidence) {
         failed.push(name.to_owned());
     }
-    if expect == Expect::Restores && evidence.restored_from_checkpoint == 0.0 {
-        failed.push(format!("{name}: no partition was restored from a checkpoint"));
-    }
-    if expect == Expect::Restores && evidence.reread_records == 0.0 {
-        failed.push(format!("{name}: no dedup memory was rebuilt from the input"));
+    let (at_kill, at_end) = (evidence.at_kill, evidence.at_end);
+    if expect == Expect::RestoresAndMergerTakeOver {
+        if at_end.restored_from_checkpoint <= at_kill.restored_from_checkpoint {
+            failed.push(format!("{name}: no partition was restored from a checkpoint after the kill"));
+        }
+        if evidence.reread_records == 0.0 {
+            failed.push(format!("{name}: no dedup memory was rebuilt from the input"));
+        }
+        if at_end.merger_takeovers <= at_kill.merger_takeovers {
+            failed.push(format!("{name}: no merger took over after the kill"));
+        }
     }
     if evidence.missing_ids != 0.0 {
         failed.push(format!("{name}: {} ids of restored dedup memories not found in the input", evidence.missing_ids));
     }
     if expect == Expect::Repeats && evidence.enriched_records <= baseline.evidence.enriched_records {
         failed.push(format!("{name}: the restarted enricher sent nothing again"));
+    }
+    if expect == Expect::Repeats && at_end.duplicates <= baseline.evidence.at_end.duplicates {
+        failed.push(format!(
+            "{name}: the aggregators absorbed {} duplicates, no more than the undisturbed run's {}",
+            at_end.duplicates, baseline.evidence.at_end.duplicates
+        ));
     }
     assert!(failed.is_empty(), "outcomes differ from the undisturbed run in: {failed:?}");
 }
@@ -418,7 +535,7 @@ fn fault_2_sigkill_aggregator_restart() {
     run.wait_for_progress(0.4);
     run.kill(1);
     run.aggregator();
-    check("2. SIGKILL aggregator, restart", &trace, baseline, run.finish(Some(&baseline.outcome)), Expect::Restores);
+    check("2. SIGKILL aggregator, restart", &trace, baseline, run.finish(Some(&baseline.outcome)), Expect::RestoresAndMergerTakeOver);
 }
 
 #[test]
@@ -431,8 +548,16 @@ fn fault_3_scale_out_then_sigkill_one_of_each() {
     run.aggregator();
     run.wait_for_progress(0.6);
     run.kill(0);
-    run.kill(1);
-    check("3. scale out to 2+2, SIGKILL one of each", &trace, baseline, run.finish(Some(&baseline.outcome)), Expect::Restores);
+    // The aggregator holding the merger: its partitions and the merger must move.
+    let merger = run.active_merger();
+    run.kill(merger);
+    check(
+        "3. scale out to 2+2, SIGKILL one of each",
+        &trace,
+        baseline,
+        run.finish(Some(&baseline.outcome)),
+        Expect::RestoresAndMergerTakeOver,
+    );
 }
 
 #[test]
@@ -444,4 +569,28 @@ fn fault_4_broker_restart_sqlite() {
     run.wait_for_progress(0.4);
     broker.restart();
     check("4. broker restart (SQLite storage)", &trace, baseline, run.finish(Some(&baseline.outcome)), Expect::Nothing);
+}
+
+#[test]
+fn fault_5_sigterm_both_mid_stream_restart() {
+    let (_one_at_a_time, trace, baseline) = scenario();
+    let broker = Broker::start();
+    let mut run = Run::start(&broker, &trace);
+    run.wait_for_progress(0.4);
+    // An ordinary deploy: both services stopped cleanly mid-stream, then started again.
+    for i in [0, 1] {
+        let name = run.services[i].name.clone();
+        assert!(run.services[i].stop().success(), "{name} did not stop cleanly on SIGTERM mid-stream");
+        run.killed.insert(i);
+    }
+    run.at_kill = run.counters();
+    run.enricher();
+    run.aggregator();
+    check(
+        "5. SIGTERM enricher and aggregator, restart",
+        &trace,
+        baseline,
+        run.finish(Some(&baseline.outcome)),
+        Expect::RestoresAndMergerTakeOver,
+    );
 }

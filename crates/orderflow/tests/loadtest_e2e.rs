@@ -43,10 +43,16 @@ fn loadtest_replays_a_synthetic_trace_and_finds_the_totals_exact() {
     assert_eq!(report["events"]["published"].as_u64().unwrap() as usize, lines);
     assert_eq!(report["totals"]["matched"], true);
     assert_eq!(report["totals"]["differences"].as_array().unwrap().len(), 0);
-    // The synthesizer's late events (event time minutes behind) are reported late, and
-    // the reference counts them only through the late topic.
-    assert!(report["totals"]["lateEvents"].as_u64().unwrap() > 0, "{report}");
-    assert!(report["totals"]["windows"].as_u64().unwrap() >= 10);
+    // The independent answer: totals per window, key and type, the late events and the
+    // dead letters, and the report's own counts.
+    let reference = common::reference_for(&trace, &trace_dir.join("merchants.csv"));
+    let observed = common::observe(&of);
+    assert_eq!(reference.differences(&observed), Vec::<String>::new());
+    assert_eq!(report["totals"]["lateEvents"].as_u64().unwrap() as usize, observed.late.len(), "{report}");
+    assert!(observed.late.len() >= reference.late().len() && !reference.late().is_empty(), "the synthesizer's late events are late");
+    assert_eq!(report["events"]["validUnique"].as_u64().unwrap(), reference.valid_unique);
+    let windows: std::collections::BTreeSet<i64> = observed.totals.keys().map(|k| k.window_start_ms).collect();
+    assert_eq!(report["totals"]["windows"].as_u64().unwrap() as usize, windows.len(), "{report}");
     // Every window was published, so latency covers every counted event (and late ones
     // sent before their window's merged total went out).
     let valid = report["events"]["validUnique"].as_u64().unwrap();
@@ -75,7 +81,7 @@ fn loadtest_replays_a_synthetic_trace_and_finds_the_totals_exact() {
     assert!(svg.contains("CPU µs per event"), "the CPU line is drawn");
 
     // A second run on the same topics is refused: its totals could not be told apart.
-    let again = of.command().args(["loadtest", trace.to_str().unwrap(), "--no-progress"]).output().unwrap();
+    let again = common::output_within(of.command().args(["loadtest", trace.to_str().unwrap(), "--no-progress"]), common::RUN_LIMIT);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("fresh --topic-prefix"));
 
@@ -127,13 +133,18 @@ fn loadtest_drains_a_published_backlog_and_finds_the_totals_exact() {
     // it alone, then starts an enricher and an aggregator (its children, with its
     // environment) and waits for every window's total.
     let report_dir = dir.path().join("report");
-    let out = of
-        .command()
-        .env("ORDERFLOW_IDLE_CLOSE", "2s")
-        .env("ORDERFLOW_CHECKPOINT_INTERVAL", "1s")
-        .args(["loadtest", trace.to_str().unwrap(), "--mode", "drain", "--no-progress", "--report", report_dir.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        of.command().env("ORDERFLOW_IDLE_CLOSE", "2s").env("ORDERFLOW_CHECKPOINT_INTERVAL", "1s").args([
+            "loadtest",
+            trace.to_str().unwrap(),
+            "--mode",
+            "drain",
+            "--no-progress",
+            "--report",
+            report_dir.to_str().unwrap(),
+        ]),
+        common::RUN_LIMIT,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("Totals match the trace"), "{stdout}");
@@ -142,7 +153,11 @@ fn loadtest_drains_a_published_backlog_and_finds_the_totals_exact() {
     assert_eq!(report["mode"], "drain");
     assert_eq!(report["events"]["published"].as_u64().unwrap() as usize, lines);
     assert_eq!(report["totals"]["matched"], true);
-    assert!(report["totals"]["lateEvents"].as_u64().unwrap() > 0, "{report}");
+    let reference = common::reference_for(&trace, &trace_dir.join("merchants.csv"));
+    let observed = common::observe(&of);
+    assert_eq!(reference.differences(&observed), Vec::<String>::new());
+    assert_eq!(report["totals"]["lateEvents"].as_u64().unwrap() as usize, observed.late.len(), "{report}");
+    assert!(!reference.late().is_empty(), "{report}");
     // The baseline relayed exactly the published backlog: consumed, produced, consumed.
     let baseline = &report["brokerBaseline"];
     assert_eq!(baseline["events"].as_u64().unwrap() as usize, lines, "{baseline}");

@@ -6,9 +6,11 @@
 //! take-over times (merger start to the new window's totals on the totals topic), the
 //! checkpoint's size, and checks every total of both against the expected sums.
 //!
-//! Ignored (minutes, a gigabyte of broker memory): run with
+//! The day is a measurement, ignored (minutes, a gigabyte of broker memory): run with
 //! `cargo test --release -p orderflow --test merger_takeover -- --ignored --nocapture`;
-//! `MERGER_BENCH_WINDOWS` (default 1440) sets the number of windows.
+//! `MERGER_BENCH_WINDOWS` (default 1440) sets the number of windows. The same take-over
+//! over 10 windows runs with the other tests, so the real-broker path is checked on
+//! every run.
 
 mod common;
 
@@ -100,7 +102,11 @@ async fn take_over(kafka: &KafkaConfig, topics: &Topics, interval: Duration, unt
     }
     let took = began.elapsed();
     cancel.cancel();
-    merger.await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(120), merger)
+        .await
+        .expect("the merger did not stop within 120 s of its cancellation")
+        .unwrap()
+        .unwrap();
     took
 }
 
@@ -108,6 +114,19 @@ async fn take_over(kafka: &KafkaConfig, topics: &Topics, interval: Duration, unt
 #[ignore = "minutes and a gigabyte of broker memory; run with --ignored --release"]
 async fn merger_take_over_after_a_day_of_partials() {
     let windows: i64 = std::env::var("MERGER_BENCH_WINDOWS").ok().and_then(|w| w.parse().ok()).unwrap_or(1440);
+    take_over_after(windows).await;
+}
+
+/// The same take-over after 10 windows: seconds, in every test run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merger_take_over_after_ten_windows_of_partials() {
+    take_over_after(10).await;
+}
+
+/// Writes `windows` windows of partials (and one more), has a merger without checkpoint
+/// merge them all, then one more window, merged by a merger restoring the first one's
+/// checkpoint; checks every total against the sums of its partials.
+async fn take_over_after(windows: i64) {
     let broker = Broker::start();
     let kafka = KafkaConfig::new(broker.bootstrap.clone());
     let topics = Topics::new("bench", PARTITIONS);
@@ -186,7 +205,9 @@ fn common_last(kafka: &KafkaConfig, topic: &str) -> Vec<u8> {
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, rdkafka::Offset::Offset(high - 1)).unwrap();
     reader.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        assert!(Instant::now() < deadline, "the last record of `{topic}` (offset {}) not read within 60 s", high - 1);
         if let Some(Ok(m)) = reader.poll(Duration::from_millis(500)) {
             if m.offset() == high - 1 {
                 return m.payload().unwrap_or_default().to_vec();

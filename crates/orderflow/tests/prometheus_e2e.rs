@@ -372,6 +372,12 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
 #[test]
 fn dashboards_gmv_and_alerts_through_a_real_prometheus() {
     let Some(prometheus_bin) = prometheus_binary() else {
+        // Under CI (and scripts/test.sh, which installs it) a missing server is a failure,
+        // not a skip nobody reads: the runner captures the output of passing tests.
+        assert!(
+            std::env::var_os("CI").is_none() && std::env::var_os("ORDERFLOW_REQUIRE_ALL_TOOLS").is_none(),
+            "no `prometheus` binary: install Debian's prometheus package (scripts/test.sh does)"
+        );
         eprintln!("SKIPPED: no `prometheus` binary (install Debian's prometheus package; scripts/test.sh does)");
         return;
     };

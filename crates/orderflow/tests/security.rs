@@ -100,11 +100,19 @@ fn scram_broker(pki: &Pki, users: &[(&str, &str, &str)]) -> Broker {
     {
         let setup = Broker::nisshi_in(pki.dir.path(), storage);
         for (user, password, mechanism) in users {
-            let out = Command::new(nisshi_binary())
-                .args(["user", "create", "--mechanism", mechanism, "--broker", &format!("tcp://{}", setup.bootstrap), user, password])
-                .stdin(Stdio::null())
-                .output()
-                .expect("running nisshi user create");
+            let out = common::output_within(
+                Command::new(nisshi_binary()).args([
+                    "user",
+                    "create",
+                    "--mechanism",
+                    mechanism,
+                    "--broker",
+                    &format!("tcp://{}", setup.bootstrap),
+                    user,
+                    password,
+                ]),
+                common::RUN_LIMIT,
+            );
             assert!(out.status.success(), "nisshi user create failed: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
@@ -152,7 +160,7 @@ fn merchant_records(kafka: &KafkaConfig, of: &Orderflow) -> u64 {
 /// Runs `orderflow ARGS` and returns its output and how long it took.
 fn run(mut command: Command, args: &[&str]) -> (Output, Duration) {
     let started = Instant::now();
-    let out = command.args(args).stdin(Stdio::null()).output().expect("running orderflow");
+    let out = common::output_within(command.args(args), common::RUN_LIMIT);
     (out, started.elapsed())
 }
 

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -15,9 +16,84 @@ use std::time::{Duration, Instant};
 
 use orderflow_runtime::metrics_page;
 
+/// How long a one-shot subcommand (`totals`, `merchants load`, ...) may take before the
+/// test fails saying which one it was waiting for.
+pub const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+/// Runs `command` to completion with stdin closed, capturing its output; kills it and
+/// fails the test, naming the command, if it has not exited within `limit`.
+pub fn output_within(command: &mut Command, limit: Duration) -> Output {
+    let what = format!("{:?}", command);
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting a command");
+    let pipe = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = pipe(child.stdout.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
+    let stderr = pipe(child.stderr.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a command") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+            panic!("{what} did not finish within {limit:?}; its stderr:\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() }
+}
+
+/// Held by a test that starts a broker and services (every [`Broker`] holds one): the
+/// tests of one binary that do so run one at a time, so that none is slowed down by
+/// another's processes on a small machine (several check timings). Reentrant: a test
+/// may hold several (two brokers, say).
+pub struct OneAtATime(());
+
+struct Holder {
+    thread: Option<std::thread::ThreadId>,
+    count: usize,
+}
+
+static HOLDER: std::sync::Mutex<Holder> = std::sync::Mutex::new(Holder { thread: None, count: 0 });
+static RELEASED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Waits until no other test of this binary holds a [`OneAtATime`], then holds one.
+pub fn one_at_a_time() -> OneAtATime {
+    let me = std::thread::current().id();
+    let mut h = HOLDER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    while h.thread.is_some_and(|t| t != me) {
+        h = RELEASED.wait(h).unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+    h.thread = Some(me);
+    h.count += 1;
+    OneAtATime(())
+}
+
+impl Drop for OneAtATime {
+    fn drop(&mut self) {
+        let mut h = HOLDER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        h.count -= 1;
+        if h.count == 0 {
+            h.thread = None;
+            RELEASED.notify_all();
+        }
+    }
+}
+
 /// A broker for one test.
 pub struct Broker {
     pub bootstrap: String,
+    /// Dropped after the broker process is stopped (fields drop after `Drop::drop`).
+    _one_at_a_time: OneAtATime,
     child: Option<Child>,
     /// How to start it again: working directory, port, storage URL, further
     /// `nisshi broker` arguments.
@@ -56,7 +132,7 @@ impl Broker {
     /// `$ORDERFLOW_TEST_BROKERS`, or a fresh in-memory Nisshi.
     pub fn start() -> Broker {
         if let Ok(b) = std::env::var("ORDERFLOW_TEST_BROKERS") {
-            return Broker { bootstrap: b, child: None, spawn: None };
+            return Broker { bootstrap: b, child: None, spawn: None, _one_at_a_time: one_at_a_time() };
         }
         Self::nisshi_in(&std::env::temp_dir(), "memory://nisshi/")
     }
@@ -72,8 +148,12 @@ impl Broker {
     pub fn nisshi_with(dir: &std::path::Path, storage: &str, args: &[&str]) -> Broker {
         let port = free_port();
         let args = args.iter().map(|a| a.to_string()).collect();
-        let mut broker =
-            Broker { bootstrap: format!("127.0.0.1:{port}"), child: None, spawn: Some((dir.to_owned(), port, storage.to_owned(), args)) };
+        let mut broker = Broker {
+            bootstrap: format!("127.0.0.1:{port}"),
+            child: None,
+            spawn: Some((dir.to_owned(), port, storage.to_owned(), args)),
+            _one_at_a_time: one_at_a_time(),
+        };
         broker.launch();
         broker
     }
@@ -160,9 +240,10 @@ impl Orderflow {
         c
     }
 
-    /// Runs a subcommand to completion; panics with its output if it fails.
+    /// Runs a subcommand to completion within [`RUN_LIMIT`]; panics with its output if
+    /// it fails or takes longer.
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = self.command().args(args).stdin(Stdio::null()).output().expect("running orderflow");
+        let out = output_within(self.command().args(args), RUN_LIMIT);
         assert!(
             out.status.success(),
             "orderflow {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
@@ -204,6 +285,11 @@ impl Service {
         }
     }
 
+    /// How the process ended, or `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().unwrap().try_wait().unwrap()
+    }
+
     /// Whether the process is still running (a killed one is not).
     pub fn running(&mut self) -> bool {
         self.child.as_mut().unwrap().try_wait().unwrap().is_none()
@@ -219,10 +305,11 @@ impl Service {
         assert!(ok, "kill -{sig} {}", self.pid());
     }
 
-    /// Sends SIGTERM and waits for a clean exit.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM and waits (at most 60 s) for the process to exit; returns how it
+    /// exited. The service stays, exited.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
         self.signal("TERM");
-        let mut child = self.child.take().unwrap();
+        let child = self.child.as_mut().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -231,6 +318,11 @@ impl Service {
             assert!(Instant::now() < deadline, "{} did not stop within 60s of SIGTERM", self.name);
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns how it exited.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.stop()
     }
 }
 
@@ -253,8 +345,101 @@ pub fn scrape(addr: &str) -> Option<String> {
     metrics_page::scrape(addr).ok()
 }
 
+/// Every metric name `orderflow-runtime/src/telemetry.rs` declares (its
+/// `"orderflow_..."` strings), read from the source so that a test naming a metric the
+/// code does not declare (renamed, or misspelled) fails instead of reading a zero.
+pub fn declared_metrics() -> &'static BTreeSet<String> {
+    static NAMES: std::sync::OnceLock<BTreeSet<String>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let source = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../orderflow-runtime/src/telemetry.rs"));
+        source
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|s| s.starts_with("orderflow_") && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
+/// Fails the test unless `name` (a series name: a histogram's `_count`, `_sum` and
+/// `_bucket` included) belongs to a metric the code declares.
+pub fn assert_declared(name: &str) {
+    let declared = declared_metrics();
+    let base = ["_bucket", "_count", "_sum"].iter().find_map(|s| name.strip_suffix(s)).filter(|b| declared.contains(*b));
+    assert!(declared.contains(name) || base.is_some(), "metric `{name}` is not declared in orderflow-runtime/src/telemetry.rs");
+}
+
 /// The value of the sample of metric `name` with exactly the labels `labels` (in any
-/// order) in a Prometheus text page, 0 when absent.
+/// order) in a Prometheus text page, or `None` when the page has no such series.
+pub fn try_sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    assert_declared(name);
+    metrics_page::samples(page).find(|s| s.name == name && s.has_labels(labels)).map(|s| s.value)
+}
+
+/// As [`try_sample`], 0 when the series is absent: for counters that appear on their
+/// first increment. The name must still be one the code declares.
 pub fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metrics_page::samples(page).find(|s| s.name == name && s.has_labels(labels)).map_or(0.0, |s| s.value)
+    try_sample(page, name, labels).unwrap_or(0.0)
+}
+
+/// As [`try_sample`], failing the test when the series is absent: for a value the
+/// process must be exporting (a gauge set at start, a counter already counted).
+pub fn sample_present(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    try_sample(page, name, labels).unwrap_or_else(|| panic!("no series {name}{labels:?} on the page:\n{page}"))
+}
+
+#[test]
+fn sample_refuses_undeclared_names_and_tells_absent_from_zero() {
+    let page = "# TYPE orderflow_windows_closed_total counter\norderflow_windows_closed_total 0\n";
+    assert_eq!(try_sample(page, "orderflow_windows_closed_total", &[]), Some(0.0));
+    assert_eq!(try_sample(page, "orderflow_enricher_events_total", &[]), None);
+    assert_eq!(try_sample(page, "orderflow_end_to_end_latency_seconds_count", &[]), None);
+    assert!(std::panic::catch_unwind(|| sample(page, "orderflow_windows_closed", &[])).is_err(), "an undeclared name");
+}
+
+/// The independent answer for a trace file and its merchants CSV
+/// (`merchant_id,region,tier[,effective_from]`), with the pipeline's default settings.
+pub fn reference_for(trace: &std::path::Path, merchants_csv: &std::path::Path) -> orderflow_workload::reference::Reference {
+    use orderflow_proto::v1::{Merchant, OrderEvent};
+    let csv = std::fs::read_to_string(merchants_csv).expect("reading the merchants CSV");
+    let merchants: Vec<Merchant> = csv
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let effective_from = f.get(3).filter(|t| !t.is_empty()).map(|t| {
+                let ms = chrono::DateTime::parse_from_rfc3339(t).expect("an RFC 3339 effective_from").timestamp_millis();
+                orderflow_proto::millis_timestamp(ms)
+            });
+            Merchant { merchant_id: f[0].into(), region: f[1].into(), tier: f[2].into(), effective_from }
+        })
+        .collect();
+    let mut reference = orderflow_workload::reference::Reference::new(Default::default(), &merchants);
+    let text = std::fs::read_to_string(trace).expect("reading the trace");
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let e: OrderEvent = serde_json::from_str(line).expect("a trace line in canonical JSON");
+        reference.add(&e);
+    }
+    reference
+}
+
+/// What a run produced, as the reference compares it: its totals, the event ids on the
+/// late topic, and its dead letters by (key, reason), each source record once (a dead
+/// letter written again after a crash has the same source partition and offset).
+pub fn observe(of: &Orderflow) -> orderflow_workload::reference::Observed {
+    let mut observed = orderflow_workload::reference::Observed::default();
+    for t in of.json_lines(&["totals", "--json"]) {
+        observed.total(&serde_json::from_value::<orderflow_proto::v1::WindowTotal>(t).expect("a WindowTotal in canonical JSON"));
+    }
+    observed.late =
+        of.json_lines(&["late", "--json"]).iter().map(|l| l["event"]["event"]["eventId"].as_str().unwrap().to_owned()).collect();
+    let mut sources = BTreeSet::new();
+    for d in of.json_lines(&["dead-letters", "--json"]) {
+        if sources.insert((d["sourcePartition"].to_string(), d["sourceOffset"].to_string())) {
+            observed.dead_letter(d["key"].as_str().unwrap(), d["reasonCode"].as_str().unwrap());
+        }
+    }
+    observed
 }
