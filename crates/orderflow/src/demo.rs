@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use orderflow_aggregator::AggregatorConfig;
-use orderflow_core::merchant::MerchantTable;
 use orderflow_core::window::{Tallies, TotalKey};
 use orderflow_enricher::EnricherConfig;
 use orderflow_producer::Publisher;
@@ -18,11 +17,11 @@ use orderflow_runtime::kafka::KafkaConfig;
 use orderflow_runtime::supervisor::Supervisor;
 use orderflow_runtime::topics::{Stage, Topics};
 use orderflow_runtime::{shutdown, telemetry, CancellationToken};
+use orderflow_workload::reference::{Observed, Reference, Settings};
 use orderflow_workload::{replay, sample, OnRefused, Pace, ReplayOptions, Source};
 use rdkafka::mocking::MockCluster;
 
 use crate::inspect::total_line;
-use crate::loadtest::check::{Reference, TotalsMap};
 
 /// Demo settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -82,7 +81,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // The mock cluster never answers DescribeConfigs: asking for the checkpoint topics'
     // settings would wait the connect timeout twice, then warn. The demo created them.
     let agg = AggregatorConfig { idle_close: args.idle_close, check_topic_settings: false, ..AggregatorConfig::default() };
-    let expected = reference_totals(&sample, &agg)?;
+    let reference = reference(&sample, &agg)?;
     println!(
         "Generated {} merchants and {} events ({} orders, with retries, out-of-order and invalid events) around 2026-11-11 00:00 CST.",
         sample.merchants.len(),
@@ -135,9 +134,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         tokio::task::spawn_blocking(move || orderflow_aggregator::totals::follow(&k, &topic, &c, |t| drop(tx.send(t.clone()))))
     };
     let mut got: BTreeMap<(i64, TotalKey), WindowTotal> = BTreeMap::new();
+    let mut observed = Observed::default();
     let deadline = tokio::time::sleep(Duration::from_secs(120));
     tokio::pin!(deadline);
-    while got.len() < expected.len() {
+    let expected_totals = reference.certain_totals().len();
+    while got.len() < expected_totals || !reference.differences(&observed).is_empty() {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = services.cancelled() => break,
@@ -146,14 +147,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 let Some(t) = t else { break };
                 println!("{}", total_line(&t));
                 let (key, _) = Tallies::from_window_total(&t);
+                observed.total(&t);
                 got.insert((t.window_start.as_ref().map_or(0, timestamp_millis), key), t);
             }
         }
     }
-    let matches = got.len() == expected.len()
-        && expected
-            .iter()
-            .all(|((start, key), tallies)| got.get(&(*start, key.clone())).is_some_and(|t| Tallies::from_window_total(t).1 == *tallies));
+    // The demo reads no late topic: its sample has no late event, so every valid event
+    // must be in a total.
+    let differences = reference.differences(&observed);
+    let matches = differences.is_empty();
+    for d in differences.iter().take(10) {
+        println!("  differs from the reference: {d}");
+    }
     let gmv: i64 = got.values().filter(|t| t.currency == "CNY").map(|t| t.paid.map_or(0, |p| p.amount_minor)).sum();
     println!(
         "\n{} totals over {} windows; paid GMV in CNY: {}.{:02} yuan.",
@@ -179,19 +184,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(if matches { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// The totals the sample should produce, computed directly (the load test's reference:
-/// valid events only, each event id once, merchant joined at event time).
-fn reference_totals(sample: &sample::Sample, agg: &AggregatorConfig) -> anyhow::Result<TotalsMap> {
+/// What the sample must produce, from the independent reference
+/// ([`orderflow_workload::reference`]): valid events only, each event id once, merchant
+/// joined at event time, none late.
+fn reference(sample: &sample::Sample, agg: &AggregatorConfig) -> anyhow::Result<Reference> {
     let (spec, _) = agg.spec()?;
-    let mut table = MerchantTable::new();
-    for m in &sample.merchants {
-        table.upsert(m)?;
-    }
-    let mut reference = Reference::new(spec, table);
+    let settings = Settings { window_ms: spec.size_ms(), lateness_ms: spec.lateness_ms(), ..Settings::default() };
+    let mut reference = Reference::new(settings, &sample.merchants);
     for e in &sample.events {
         reference.add(e);
     }
-    Ok(reference.into_totals())
+    anyhow::ensure!(reference.late().is_empty() && reference.maybe_late().next().is_none(), "the demo's sample has late events");
+    Ok(reference)
 }
 
 /// Serves HTTP ingest on `addr` (in this process, publishing through `publisher`) and
