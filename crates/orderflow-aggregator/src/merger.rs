@@ -130,7 +130,7 @@ impl MergerState {
 
     /// Takes the partition over when it has just become this merger's (`active`), and
     /// starts or stops the provisional figures to match.
-    async fn follow_assignment(&mut self, consumer: &StreamConsumer<RevocationLog>, active: bool) -> Result<()> {
+    async fn follow_assignment(&mut self, consumer: &StreamConsumer<GroupConsumerContext>, active: bool) -> Result<()> {
         let restored = active && !self.position.restored;
         if restored {
             self.counted = Counted::read(&self.kafka, &self.totals_topic).await?;
@@ -275,7 +275,7 @@ impl MergerState {
 
     /// Stops: the figures go to 0, the totals are flushed and, if the partition is
     /// still this merger's, a last checkpoint is written.
-    async fn stop(mut self, consumer: &StreamConsumer<RevocationLog>) -> Result<()> {
+    async fn stop(mut self, consumer: &StreamConsumer<GroupConsumerContext>) -> Result<()> {
         self.live.stop();
         self.outbox.close(Duration::from_secs(10)).await?;
         if self.position.restored && consumer.assignment().is_ok_and(|a| a.count() > 0) {

@@ -77,11 +77,6 @@ impl Reference {
         &self.totals
     }
 
-    /// The reference totals, taken.
-    pub fn into_totals(self) -> TotalsMap {
-        self.totals
-    }
-
     /// The last window with a counted event.
     pub fn last_window(&self) -> Option<i64> {
         self.totals.keys().next_back().map(|(w, _)| *w)
