@@ -152,7 +152,7 @@ async fn restore_after(seconds: i64) {
     let ids = state.dedup_live();
     println!(
         "restore bench | {n} events ({input_bytes} bytes, {duplicates} retries) over {seconds} s of event time; checkpoint {cp_bytes} bytes \
-         ({:.3}% of the input's {:.0} bytes per 5 s); {ids} ids live; re-read {} records ({from}..{to})",
+         ({:.3}% of the input's {:.0} bytes per 5 s); {ids} ids live; reread {} records ({from}..{to})",
         100.0 * cp_bytes as f64 / (input_bytes as f64 * 5.0 / seconds as f64),
         input_bytes as f64 * 5.0 / seconds as f64,
         to - from
