@@ -290,14 +290,20 @@ impl Reference {
             out.push(format!("late event {id}: on the late topic, but on time"));
         }
         if let Some(dead) = &observed.dead_letters {
-            for (k, n) in &self.dead_letters {
-                let got = dead.get(k).copied().unwrap_or(0);
-                if got != *n {
-                    out.push(format!("dead letters for order {} ({}): {got}, want {n}", k.0, k.1));
+            // By reason: a dead letter's key names its source record (topic, partition,
+            // offset), which the trace cannot know.
+            let by_reason = |m: &BTreeMap<(String, String), usize>| {
+                m.iter().fold(BTreeMap::<String, usize>::new(), |mut r, ((_, reason), n)| {
+                    *r.entry(reason.clone()).or_default() += n;
+                    r
+                })
+            };
+            let (want, got) = (by_reason(&self.dead_letters), by_reason(dead));
+            for reason in want.keys().chain(got.keys()).collect::<BTreeSet<_>>() {
+                let (w, g) = (want.get(reason).copied().unwrap_or(0), got.get(reason).copied().unwrap_or(0));
+                if w != g {
+                    out.push(format!("dead letters for {reason}: {g}, want {w}"));
                 }
-            }
-            for (k, n) in dead.iter().filter(|(k, _)| !self.dead_letters.contains_key(*k)) {
-                out.push(format!("dead letters for order {} ({}): {n}, want none", k.0, k.1));
             }
         }
         out
@@ -343,7 +349,7 @@ impl Observed {
         self.totals.insert(key, tally);
     }
 
-    /// A dead letter: the order id it was keyed by and its reason code.
+    /// A dead letter: its key and its reason code (compared by reason).
     pub fn dead_letter(&mut self, order_id: &str, reason_code: &str) {
         *self.dead_letters.get_or_insert_with(BTreeMap::new).entry((order_id.to_owned(), reason_code.to_owned())).or_default() += 1;
     }

@@ -46,11 +46,7 @@ fn loadtest_replays_a_synthetic_trace_and_finds_the_totals_exact() {
     // The independent answer: totals per window, key and type, the late events and the
     // dead letters, and the report's own counts.
     let reference = common::reference_for(&trace, &trace_dir.join("merchants.csv"));
-    let mut observed = common::observe(&of);
-    // The load test's replay refuses invalid events before they reach the broker (they
-    // are counted in the report), so none is dead-lettered.
-    assert_eq!(observed.dead_letters.take().unwrap_or_default().len(), 0);
-    assert_eq!(report["events"]["invalid"].as_u64().unwrap(), reference.dead_letters().values().sum::<usize>() as u64, "{report}");
+    let observed = common::observe(&of);
     assert_eq!(reference.differences(&observed), Vec::<String>::new());
     assert_eq!(report["totals"]["lateEvents"].as_u64().unwrap() as usize, observed.late.len(), "{report}");
     assert!(observed.late.len() >= reference.late().len() && !reference.late().is_empty(), "the synthesizer's late events are late");
@@ -158,11 +154,7 @@ fn loadtest_drains_a_published_backlog_and_finds_the_totals_exact() {
     assert_eq!(report["events"]["published"].as_u64().unwrap() as usize, lines);
     assert_eq!(report["totals"]["matched"], true);
     let reference = common::reference_for(&trace, &trace_dir.join("merchants.csv"));
-    let mut observed = common::observe(&of);
-    // The load test's replay refuses invalid events before they reach the broker (they
-    // are counted in the report), so none is dead-lettered.
-    assert_eq!(observed.dead_letters.take().unwrap_or_default().len(), 0);
-    assert_eq!(report["events"]["invalid"].as_u64().unwrap(), reference.dead_letters().values().sum::<usize>() as u64, "{report}");
+    let observed = common::observe(&of);
     assert_eq!(reference.differences(&observed), Vec::<String>::new());
     assert_eq!(report["totals"]["lateEvents"].as_u64().unwrap() as usize, observed.late.len(), "{report}");
     assert!(!reference.late().is_empty(), "{report}");
