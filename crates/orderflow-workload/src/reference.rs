@@ -88,11 +88,6 @@ impl Tally {
         self.amount_minor[kind] += amount;
     }
 
-    fn remove(&mut self, kind: usize, amount: i64) {
-        self.count[kind] -= 1;
-        self.amount_minor[kind] -= amount;
-    }
-
     fn is_zero(&self) -> bool {
         *self == Tally::default()
     }
@@ -307,19 +302,6 @@ impl Reference {
             }
         }
         out
-    }
-
-    /// Removes a possibly late event's contribution from `totals` (for callers that
-    /// build expected totals themselves).
-    pub fn without_late(&self, mut totals: BTreeMap<Key, Tally>, late: &BTreeSet<String>) -> BTreeMap<Key, Tally> {
-        for (id, c) in &self.maybe_late {
-            if late.contains(id) {
-                if let Some(t) = totals.get_mut(&c.key) {
-                    t.remove(c.kind, c.amount);
-                }
-            }
-        }
-        totals
     }
 }
 

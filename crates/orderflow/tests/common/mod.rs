@@ -25,17 +25,16 @@ pub const RUN_LIMIT: Duration = Duration::from_secs(180);
 pub fn output_within(command: &mut Command, limit: Duration) -> Output {
     let what = format!("{:?}", command);
     let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting a command");
-    let pipe = |r: Option<Box<dyn std::io::Read + Send>>| {
+    // Read both pipes while waiting, so that a chatty child cannot block on a full one.
+    fn drain(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
+            let _ = r.read_to_end(&mut buf);
             buf
         })
-    };
-    let stdout = pipe(child.stdout.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
-    let stderr = pipe(child.stderr.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
+    }
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
     let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().expect("waiting for a command") {
