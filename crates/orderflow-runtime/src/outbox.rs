@@ -287,6 +287,52 @@ mod tests {
         assert_eq!(first.delivered + rest.delivered, 10);
     }
 
+    /// A full producer queue is back-pressure, not a failure: with room for two records,
+    /// a hundred sent in a row all wait their turn and land, in order, none refused.
+    /// Under Tokio's paused clock the outbox's backoff costs no wall time, and no
+    /// deadline of its own can run out while librdkafka drains the queue.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_waits_and_loses_nothing() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        cluster.create_topic("u", 1, 1).unwrap();
+        let mut kafka = crate::kafka::KafkaConfig::new(cluster.bootstrap_servers());
+        kafka.options = vec!["queue.buffering.max.messages=2".into()];
+        // The queue does fill: a third record offered straight to such a producer is
+        // refused with QueueFull.
+        let raw = kafka.producer().unwrap();
+        let full = (0..3).map(|_| raw.send_result(FutureRecord::to("u").key("k").payload("x")).err().map(|(e, _)| classify(&e))).collect::<Vec<_>>();
+        assert_eq!(full[2], Some(Fate::Retry), "{full:?}");
+        drop(raw);
+        let mut outbox = Outbox::new(kafka.producer().unwrap());
+        for i in 0..100u32 {
+            outbox.send(FutureRecord::to("t").key("k").payload(&i.to_string()), i).await.unwrap();
+            assert!(outbox.pending() <= 100);
+        }
+        let mut landed = Vec::new();
+        let settled = outbox.settle_ready_each(0, |t| landed.push(*t)).await.unwrap();
+        assert_eq!((settled.delivered, settled.rejected.len()), (100, 0));
+        assert_eq!(landed, (0..100).collect::<Vec<_>>());
+        // On the broker, in order.
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "check")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        rdkafka::consumer::Consumer::subscribe(&consumer, &["t"]).unwrap();
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while seen.len() < 100 {
+            assert!(std::time::Instant::now() < deadline, "only {} of 100 records on the broker", seen.len());
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                let m = m.unwrap();
+                seen.push(std::str::from_utf8(m.payload().unwrap()).unwrap().parse::<u32>().unwrap());
+            }
+        }
+        assert_eq!(seen, (0..100).collect::<Vec<_>>());
+    }
+
     /// Records delivered are counted under the producer's service, and a record refused
     /// on the spot as a Kafka error by its code.
     #[tokio::test]

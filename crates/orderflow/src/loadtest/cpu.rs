@@ -168,7 +168,21 @@ mod tests {
     #[test]
     fn this_process_has_a_cpu_time() {
         let (user, system) = cpu_seconds(std::process::id()).expect("Linux /proc");
-        assert!(user >= 0.0 && system >= 0.0);
+        // Busy work must show up in the reading (the kernel counts in 10 ms ticks): spin
+        // until it has grown by 50 ms, which on any machine takes far less than the
+        // deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut x = 0u64;
+        loop {
+            for _ in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            let (u, s) = cpu_seconds(std::process::id()).unwrap();
+            if (u + s) - (user + system) >= 0.05 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the CPU reading stayed at {user} + {system} s while this thread was busy");
+        }
         assert_eq!(cpu_seconds(u32::MAX), None);
     }
 
