@@ -301,7 +301,9 @@ mod tests {
         // The queue does fill: a third record offered straight to such a producer is
         // refused with QueueFull.
         let raw = kafka.producer().unwrap();
-        let full = (0..3).map(|_| raw.send_result(FutureRecord::to("u").key("k").payload("x")).err().map(|(e, _)| classify(&e))).collect::<Vec<_>>();
+        let full = (0..3)
+            .map(|_| raw.send_result(FutureRecord::to("u").key("k").payload("x")).err().map(|(e, _)| classify(&e)))
+            .collect::<Vec<_>>();
         assert_eq!(full[2], Some(Fate::Retry), "{full:?}");
         drop(raw);
         let mut outbox = Outbox::new(kafka.producer().unwrap());

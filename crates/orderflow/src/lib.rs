@@ -18,8 +18,8 @@
 //!   - `loadtest::watch`: the watcher threads (totals, lag, metrics, CPU);
 //!     `loadtest::scrape`: the aggregator's `/metrics`; `loadtest::cpu`: CPU time from
 //!     `/proc`.
-//!   - `loadtest::check`: the reference totals; `loadtest::timeline`: per-second
-//!     figures and latency.
+//!   - `loadtest::timeline`: per-second figures and latency (the verdict is
+//!     `orderflow_workload::reference`'s, the answer the tests use too).
 //!   - `loadtest::report`: `report.json`'s schema and the summary;
 //!     `loadtest::chart`: the SVG picture.
 

@@ -50,6 +50,10 @@ pub struct LoadtestArgs {
     /// The aggregator's window size (the reference totals are computed with it).
     #[arg(long, env = "ORDERFLOW_WINDOW", value_parser = humantime::parse_duration, default_value = "1m")]
     pub window: Duration,
+    /// The aggregator's allowed lateness (the reference decides which events must be
+    /// late with it).
+    #[arg(long, env = "ORDERFLOW_LATENESS", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub lateness: Duration,
     /// Longest wait, after the replay, for every window's total.
     #[arg(long, env = "ORDERFLOW_LOADTEST_SETTLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5m")]
     pub settle_timeout: Duration,

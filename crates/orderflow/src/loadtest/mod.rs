@@ -23,14 +23,12 @@
 //! - `scrape`: the aggregator's `/metrics`, for the events it shows.
 //! - `cpu`: CPU time of the processes, from `/proc/<pid>/stat`, read at both ends and
 //!   sampled every second.
-//! - `check`: the reference totals from the trace, and the comparison.
 //! - `timeline`: per-second rates, latency, lag and CPU.
 //! - `report`: `report.json`'s schema, the picture's notes and the printed summary.
 //! - `chart`: the SVG picture.
 
 mod baseline;
 mod chart;
-pub(crate) mod check;
 mod children;
 mod cpu;
 mod flags;

@@ -7,22 +7,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use orderflow_core::merchant::MerchantTable;
-use orderflow_core::window::WindowSpec;
-use orderflow_enricher::merchants::MerchantStore;
 use orderflow_producer::Publisher;
-use orderflow_proto::v1::{EnrichedOrderEvent, OrderEvent};
+use orderflow_proto::v1::{EnrichedOrderEvent, Merchant, OrderEvent};
 use orderflow_proto::Message as _;
 use orderflow_runtime::kafka::{KafkaConfig, TopicReader};
 use orderflow_runtime::shutdown;
 use orderflow_runtime::topics::{self, Topics};
+use orderflow_workload::reference::{Fate, Observed, Reference, Settings};
 use orderflow_workload::trace::TraceReader;
 use orderflow_workload::{replay, Observer, OnRefused, Pace, ReplayOptions, Source};
 use rdkafka::Message as _;
 use tokio_util::sync::CancellationToken;
 
 use super::baseline::{broker_baseline, broker_relay};
-use super::check::{Counted, Observed, Reference};
 use super::children::Services;
 use super::cpu::{self, Pids};
 use super::flags::{LoadtestArgs, Mode, Speed};
@@ -32,16 +29,16 @@ use super::watch::Watchers;
 
 /// Runs the load test; fails (exit code 1) when the totals do not match the trace.
 pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> anyhow::Result<ExitCode> {
-    let spec = check_inputs(kafka, topics, &args).await?;
+    let settings = check_inputs(kafka, topics, &args).await?;
     let cancel = shutdown::on_signal();
-    let table = read_merchants(kafka, topics).await?;
+    let merchants = read_merchants(kafka, topics).await?;
     let drain = args.mode == Mode::Drain;
     let mut baseline = if args.broker_baseline && !drain { Some(broker_baseline(kafka, topics, &args.trace).await?) } else { None };
 
     let pids = Arc::new(Mutex::new(Pids { enricher: args.enricher_pid, aggregator: args.aggregator_pid, broker: args.broker_pid }));
     let watchers = Watchers::start(kafka, topics, args.aggregator_metrics.clone(), &cancel, &pids);
     let started = watchers.started;
-    let mut reference = Reference::new(spec, table);
+    let mut reference = Reference::new(settings, &merchants);
     let mut timeline = Timeline::default();
     let mut cpu_start = Pids::now(&pids).read();
     let replayed = replay_trace(kafka, topics, &args, &mut reference, &mut timeline, started, &cancel).await?;
@@ -80,7 +77,7 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> an
     if let Some(s) = services {
         s.stop()?;
     }
-    read_late(kafka, topics, &spec, &mut observed, &mut timeline).await?;
+    read_late(kafka, topics, &mut observed, &mut timeline).await?;
 
     let cpu = cpu::report(&cpu_start, &cpu_end, replayed.report.published, wall_seconds, broker_baseline_cpu);
     let drain = drain.then_some(services_started_ms);
@@ -92,10 +89,11 @@ pub async fn run(kafka: &KafkaConfig, topics: &Topics, args: LoadtestArgs) -> an
 }
 
 /// Checks the trace and the brokers, creates the topics if missing and makes sure the
-/// totals topic is fresh; returns the window spec the reference is computed with.
-async fn check_inputs(kafka: &KafkaConfig, topics: &Topics, args: &LoadtestArgs) -> anyhow::Result<WindowSpec> {
+/// totals topic is fresh; returns the settings the reference is computed with.
+async fn check_inputs(kafka: &KafkaConfig, topics: &Topics, args: &LoadtestArgs) -> anyhow::Result<Settings> {
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    let spec = WindowSpec::new(ms(args.window), 0)?;
+    anyhow::ensure!(args.window >= Duration::from_millis(1), "--window must be at least 1ms");
+    let settings = Settings { window_ms: ms(args.window), lateness_ms: ms(args.lateness), ..Settings::default() };
     anyhow::ensure!(args.trace.is_file(), "the trace `{}` is not a readable file", args.trace.display());
     kafka.check_reachable()?;
     topics::ensure(kafka, &[topics.wide(topics.orders()), topics.narrow(topics.totals(), true)]).await?;
@@ -108,15 +106,33 @@ async fn check_inputs(kafka: &KafkaConfig, topics: &Topics, args: &LoadtestArgs)
         "the totals topic `{}` already holds {existing} totals: run the load test on a fresh --topic-prefix",
         topics.totals()
     );
-    Ok(spec)
+    Ok(settings)
 }
 
-/// The merchant table as the enricher sees it (the reference joins with it).
-async fn read_merchants(kafka: &KafkaConfig, topics: &Topics) -> anyhow::Result<MerchantTable> {
-    let (store, _follower) = MerchantStore::load(kafka, &topics.merchants()).await?;
-    let table = store.read().clone();
-    eprintln!("loadtest: {} merchants read from {}.", table.len(), topics.merchants());
-    Ok(table)
+/// The merchants topic as records (the newest per key, tombstones removing theirs), for
+/// the reference to join with by its own rules.
+async fn read_merchants(kafka: &KafkaConfig, topics: &Topics) -> anyhow::Result<Vec<Merchant>> {
+    let (kafka, topic) = (kafka.clone(), topics.merchants());
+    let merchants = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut by_key = std::collections::BTreeMap::new();
+        TopicReader::open(&kafka, &topic)?.read_to_end(|m| {
+            let key = m.key().unwrap_or_default().to_vec();
+            match m.payload().map(Merchant::decode) {
+                Some(Ok(merchant)) => {
+                    by_key.insert(key, merchant);
+                }
+                None => {
+                    by_key.remove(&key);
+                }
+                // The enricher skips a record that does not decode; so does the reference.
+                Some(Err(_)) => {}
+            }
+        })?;
+        Ok(by_key.into_values().collect::<Vec<_>>())
+    })
+    .await??;
+    eprintln!("loadtest: {} merchant records read from {}.", merchants.len(), topics.merchants());
+    Ok(merchants)
 }
 
 /// Deliveries kept in flight before the replay waits for the oldest.
@@ -146,7 +162,8 @@ async fn replay_trace(
         on_refused: OnRefused::Fail,
         started: Some(started.into()),
     };
-    let mut accounting = Accounting { reference, timeline, started, acked: 0 };
+    let window_ms = i64::try_from(args.window.as_millis()).unwrap_or(i64::MAX);
+    let mut accounting = Accounting { reference, timeline, started, acked: 0, window_ms };
     let report = replay(Source::Trace(&mut trace), &mut publisher.batch(), &opts, &mut accounting, cancel).await?;
     trace.bar().finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
@@ -167,6 +184,7 @@ struct Accounting<'a> {
     started: Instant,
     /// Events acknowledged so far (acknowledgements come in the order sent).
     acked: u64,
+    window_ms: i64,
 }
 
 impl Accounting<'_> {
@@ -178,13 +196,20 @@ impl Accounting<'_> {
 impl Observer for Accounting<'_> {
     fn offered(&mut self, _line: u64, event: &OrderEvent, due: Duration) {
         self.timeline.offered(due.as_millis() as u64);
-        let counted = match self.reference.add(event) {
-            Counted::Window(w) => {
-                self.timeline.sent(w, self.elapsed_ms());
-                true
-            }
-            _ => false,
+        // The window a total is expected for: a counted event's, or a possibly late
+        // one's (the pipeline may count it).
+        let window = match self.reference.add(event) {
+            Fate::Counted(key) => Some(key.window_start_ms),
+            Fate::MaybeLate => event.event_time.as_ref().map(|t| {
+                let ms = orderflow_proto::timestamp_millis(t);
+                ms - ms.rem_euclid(self.window_ms)
+            }),
+            Fate::Repeat | Fate::Late | Fate::Invalid(_) => None,
         };
+        if let Some(w) = window {
+            self.timeline.sent(w, self.elapsed_ms());
+        }
+        let counted = window.is_some();
         self.timeline.sent_in_order(counted.then_some(event.event_id.as_str()));
     }
 
@@ -217,7 +242,8 @@ async fn wait_for_totals(
         if moved {
             last_change = Instant::now();
         }
-        let last_done = reference.last_window().is_none_or(|w| timeline.published_window(w));
+        let last_window = reference.certain_totals().keys().next_back().map(|k| k.window_start_ms);
+        let last_done = last_window.is_none_or(|w| timeline.published_window(w));
         if timeline.unpublished() == 0
             || (last_done && last_change.elapsed() > Duration::from_secs(30))
             || Instant::now() >= deadline
@@ -232,13 +258,7 @@ async fn wait_for_totals(
 }
 
 /// Reads the late topic: events the pipeline reported late instead of counting them.
-async fn read_late(
-    kafka: &KafkaConfig,
-    topics: &Topics,
-    spec: &WindowSpec,
-    observed: &mut Observed,
-    timeline: &mut Timeline,
-) -> anyhow::Result<()> {
+async fn read_late(kafka: &KafkaConfig, topics: &Topics, observed: &mut Observed, timeline: &mut Timeline) -> anyhow::Result<()> {
     let (kafka, topic) = (kafka.clone(), topics.late());
     let late: Vec<EnrichedOrderEvent> = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut out = Vec::new();
@@ -250,11 +270,9 @@ async fn read_late(
         Ok(out)
     })
     .await??;
-    for e in &late {
-        observed.late(spec, e);
-        if let Some(event) = e.event.as_ref() {
-            timeline.late(&event.event_id);
-        }
+    for event in late.iter().filter_map(|e| e.event.as_ref()) {
+        observed.late.insert(event.event_id.clone());
+        timeline.late(&event.event_id);
     }
     Ok(())
 }

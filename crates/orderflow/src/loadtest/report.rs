@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use orderflow_workload::reference::{Observed, Reference};
 use orderflow_workload::ReplayReport;
 use serde::Serialize;
 
 use super::chart;
-use super::check::{Observed, Reference};
 use super::cpu::ProcessCpu;
 use super::flags::{LoadtestArgs, Mode, Speed};
 use super::timeline::{Latency, Second, Timeline};
@@ -161,8 +161,8 @@ pub(super) fn build_report(
     let Measured { caught_up_ms, baseline, drain_started_ms, cpu } = measured;
     let Replayed { report: replayed, seconds: replay_seconds } = replayed;
     let replay_seconds = *replay_seconds;
-    let differences = observed.differences(reference.totals());
-    let windows = reference.totals().keys().map(|(w, _)| *w).collect::<std::collections::BTreeSet<_>>().len();
+    let differences = reference.differences(observed);
+    let windows = reference.certain_totals().keys().map(|k| k.window_start_ms).collect::<std::collections::BTreeSet<_>>().len();
     let last_published_ms = timeline.last_published_ms();
     let last_total_seconds = last_published_ms.map(|ms| ms as f64 / 1000.0);
     let pipeline_seconds = caught_up_ms.map(|ms| ms as f64 / 1000.0);
@@ -191,9 +191,9 @@ pub(super) fn build_report(
             lines: replayed.lines,
             published: replayed.published,
             unparsable_lines: replayed.invalid_lines.len() as u64,
-            valid_unique: reference.valid_unique(),
-            duplicates: reference.duplicates,
-            invalid: reference.invalid,
+            valid_unique: reference.valid_unique,
+            duplicates: reference.repeats,
+            invalid: reference.dead_letters().values().sum::<usize>() as u64,
         },
         replay_seconds,
         pipeline_seconds,
@@ -214,8 +214,8 @@ pub(super) fn build_report(
         totals: TotalsCheck {
             matched: differences.is_empty(),
             windows,
-            totals: reference.totals().len(),
-            late_events: observed.late,
+            totals: reference.certain_totals().len(),
+            late_events: observed.late.len() as u64,
             differences: differences.iter().take(50).cloned().collect(),
         },
         broker_baseline: baseline,

@@ -17,7 +17,8 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::Message as _;
 use tokio_util::sync::CancellationToken;
 
-use super::check::Observed;
+use orderflow_workload::reference::Observed;
+
 use super::cpu::{self, CpuCores, Pids};
 use super::scrape;
 use super::timeline::Timeline;
