@@ -8,15 +8,20 @@
 //!   `max.message.bytes`, which the broker enforces);
 //! - the aggregator's state bounds: events with new ids beyond `--dedup-max-ids` are
 //!   dead-lettered as `dedup_memory_full`, events of new keys beyond
-//!   `--max-keys-per-window` as `too_many_keys`.
+//!   `--max-keys-per-window` as `too_many_keys`;
+//! - an aggregator stopped: the survivor keeps its partitions and restores exactly the
+//!   other's (cooperative-sticky), saying it is not ready while it does, and the totals
+//!   stay exact;
+//! - `/readyz` of a starting aggregator: 503 with the reason until its partitions are
+//!   restored, then 200.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{sample, scrape, try_sample, wait_for, wait_until, Broker, Orderflow, Service};
+use common::{get, sample, scrape, try_sample, wait_for, wait_until, Broker, Orderflow, Service};
 use orderflow_producer::Publisher;
 use orderflow_proto::v1::{enriched_record, EnrichedRecord, OrderEvent, OrderEventType};
 use orderflow_proto::{millis_timestamp, Message as _};
@@ -29,6 +34,8 @@ use rdkafka::Message as _;
 const MIDNIGHT_MS: i64 = 1_573_430_400_000;
 /// What librdkafka says of a record larger than the topic's `max.message.bytes`.
 const TOO_LARGE: &str = "Message production error: MessageSizeTooLarge (Broker: Message size too large)";
+/// Log filter of services whose take-overs and revocations a test reads.
+const TAKE_OVER_LOG: &str = "warn,orderflow_aggregator=info,orderflow_runtime=info";
 
 fn metrics_addr() -> String {
     format!("127.0.0.1:{}", common::free_port())
@@ -308,6 +315,186 @@ fn events_beyond_the_aggregators_state_bounds_are_dead_lettered_with_their_reaso
     });
     assert_eq!(of.json_lines(&["dead-letters", "--json"]).len(), 4);
     for s in [aggregator, enricher] {
+        assert!(s.terminate().success());
+    }
+}
+
+/// Partitions an aggregator's log says it took over (from scratch or from a checkpoint),
+/// and those it says were revoked, in the part of the log after `from` bytes.
+fn take_overs(log: &Path, from: usize) -> (BTreeSet<i32>, Vec<String>) {
+    let text = std::fs::read_to_string(log).unwrap();
+    let mut taken = BTreeSet::new();
+    let mut revoked = Vec::new();
+    for line in text[from..].lines() {
+        if line.contains("Partition starts from scratch.") || line.contains("Partition restored from checkpoint.") {
+            let p = line.split("partition=").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).unwrap();
+            taken.insert(p.parse().unwrap());
+        } else if line.contains("Partitions revoked.") {
+            revoked.push(line.to_owned());
+        }
+    }
+    (taken, revoked)
+}
+
+/// The revoked partitions a "Partitions revoked." log line names.
+fn revoked_partitions(line: &str) -> BTreeSet<i32> {
+    let list = line.split("partitions=[").nth(1).and_then(|r| r.split(']').next()).unwrap();
+    list.split(", ").filter(|p| !p.is_empty()).map(|p| p.parse().unwrap()).collect()
+}
+
+/// Polls `addr`'s `/readyz` as fast as it answers until `stop`, keeping each answer
+/// that differs from the one before.
+fn watch_readiness(addr: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<Vec<(u16, String)>> {
+    std::thread::spawn(move || {
+        let mut answers: Vec<(u16, String)> = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(answer) = get(&addr, "/readyz") {
+                if answers.last() != Some(&answer) {
+                    answers.push(answer);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        answers
+    })
+}
+
+const REBALANCE_MERCHANTS: &str = "merchant_id,region,tier\nm1,east,gold\nm2,west,silver\nm3,north,bronze\n";
+
+#[test]
+fn an_aggregator_stopped_hands_over_only_its_partitions_and_totals_stay_exact() {
+    let broker = Broker::start();
+    let of = Orderflow::new(&broker, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let merchants = write(dir.path(), "merchants.csv", REBALANCE_MERCHANTS);
+    of.run(&["merchants", "load", merchants.to_str().unwrap()]);
+    let enricher = of.spawn(&["enrich", "--metrics-addr", &metrics_addr()]);
+    let start = |log: &Path, metrics: &str| {
+        of.spawn_logged(&["aggregate", "--metrics-addr", metrics, "--idle-close", "2s", "--checkpoint-interval", "1s"], TAKE_OVER_LOG, log)
+    };
+    let (a_metrics, b_metrics) = (metrics_addr(), metrics_addr());
+    let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let owned = |addr: &str| metric(addr, "orderflow_aggregator_partitions_owned", &[]);
+    let ready = |addr: &str| get(addr, "/readyz").is_some_and(|(s, _)| s == 200);
+    let a = start(&a_log, &a_metrics);
+    wait_for("aggregator A to own the four partitions", Duration::from_secs(60), || owned(&a_metrics) == 4.0 && ready(&a_metrics));
+    let mut b = start(&b_log, &b_metrics);
+    wait_for("A and B to split the four partitions", Duration::from_secs(60), || {
+        let (oa, ob) = (owned(&a_metrics), owned(&b_metrics));
+        oa > 0.0 && ob > 0.0 && oa + ob == 4.0 && ready(&a_metrics) && ready(&b_metrics)
+    });
+
+    // Phase 1: windows 00:00 and 00:01, on every partition.
+    let merchant = |i: usize| ["m1", "m2", "m3"][i % 3];
+    let phase_1: Vec<String> = (0..40).map(|i| paid(&format!("a{i}"), &format!("o{}", i / 2), merchant(i), i as i64 * 2_500)).collect();
+    let phase_2: Vec<String> =
+        (0..40).map(|i| paid(&format!("b{i}"), &format!("p{}", i / 2), merchant(i), 180_000 + i as i64 * 2_500)).collect();
+    let trace = write(dir.path(), "trace.jsonl", &(phase_1.iter().chain(&phase_2).cloned().collect::<Vec<_>>().join("\n") + "\n"));
+    of.run(&["replay", write(dir.path(), "phase1.jsonl", &(phase_1.join("\n") + "\n")).to_str().unwrap()]);
+    let counted = |addr: &str| metric(addr, "orderflow_aggregator_events_total", &[("outcome", "counted")]);
+    wait_for("the 40 events of phase 1 to be counted", Duration::from_secs(60), || counted(&a_metrics) + counted(&b_metrics) == 40.0);
+
+    // Who owns what, by their logs: A took all four, then gave up B's.
+    let (a_taken, a_revoked) = take_overs(&a_log, 0);
+    assert_eq!(a_taken, (0..4).collect(), "A took over every partition first");
+    assert_eq!(a_revoked.len(), 1, "A gave partitions up once, when B joined: {a_revoked:?}");
+    let b_set = revoked_partitions(&a_revoked[0]);
+    let a_set: BTreeSet<i32> = a_taken.difference(&b_set).copied().collect();
+    assert_eq!(take_overs(&b_log, 0), (b_set.clone(), Vec::new()), "B took over exactly what A gave up");
+    let a_page = scrape(&a_metrics).unwrap();
+    assert_eq!(sample(&a_page, "orderflow_aggregator_partitions_owned", &[]), a_set.len() as f64);
+    let revokes = |page: &str| sample(page, "orderflow_rebalances_total", &[("service", "aggregator"), ("kind", "revoke")]);
+    let restores = |page: &str, from| sample(page, "orderflow_aggregator_partition_restores_total", &[("from", from)]);
+    let (a_revokes, a_from_checkpoint, a_from_scratch) = (revokes(&a_page), restores(&a_page, "checkpoint"), restores(&a_page, "scratch"));
+
+    // B stops; A keeps its partitions and restores B's from their checkpoints, not
+    // ready while it does.
+    let a_log_mark = std::fs::read_to_string(&a_log).unwrap().len();
+    let stop_watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_readiness(a_metrics.clone(), stop_watching.clone());
+    assert!(b.stop().success(), "B exits 0 on SIGTERM");
+    wait_for("A to own the four partitions again and be ready", Duration::from_secs(60), || owned(&a_metrics) == 4.0 && ready(&a_metrics));
+    stop_watching.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = watcher.join().unwrap();
+    let a_page = scrape(&a_metrics).unwrap();
+    assert_eq!(revokes(&a_page), a_revokes, "no partition was taken from the survivor");
+    assert_eq!(restores(&a_page, "checkpoint") - a_from_checkpoint, b_set.len() as f64, "B's partitions, restored from checkpoints");
+    assert_eq!(restores(&a_page, "scratch"), a_from_scratch);
+    assert_eq!(take_overs(&a_log, a_log_mark), (b_set.clone(), Vec::new()), "A took over exactly B's partitions");
+    let ready_answer = (200, "aggregator: ready\n".to_owned());
+    let restoring = (503, format!("aggregator: not ready: restoring partitions {:?}\n", b_set.iter().collect::<Vec<_>>()));
+    assert_eq!(answers, [ready_answer.clone(), restoring, ready_answer], "A's /readyz while it took B's partitions over");
+
+    // Phase 2, in later windows (so none is late, whenever the earlier ones closed): the
+    // totals of the whole trace are exact.
+    of.run(&["replay", write(dir.path(), "phase2.jsonl", &(phase_2.join("\n") + "\n")).to_str().unwrap()]);
+    let reference = common::reference_for(&trace, &merchants);
+    let differences = wait_until("the totals of both phases to be exact", Duration::from_secs(90), || {
+        let differences = reference.differences(&common::observe(&of));
+        differences.is_empty().then_some(differences)
+    });
+    assert_eq!(differences, Vec::<String>::new());
+    assert_eq!(reference.certain_totals().len(), common::observe(&of).totals.len());
+    for s in [a, enricher] {
+        assert!(s.terminate().success());
+    }
+}
+
+#[test]
+fn a_starting_aggregator_is_not_ready_until_its_partitions_are_restored() {
+    let broker = Broker::start();
+    let of = Orderflow::new(&broker, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let merchants = write(dir.path(), "merchants.csv", REBALANCE_MERCHANTS);
+    of.run(&["merchants", "load", merchants.to_str().unwrap()]);
+    let enricher = of.spawn(&["enrich", "--metrics-addr", &metrics_addr()]);
+    let args = |metrics: &str| {
+        ["aggregate", "--metrics-addr", metrics, "--idle-close", "2s", "--checkpoint-interval", "1s"].map(str::to_owned).to_vec()
+    };
+    let first_metrics = metrics_addr();
+    let first = of.spawn(&args(&first_metrics).iter().map(String::as_str).collect::<Vec<_>>());
+    let lines: Vec<String> = (0..20).map(|i| paid(&format!("e{i}"), &format!("o{i}"), "m1", i as i64 * 1_000)).collect();
+    of.run(&["replay", write(dir.path(), "trace.jsonl", &(lines.join("\n") + "\n")).to_str().unwrap()]);
+    wait_for("the first aggregator to count the 20 events", Duration::from_secs(60), || {
+        metric(&first_metrics, "orderflow_aggregator_events_total", &[("outcome", "counted")]) == 20.0
+    });
+    // Its last checkpoints are written at shutdown: the next one restores from them.
+    assert!(first.terminate().success());
+
+    let metrics = metrics_addr();
+    let second = of.spawn(&args(&metrics).iter().map(String::as_str).collect::<Vec<_>>());
+    let began = Instant::now();
+    let mut answers: Vec<(u16, String)> = Vec::new();
+    while answers.last().is_none_or(|(status, _)| *status != 200) {
+        assert!(began.elapsed() < Duration::from_secs(60), "the aggregator not ready within 60 s; /readyz said {answers:?}");
+        if let Some(answer) = get(&metrics, "/readyz") {
+            if answers.last() != Some(&answer) {
+                answers.push(answer);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let page = scrape(&metrics).unwrap();
+    // Before any service registers, the server says "starting"; the aggregator then
+    // waits to join its group, restores what it was given, and is ready.
+    let possible = [
+        (503, "starting\n"),
+        (503, "aggregator: not ready: starting\n"),
+        (503, "aggregator: not ready: waiting for partitions\n"),
+        (503, "aggregator: not ready: restoring partitions [0, 1]\n"),
+        (200, "aggregator: ready\n"),
+    ]
+    .map(|(s, b)| (s, b.to_owned()));
+    assert_eq!(answers[0].0, 503, "the first answer: {answers:?}");
+    let positions: Vec<usize> =
+        answers.iter().map(|a| possible.iter().position(|p| p == a).unwrap_or_else(|| panic!("unexpected answer {a:?}"))).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "answers out of order: {answers:?}");
+    assert!(answers.contains(&possible[3]), "never seen restoring: {answers:?}");
+    assert_eq!(sample(&page, "orderflow_aggregator_partition_restores_total", &[("from", "checkpoint")]), 2.0);
+    assert_eq!(sample(&page, "orderflow_aggregator_partition_restores_total", &[("from", "scratch")]), 0.0);
+    assert_eq!(sample(&page, "orderflow_aggregator_partitions_owned", &[]), 2.0);
+    assert_eq!(sample(&page, "orderflow_ready", &[("service", "aggregator")]), 1.0);
+    for s in [second, enricher] {
         assert!(s.terminate().success());
     }
 }
