@@ -5,7 +5,8 @@
 //!   `refused_by_broker`; a refused dead letter or late record is counted
 //!   (`orderflow_dead_letter_refused_total`) and the service goes on; a refused partial
 //!   total stops the aggregator, naming the refusal (topics made with a small
-//!   `max.message.bytes`, which the broker enforces);
+//!   `max.message.bytes`, which the broker enforces), and since the broker refuses a
+//!   produce batch whole, the valid events batched with a refused one share its fate;
 //! - the aggregator's state bounds: events with new ids beyond `--dedup-max-ids` are
 //!   dead-lettered as `dedup_memory_full`, events of new keys beyond
 //!   `--max-keys-per-window` as `too_many_keys`;
@@ -497,4 +498,59 @@ fn a_starting_aggregator_is_not_ready_until_its_partitions_are_restored() {
     for s in [second, enricher] {
         assert!(s.terminate().success());
     }
+}
+
+/// `max.message.bytes` of the enriched topic in the batch test: a normal enriched event
+/// fits, one with 750 bytes of ids does not.
+const SMALL_ENRICHED_MAX: u64 = 900;
+
+#[test]
+fn valid_events_batched_with_a_refused_output_are_dead_lettered_with_it() {
+    let broker = Broker::start();
+    let of = Orderflow::new(&broker, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = KafkaConfig::new(broker.bootstrap.clone());
+    let name = |suffix: &str| format!("{}.{suffix}", of.prefix);
+    let enriched = TopicSpec {
+        name: name("orders.enriched"),
+        partitions: 1,
+        replication: 1,
+        compact: false,
+        max_message_bytes: Some(SMALL_ENRICHED_MAX),
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(topics::ensure(&kafka, &[enriched])).unwrap();
+    let merchants = write(dir.path(), "merchants.csv", REFUSAL_MERCHANTS);
+    of.run(&["merchants", "load", merchants.to_str().unwrap()]);
+    let enricher_metrics = metrics_addr();
+    let enricher = of.spawn(&["enrich", "--metrics-addr", &enricher_metrics]);
+    wait_for("the enricher to be ready", Duration::from_secs(60), || get(&enricher_metrics, "/readyz").is_some_and(|(s, _)| s == 200));
+
+    // Three events replayed at once: the enricher's outputs for them go to the broker in
+    // one batch (its producer lingers 50 ms), which the topic refuses whole because of
+    // the middle one.
+    let big = serde_json::json!({
+        "eventId": "big", "orderId": "o".repeat(250), "merchantId": "m1", "storefrontId": "s".repeat(250),
+        "customerId": "c".repeat(250), "type": "ORDER_EVENT_TYPE_PAID", "amountMinor": "100", "currency": "CNY",
+        "eventTime": millis_timestamp(MIDNIGHT_MS + 2_000).to_string(),
+    })
+    .to_string();
+    let trace = [paid("small1", "o1", "m1", 1_000), big, paid("small2", "o2", "m1", 3_000)].join("\n") + "\n";
+    of.run(&["replay", write(dir.path(), "trace.jsonl", &trace).to_str().unwrap()]);
+    let dead = wait_until("three dead letters", Duration::from_secs(60), || {
+        let dead = of.json_lines(&["dead-letters", "--json"]);
+        (dead.len() >= 3).then_some(dead)
+    });
+    let reason = format!("{} refused the record: {TOO_LARGE}", name("orders.enriched"));
+    let got: Vec<(String, String, String)> = dead
+        .iter()
+        .map(|d| {
+            (d["sourceOffset"].as_str().unwrap().into(), d["reasonCode"].as_str().unwrap().into(), d["reason"].as_str().unwrap().into())
+        })
+        .collect();
+    let want: Vec<(String, String, String)> =
+        ["0", "1", "2"].iter().map(|o| (o.to_string(), "refused_by_broker".to_owned(), reason.clone())).collect();
+    assert_eq!(got, want, "the two valid events share the refused one's fate");
+    let enr = scrape(&enricher_metrics).unwrap();
+    assert_eq!(sample(&enr, "orderflow_dead_letter_events_total", &[("stage", "enricher"), ("reason", "refused_by_broker")]), 3.0);
+    assert!(enricher.terminate().success());
 }
