@@ -2,7 +2,7 @@
 //! Kafka-protocol broker in its own process:
 //!
 //! - an output the broker refuses for good: the enricher dead-letters its input as
-//!   `refused_by_broker`; a refused dead letter or late record is counted
+//!   `refused_by_broker`; a refused dead letter or late record is logged and counted
 //!   (`orderflow_dead_letter_refused_total`) and the service goes on; a refused partial
 //!   total stops the aggregator, naming the refusal (topics made with a small
 //!   `max.message.bytes`, which the broker enforces), and since the broker refuses a
@@ -160,7 +160,8 @@ fn outputs_the_broker_refuses_are_dead_lettered_or_counted_and_a_refused_partial
     of.run(&["merchants", "load", merchants.to_str().unwrap()]);
 
     let (enricher_metrics, aggregator_metrics) = (metrics_addr(), metrics_addr());
-    let mut enricher = of.spawn(&["enrich", "--metrics-addr", &enricher_metrics]);
+    let enricher_log = dir.path().join("enricher.log");
+    let mut enricher = of.spawn_logged(&["enrich", "--metrics-addr", &enricher_metrics], "warn", &enricher_log);
     let aggregator_log = dir.path().join("aggregator.log");
     let mut aggregator = of.spawn_logged(
         &["aggregate", "--metrics-addr", &aggregator_metrics, "--idle-close", "2s", "--checkpoint-interval", "1s"],
@@ -210,6 +211,12 @@ fn outputs_the_broker_refuses_are_dead_lettered_or_counted_and_a_refused_partial
     assert_eq!(of.json_lines(&["dead-letters", "--json"]).len(), 1, "the garbage's dead letter was refused");
     assert!(of.json_lines(&["late", "--json"]).is_empty(), "the late record was refused");
     assert!(enricher.running() && aggregator.running(), "refused dead letters and late records stop nothing");
+    // And each is logged, once.
+    let logged = |log: &Path, what: &str, topic: &str| {
+        std::fs::read_to_string(log).unwrap().lines().filter(|l| l.contains(what) && l.contains(&name(topic))).count()
+    };
+    assert_eq!(logged(&enricher_log, "The dead-letter topic refused a record; it is lost", "orders.dead-letter"), 1);
+    assert_eq!(logged(&aggregator_log, "Record refused by the broker for good; not written.", "orders.late"), 1);
 
     // A window whose partial total the partial-totals topic refuses: the aggregator stops
     // and says why; its total is not published.
