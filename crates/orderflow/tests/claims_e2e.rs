@@ -327,8 +327,9 @@ fn events_beyond_the_aggregators_state_bounds_are_dead_lettered_with_their_reaso
     }
 }
 
-/// Partitions an aggregator's log says it took over (from scratch or from a checkpoint),
-/// and those it says were revoked, in the part of the log after `from` bytes.
+/// Partitions an aggregator's log says its partitions loop took over (from scratch or
+/// from a checkpoint), and the lines saying partitions were revoked from it (not from
+/// its merger), in the part of the log after `from` bytes.
 fn take_overs(log: &Path, from: usize) -> (BTreeSet<i32>, Vec<String>) {
     let text = std::fs::read_to_string(log).unwrap();
     let mut taken = BTreeSet::new();
@@ -337,7 +338,7 @@ fn take_overs(log: &Path, from: usize) -> (BTreeSet<i32>, Vec<String>) {
         if line.contains("Partition starts from scratch.") || line.contains("Partition restored from checkpoint.") {
             let p = line.split("partition=").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).unwrap();
             taken.insert(p.parse().unwrap());
-        } else if line.contains("Partitions revoked.") {
+        } else if line.contains("Partitions revoked.") && line.contains("service=\"aggregator\"") {
             revoked.push(line.to_owned());
         }
     }
