@@ -426,6 +426,18 @@ fn assignment(consumer: &StreamConsumer<GroupConsumerContext>) -> HashSet<i32> {
     }
 }
 
+/// Not ready while partitions assigned are not owned yet: said before a take-over
+/// restores them (which may take a while), so that `/readyz` answers 503 during it,
+/// at start and after a rebalance alike. The loop says ready again once every
+/// assigned partition is owned.
+fn restoring(readiness: &telemetry::Readiness, partitions: &Partitions, assigned: &HashSet<i32>) {
+    let mut pending: Vec<i32> = assigned.iter().copied().filter(|p| !partitions.owns(*p)).collect();
+    if !pending.is_empty() {
+        pending.sort_unstable();
+        readiness.not_ready(format!("restoring partitions {pending:?}"));
+    }
+}
+
 /// The partitions loop.
 pub struct Aggregator {
     config: AggregatorConfig,
@@ -490,7 +502,9 @@ impl Aggregator {
                 metrics::counter!(telemetry::AGGREGATOR_INPUT_BYTES).increment(orderflow_runtime::kafka::record_bytes(&batch));
                 // Records of partitions revoked while the batch was fetched are skipped
                 // (`apply` ignores partitions not owned): their new owner processes them.
-                partitions.take_over(&assignment(&consumer)).await?;
+                let assigned = assignment(&consumer);
+                restoring(&readiness, &partitions, &assigned);
+                partitions.take_over(&assigned).await?;
                 // A few dozen records at a time: parse them and prepare their events
                 // (the dedup look-ups' cache misses overlap), then process them in
                 // order. Small chunks keep what was prepared in cache until it is used.
@@ -521,6 +535,7 @@ impl Aggregator {
             if housekeeping.elapsed() >= Duration::from_millis(500) {
                 housekeeping = Instant::now();
                 let assigned = assignment(&consumer);
+                restoring(&readiness, &partitions, &assigned);
                 partitions.take_over(&assigned).await?;
                 partitions.report_lag();
                 if consumer.context().joined() && assigned.iter().all(|p| partitions.owns(*p)) {

@@ -68,7 +68,7 @@ impl rdkafka::consumer::ConsumerContext for GroupConsumerContext {
             metrics::counter!(crate::telemetry::REBALANCES, "service" => self.service, "kind" => "revoke").increment(1);
             let mut r = self.revoked.lock().expect("revoked partitions poisoned");
             r.extend(tpl.elements().iter().map(|e| e.partition()));
-            tracing::info!(partitions = ?r, "Partitions revoked.");
+            tracing::info!(service = self.service, partitions = ?r, "Partitions revoked.");
         }
     }
 

@@ -264,6 +264,23 @@ impl Orderflow {
         let child = self.command().args(args).stdin(Stdio::null()).stdout(Stdio::null()).spawn().expect("starting orderflow");
         Service { child: Some(child), name: args.join(" ") }
     }
+
+    /// As [`Orderflow::spawn`], with the service's log (its stderr, filtered by
+    /// `rust_log`, without colours) written to the file `log`, for a test to read.
+    pub fn spawn_logged(&self, args: &[&str], rust_log: &str, log: &std::path::Path) -> Service {
+        let file = std::fs::File::create(log).expect("creating a log file");
+        let child = self
+            .command()
+            .env("RUST_LOG", rust_log)
+            .env("NO_COLOR", "1")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("starting orderflow");
+        Service { child: Some(child), name: args.join(" ") }
+    }
 }
 
 /// A running service; killed if the test ends without stopping it.
