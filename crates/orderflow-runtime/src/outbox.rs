@@ -8,8 +8,11 @@
 //! - **retry** (`QueueFull`): the producer's local queue is full; [`Outbox::send`]
 //!   waits for deliveries to drain and tries again. Back-pressure, not a failure.
 //! - **rejected**: the broker (or librdkafka, before sending) refuses *this record*
-//!   (too large for the topic, an invalid record or timestamp). Sending it again would
-//!   fail again, so it is returned to the caller in [`Settled::rejected`], with the
+//!   (too large for the topic, an invalid record or timestamp). The broker refuses a
+//!   produce batch whole, so a record refused on delivery is first sent once more in a
+//!   batch of its own ([`crate::kafka::Producer::alone`]): a neighbour of the record at
+//!   fault lands. Refused alone too, sending it again would fail again, so it is
+//!   returned to the caller in [`Settled::rejected`], with the
 //!   caller's tag (which names the input to dead-letter) and the reason. Never a reason
 //!   to stop.
 //! - **fatal**: anything else once librdkafka has given up retrying on its own (it
@@ -160,9 +163,8 @@ impl<T> Outbox<T> {
         let mut settled = Settled { delivered: 0, rejected: std::mem::take(&mut self.rejected_early) };
         let results = join_all(self.pending.drain(..).map(|(tag, f)| async move { (tag, f.await) })).await;
         let mut fatal = None;
-        let service = self.service();
         for (tag, result) in results {
-            if let Err(e) = judge(service, tag, result, &mut settled) {
+            if let Err(e) = self.judge(tag, result, &mut settled).await {
                 fatal.get_or_insert(e);
             }
         }
@@ -198,7 +200,7 @@ impl<T> Outbox<T> {
             };
             let (tag, _) = self.pending.pop_front().expect("front exists");
             landed(&tag);
-            if let Err(e) = judge(self.service(), tag, result, &mut settled) {
+            if let Err(e) = self.judge(tag, result, &mut settled).await {
                 self.count_produced(settled.delivered);
                 return Err(e);
             }
@@ -228,20 +230,55 @@ impl<T> Outbox<T> {
 
 type DeliveryResult = std::result::Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>;
 
-/// Files one delivery's result into `settled`, or returns the fatal error.
-fn judge<T>(service: &'static str, tag: T, result: DeliveryResult, settled: &mut Settled<T>) -> Result<()> {
-    match result {
-        Ok(Ok(_)) => settled.delivered += 1,
-        Ok(Err((error, message))) => {
-            count_error(service, &error);
-            match classify(&error) {
-                Fate::Rejected | Fate::Retry => settled.rejected.push(rejected(tag, error, &message)),
-                Fate::Fatal => return Err(Error::Delivery { topic: message.topic().to_owned(), error }),
+impl<T> Outbox<T> {
+    /// Files one delivery's result into `settled`, or returns the fatal error. The broker
+    /// refuses a produce batch whole, so a refused record may only have shared a batch
+    /// with the one it refuses: it is sent again in a batch of its own
+    /// ([`Producer::alone`]), and is rejected only if refused again.
+    async fn judge(&self, tag: T, result: DeliveryResult, settled: &mut Settled<T>) -> Result<()> {
+        let service = self.service();
+        match result {
+            Ok(Ok(_)) => settled.delivered += 1,
+            Ok(Err((error, message))) => {
+                count_error(service, &error);
+                match classify(&error) {
+                    Fate::Rejected | Fate::Retry => match self.send_alone(&message).await? {
+                        None => settled.delivered += 1,
+                        Some(error) => {
+                            count_error(service, &error);
+                            match classify(&error) {
+                                Fate::Rejected | Fate::Retry => settled.rejected.push(rejected(tag, error, &message)),
+                                Fate::Fatal => return Err(Error::Delivery { topic: message.topic().to_owned(), error }),
+                            }
+                        }
+                    },
+                    Fate::Fatal => return Err(Error::Delivery { topic: message.topic().to_owned(), error }),
+                }
             }
+            Err(_) => return Err(Error::ProducerGone),
         }
-        Err(_) => return Err(Error::ProducerGone),
+        Ok(())
     }
-    Ok(())
+
+    /// Sends a refused record again, alone, to the partition it was for; the error if
+    /// the broker refuses it again.
+    async fn send_alone(&self, m: &OwnedMessage) -> Result<Option<KafkaError>> {
+        let alone = self.producer.alone()?;
+        let mut record = FutureRecord::<[u8], [u8]>::to(m.topic()).partition(m.partition());
+        if let Some(key) = m.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = m.payload() {
+            record = record.payload(payload);
+        }
+        if let Some(ms) = m.timestamp().to_millis() {
+            record = record.timestamp(ms);
+        }
+        if let Some(headers) = m.headers() {
+            record = record.headers(headers.clone());
+        }
+        Ok(alone.send(record, rdkafka::util::Timeout::Never).await.err().map(|(e, _)| e))
+    }
 }
 
 fn rejected<T>(tag: T, error: KafkaError, m: &OwnedMessage) -> Rejected<T> {

@@ -6,7 +6,8 @@
 //!   (`orderflow_dead_letter_refused_total`) and the service goes on; a refused partial
 //!   total stops the aggregator, naming the refusal (topics made with a small
 //!   `max.message.bytes`, which the broker enforces), and since the broker refuses a
-//!   produce batch whole, the valid events batched with a refused one share its fate;
+//!   produce batch whole, the records batched with a refused one are sent again alone
+//!   and land;
 //! - the aggregator's state bounds: events with new ids beyond `--dedup-max-ids` are
 //!   dead-lettered as `dedup_memory_full`, events of new keys beyond
 //!   `--max-keys-per-window` as `too_many_keys`;
@@ -513,7 +514,7 @@ fn a_starting_aggregator_is_not_ready_until_its_partitions_are_restored() {
 const SMALL_ENRICHED_MAX: u64 = 900;
 
 #[test]
-fn valid_events_batched_with_a_refused_output_are_dead_lettered_with_it() {
+fn valid_events_batched_with_a_refused_output_are_sent_again_alone_and_land() {
     let broker = Broker::start();
     let of = Orderflow::new(&broker, 1);
     let dir = tempfile::tempdir().unwrap();
@@ -535,7 +536,8 @@ fn valid_events_batched_with_a_refused_output_are_dead_lettered_with_it() {
 
     // Three events replayed at once: the enricher's outputs for them go to the broker in
     // one batch (its producer lingers 50 ms), which the topic refuses whole because of
-    // the middle one.
+    // the middle one. The outbox sends each refused record again in a batch of its own:
+    // the two valid neighbours land, only the large one is dead-lettered.
     let big = serde_json::json!({
         "eventId": "big", "orderId": "o".repeat(250), "merchantId": "m1", "storefrontId": "s".repeat(250),
         "customerId": "c".repeat(250), "type": "ORDER_EVENT_TYPE_PAID", "amountMinor": "100", "currency": "CNY",
@@ -544,10 +546,28 @@ fn valid_events_batched_with_a_refused_output_are_dead_lettered_with_it() {
     .to_string();
     let trace = [paid("small1", "o1", "m1", 1_000), big, paid("small2", "o2", "m1", 3_000)].join("\n") + "\n";
     of.run(&["replay", write(dir.path(), "trace.jsonl", &trace).to_str().unwrap()]);
-    let dead = wait_until("three dead letters", Duration::from_secs(60), || {
-        let dead = of.json_lines(&["dead-letters", "--json"]);
-        (dead.len() >= 3).then_some(dead)
+    let enriched_ids = || {
+        let mut ids = Vec::new();
+        TopicReader::open(&kafka, &name("orders.enriched"))
+            .unwrap()
+            .read_to_end(|m| {
+                let record = EnrichedRecord::decode(m.payload().unwrap_or_default()).expect("an enriched record");
+                if let Some(enriched_record::Kind::Event(e)) = record.kind {
+                    ids.push(e.event.unwrap().event_id);
+                }
+            })
+            .unwrap();
+        ids
+    };
+    let landed = wait_until("both valid events on the enriched topic", Duration::from_secs(60), || {
+        let ids = enriched_ids();
+        (ids.len() >= 2).then_some(ids)
     });
+    let dead = wait_until("the large event's dead letter", Duration::from_secs(60), || {
+        let dead = of.json_lines(&["dead-letters", "--json"]);
+        (!dead.is_empty()).then_some(dead)
+    });
+    assert_eq!(landed, ["small1", "small2"]);
     let reason = format!("{} refused the record: {TOO_LARGE}", name("orders.enriched"));
     let got: Vec<(String, String, String)> = dead
         .iter()
@@ -555,10 +575,10 @@ fn valid_events_batched_with_a_refused_output_are_dead_lettered_with_it() {
             (d["sourceOffset"].as_str().unwrap().into(), d["reasonCode"].as_str().unwrap().into(), d["reason"].as_str().unwrap().into())
         })
         .collect();
-    let want: Vec<(String, String, String)> =
-        ["0", "1", "2"].iter().map(|o| (o.to_string(), "refused_by_broker".to_owned(), reason.clone())).collect();
-    assert_eq!(got, want, "the two valid events share the refused one's fate");
+    assert_eq!(got, [("1".to_owned(), "refused_by_broker".to_owned(), reason)], "only the large event is refused");
     let enr = scrape(&enricher_metrics).unwrap();
-    assert_eq!(sample(&enr, "orderflow_dead_letter_events_total", &[("stage", "enricher"), ("reason", "refused_by_broker")]), 3.0);
+    assert_eq!(sample(&enr, "orderflow_dead_letter_events_total", &[("stage", "enricher"), ("reason", "refused_by_broker")]), 1.0);
+    // Each refusal counted once per send: the batch's three, then the large one alone.
+    assert_eq!(sample(&enr, "orderflow_kafka_errors_total", &[("service", "enricher"), ("code", "MessageSizeTooLarge")]), 4.0);
     assert!(enricher.terminate().success());
 }

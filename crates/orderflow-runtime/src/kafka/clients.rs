@@ -6,6 +6,8 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+use std::sync::{Arc, Mutex};
 
 use super::KafkaConfig;
 use crate::Result;
@@ -57,7 +59,9 @@ impl KafkaConfig {
         let mut settings = base.to_vec();
         // The queue depth, through the context's statistics callback.
         settings.push(("statistics.interval.ms", "1000"));
-        Ok(self.config(&settings)?.create_with_context(ClientMetrics::new(service)).map(|inner| Producer { inner, service })?)
+        let config = self.config(&settings)?;
+        let inner = config.create_with_context(ClientMetrics::new(service))?;
+        Ok(Producer { inner, service, alone: Arc::new(Alone { config, producer: Mutex::new(None) }) })
     }
 
     /// A consumer in `group` that stores offsets only when told to (at-least-once).
@@ -114,6 +118,14 @@ impl KafkaConfig {
 pub struct Producer {
     inner: FutureProducer<ClientMetrics>,
     service: &'static str,
+    alone: Arc<Alone>,
+}
+
+/// A second producer with the same settings that sends each record in a batch of its
+/// own, made the first time it is needed (see [`Producer::alone`]).
+struct Alone {
+    config: ClientConfig,
+    producer: Mutex<Option<FutureProducer<ClientMetrics>>>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -126,6 +138,21 @@ impl Producer {
     /// The `service` label of its metrics.
     pub fn service(&self) -> &'static str {
         self.service
+    }
+
+    /// A producer with the same settings whose every batch holds one record (made on
+    /// first use, then shared by the clones of this producer). A broker refuses a
+    /// produce batch whole, so the outbox sends a refused record again through it to
+    /// tell the record the broker refuses from its neighbours in the batch.
+    pub fn alone(&self) -> Result<FutureProducer<ClientMetrics>> {
+        let mut p = self.alone.producer.lock().expect("producer poisoned");
+        if p.is_none() {
+            let mut config = self.alone.config.clone();
+            // No statistics: the queue-depth gauge is the main producer's.
+            config.set("batch.num.messages", "1").set("linger.ms", "0").set("statistics.interval.ms", "0");
+            *p = Some(config.create_with_context(ClientMetrics::new(self.service))?);
+        }
+        Ok(p.clone().expect("made above"))
     }
 }
 
