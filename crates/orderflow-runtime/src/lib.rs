@@ -50,6 +50,10 @@ pub use tokio_util::sync::CancellationToken;
 pub enum Error {
     #[error("kafka client: {0}")]
     Kafka(rdkafka::error::KafkaError),
+    /// librdkafka refused a setting. Its words never include the value given (it may be
+    /// a password): librdkafka's own error appends it.
+    #[error("kafka client: librdkafka refused the setting `{key}`: {reason}")]
+    ClientConfig { key: String, reason: String },
     #[error(
         "cannot reach the Kafka brokers at {brokers} (waited {}; set them with --brokers or ORDERFLOW_BROKERS, \
          the wait with --connect-timeout): {cause}",
@@ -88,6 +92,8 @@ pub enum Error {
     #[error("topic `{0}` does not exist (yet)")]
     MissingTopic(String),
     /// The option as shown by [`kafka::redact_option`]: a secret in it is not repeated.
+    #[error("librdkafka option `{option}` refused: {why}")]
+    Downgrade { option: String, why: &'static str },
     #[error("librdkafka option `{0}` must be KEY=VALUE")]
     BadOption(String),
     #[error("metrics exporter on {addr}: {reason}")]
@@ -114,7 +120,13 @@ pub enum Error {
 
 impl From<rdkafka::error::KafkaError> for Error {
     fn from(e: rdkafka::error::KafkaError) -> Self {
-        Self::Kafka(e)
+        match e {
+            rdkafka::error::KafkaError::ClientConfig(_, reason, key, value) => {
+                let reason = if value.trim().is_empty() { reason } else { reason.replace(&value, "<redacted>") };
+                Self::ClientConfig { key, reason }
+            }
+            e => Self::Kafka(e),
+        }
     }
 }
 
@@ -126,3 +138,26 @@ pub fn kafka_cause(e: &rdkafka::error::KafkaError) -> String {
 
 /// Result with the plumbing's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// librdkafka's error for a refused setting carries the value given, which may be a
+    /// password: the error shown names the setting and librdkafka's reason only.
+    #[test]
+    fn a_refused_setting_is_shown_without_its_value() {
+        for (key, value) in [("sasl.jaas.config", r#"x required password="hunter2";"#), ("no.such.setting", "hunter2")] {
+            let e = rdkafka::ClientConfig::new().set(key, value).create::<rdkafka::producer::BaseProducer>().err().expect("refused");
+            assert!(e.to_string().contains("hunter2"), "librdkafka's own words carry the value: {e}");
+            let shown = Error::from(e);
+            let text = format!("{shown} {shown:?}");
+            assert!(matches!(&shown, Error::ClientConfig { key: k, .. } if k == key), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+        // Also where librdkafka quotes the value in its reason.
+        let e = rdkafka::ClientConfig::new().set("acks", "hunter2").create::<rdkafka::producer::BaseProducer>().err().expect("refused");
+        let text = Error::from(e).to_string();
+        assert!(text.starts_with("kafka client: librdkafka refused the setting `acks`: ") && !text.contains("hunter2"), "{text}");
+    }
+}

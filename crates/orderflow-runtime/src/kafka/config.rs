@@ -305,15 +305,76 @@ impl KafkaConfig {
         }
         for opt in self.options.iter().filter(|o| !o.trim().is_empty()) {
             let (k, v) = opt.split_once('=').ok_or_else(|| Error::BadOption(redact_option(opt)))?;
+            if let Some(why) = downgrade(k, v, self.security.protocol) {
+                return Err(Error::Downgrade { option: redact_option(opt), why });
+            }
             c.set(k.trim(), v);
         }
         Ok(c)
     }
 }
 
+/// Why librdkafka option `key=value` would weaken what orderflow promises (verified
+/// brokers, the protocol the flags chose, producers without duplicates), if it would.
+fn downgrade(key: &str, value: &str, protocol: SecurityProtocol) -> Option<&'static str> {
+    let (key, value) = (key.trim().to_ascii_lowercase(), value.trim().to_ascii_lowercase());
+    let off = matches!(value.as_str(), "false" | "0" | "no" | "off");
+    match key.as_str() {
+        "enable.ssl.certificate.verification" if off => Some("it would stop verifying the brokers' certificates"),
+        "ssl.endpoint.identification.algorithm" if value != "https" => Some("it would stop checking the brokers' host names"),
+        "enable.idempotence" if off => Some("every producer must be idempotent (a retried batch written twice would count twice)"),
+        "security.protocol" => {
+            let given = SecurityProtocol::ALL.iter().copied().find(|p| p.name() == value)?;
+            let weaker = (protocol.tls() && !given.tls()) || (protocol.sasl() && !given.sasl());
+            weaker.then_some("it is weaker than --security-protocol (raise the flag instead of lowering it here)")
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--kafka-option` may tune librdkafka, never weaken what the flags and the
+    /// README promise: each downgrade is refused with the option (redacted) and why.
+    #[test]
+    fn options_that_weaken_security_or_idempotence_are_refused() {
+        let with = |protocol: SecurityProtocol, opt: &str| {
+            let mut kafka = sasl_ssl(Secret::Value("pw".into()));
+            if !protocol.sasl() {
+                kafka.security = Security { protocol, ..Security::default() };
+            } else if !protocol.tls() {
+                kafka.security = Security { protocol, ca_file: None, ..kafka.security };
+            }
+            kafka.options = vec![opt.to_owned()];
+            kafka.config(&[]).map(|_| ()).map_err(|e| e.to_string())
+        };
+        use SecurityProtocol::*;
+        for (protocol, opt) in [
+            (SaslSsl, "enable.ssl.certificate.verification=false"),
+            (Ssl, " enable.ssl.certificate.verification = 0"),
+            (SaslSsl, "ssl.endpoint.identification.algorithm=none"),
+            (Plaintext, "enable.idempotence=false"),
+            (SaslSsl, "security.protocol=sasl_plaintext"),
+            (SaslSsl, "security.protocol=ssl"),
+            (Ssl, "security.protocol=PLAINTEXT"),
+            (SaslPlaintext, "security.protocol=plaintext"),
+        ] {
+            let e = with(protocol, opt).expect_err(opt);
+            assert!(e.starts_with(&format!("librdkafka option `{opt}` refused: ")), "{e}");
+        }
+        // Raising or tuning is fine.
+        for (protocol, opt) in [
+            (Plaintext, "security.protocol=ssl"),
+            (SaslSsl, "security.protocol=sasl_ssl"),
+            (SaslSsl, "ssl.endpoint.identification.algorithm=https"),
+            (Plaintext, "enable.idempotence=true"),
+            (Plaintext, "linger.ms=5"),
+        ] {
+            assert_eq!(with(protocol, opt), Ok(()), "{opt}");
+        }
+    }
 
     fn sasl_ssl(password: Secret) -> KafkaConfig {
         let mut kafka = KafkaConfig::new("127.0.0.1:9093");
