@@ -121,7 +121,16 @@ scripts/check-docs.py "${CARGO_TARGET_DIR:-target}/debug/orderflow"
 phase "cargo test (every test but the fault test, which is not a default target)"
 cargo test --workspace "$@"
 phase "fault tests: crashes, restarts, scale-out and a broker restart against the undisturbed run"
-cargo test -p orderflow --test faults "$@" -- --nocapture --test-threads=1
+faults_out="$(mktemp)"
+cargo test -p orderflow --test faults "$@" -- --nocapture --test-threads=1 2>&1 | tee "$faults_out"
+# Every scenario ran and passed: a fault binary that compiles to no test at all (an
+# emptied file once did) must not pass as green.
+scenarios=$(grep -c '^fn fault_' crates/orderflow/tests/faults.rs || true)
+if (( scenarios < 5 )) || ! grep -q "^test result: ok. ${scenarios} passed" "$faults_out"; then
+  log "the fault test did not run and pass its ${scenarios} scenarios (at least 5 expected)"
+  exit 1
+fi
+rm -f "$faults_out"
 phase ""
 log "time per phase:"
 printf '  %s\n' "${timings[@]}" >&2
