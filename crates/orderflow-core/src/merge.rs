@@ -384,6 +384,79 @@ mod tests {
         assert_eq!(done[0].totals[0].1 .0[1].count, i64::MAX);
     }
 
+    /// The partials held for windows not emitted yet, each with its window, key and
+    /// partition; emitted windows' partials are not among them.
+    #[test]
+    fn pending_parts_are_the_partials_of_windows_not_emitted() {
+        let mut m = Merger::new().for_partitions(2);
+        m.add_partial(&partial(0, "east", 0, 2)).unwrap();
+        m.add_partial(&partial(0, "east", 1, 3)).unwrap();
+        m.add_partial(&partial(60, "west", 1, 1)).unwrap();
+        let parts = |m: &Merger| {
+            let mut parts: Vec<_> = m.pending_parts().map(|(s, e, k, p, t)| (s, e, k.region.clone(), p, t.0[1].count)).collect();
+            parts.sort();
+            parts
+        };
+        assert_eq!(parts(&m), vec![(0, 60, "east".into(), 0, 2), (0, 60, "east".into(), 1, 3), (60, 120, "west".into(), 1, 1)]);
+        m.progress(&progress(0, 60));
+        assert_eq!(m.progress(&progress(1, 60)).len(), 1);
+        assert_eq!(parts(&m), vec![(60, 120, "west".into(), 1, 1)]);
+    }
+
+    /// Nothing is emitted, and nothing counts as emitted, while a partition has not
+    /// been heard from; nor does a partition heard from late move the frontier back.
+    #[test]
+    fn the_emitted_frontier_waits_for_every_partition_and_never_goes_back() {
+        let mut m = Merger::new().for_partitions(2);
+        m.add_partial(&partial(0, "east", 0, 2)).unwrap();
+        assert!(m.progress(&progress(0, 60)).is_empty());
+        assert_eq!(m.emitted_through_ms(), None);
+        // A learning merger first hears of one partition, then of a second behind it.
+        let mut learning = Merger::new();
+        let alone = PartitionProgress { partition_count: 1, ..progress(0, 120) };
+        assert!(learning.progress(&alone).is_empty());
+        assert_eq!(learning.emitted_through_ms(), Some(120));
+        learning.add_partial(&partial(0, "east", 1, 1)).unwrap();
+        assert!(learning.progress(&progress(1, 60)).is_empty());
+        assert_eq!(learning.emitted_through_ms(), Some(120), "not back to 60");
+    }
+
+    /// The oldest window kept still takes corrections once the retention is full;
+    /// only older ones are too late.
+    #[test]
+    fn the_oldest_window_kept_still_takes_corrections() {
+        let mut m = Merger::with_retention(2);
+        m.add_partial(&partial(0, "east", 0, 1)).unwrap();
+        m.add_partial(&partial(60, "east", 0, 1)).unwrap();
+        m.progress(&progress(0, 120));
+        assert_eq!(m.progress(&progress(1, 120)).len(), 2);
+        let PartialOutcome::Corrected(w) = m.add_partial(&partial(0, "east", 1, 4)).unwrap() else { panic!("a correction") };
+        assert_eq!((w.start_ms, w.totals[0].1 .0[1].count), (0, 5));
+        assert_eq!(m.add_partial(&partial(-60, "east", 1, 4)).unwrap(), PartialOutcome::TooLate);
+    }
+
+    /// A window's keys are listed once each in its checkpoint, keys differing in any
+    /// part (region, tier or currency) apart, and the parts name them by index.
+    #[test]
+    fn a_checkpoint_lists_each_key_once() {
+        let mut m = Merger::new().for_partitions(2);
+        let with = |tier: &str, currency: &str, partition: i32| {
+            let mut p = partial(0, "east", partition, 1);
+            let total = p.total.as_mut().unwrap();
+            (total.tier, total.currency) = (tier.into(), currency.into());
+            p
+        };
+        for p in [with("gold", "CNY", 0), with("gold", "CNY", 1), with("gold", "USD", 0), with("silver", "CNY", 1)] {
+            m.add_partial(&p).unwrap();
+        }
+        let cp = m.checkpoint("t", 4);
+        let keys: Vec<_> = cp.pending[0].keys.iter().map(|k| format!("{}/{}/{}", k.region, k.tier, k.currency)).collect();
+        assert_eq!(keys, ["east/gold/CNY", "east/gold/USD", "east/silver/CNY"]);
+        let named: Vec<_> = cp.pending[0].parts.chunks(PART_NUMBERS).map(|n| (n[0], n[1])).collect();
+        assert_eq!(named, [(0, 0), (0, 1), (1, 0), (2, 1)]);
+        assert_eq!(Merger::restore(&cp, Some(2)).unwrap(), m);
+    }
+
     #[test]
     fn a_conflicting_partial_is_an_error() {
         let mut m = Merger::new();

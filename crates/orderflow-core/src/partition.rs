@@ -701,6 +701,83 @@ mod tests {
         assert!(bytes <= bounds.checkpoint_bytes(WindowSpec::new(MIN, 5_000).unwrap()), "{bytes} bytes");
     }
 
+    /// The bound is its documented formula: 26 bytes per id, 273 per (window, key) in
+    /// each window that can be open (here 2 + 200 s / 60 s = 5), and 64 KiB.
+    #[test]
+    fn checkpoint_bytes_is_its_formula() {
+        let bounds = StateBounds { dedup_max_ids: 1_000, max_keys_per_window: 10, ..StateBounds::new(MIN) };
+        assert_eq!(bounds.checkpoint_bytes(WindowSpec::new(MIN, 200_000).unwrap()), 1_000 * 26 + 5 * 10 * 273 + 65_536);
+        assert_eq!(bounds.checkpoint_bytes(WindowSpec::new(MIN, 5_000).unwrap()), 1_000 * 26 + 2 * 10 * 273 + 65_536);
+    }
+
+    /// What the state says it holds: open windows, ids, slots and the admission log,
+    /// which names the offsets of first sightings only (not duplicates, nor ids expired
+    /// on arrival).
+    #[test]
+    fn the_state_counts_what_it_holds() {
+        use OrderEventType::*;
+        let mut s = state();
+        let mut closed = Vec::new();
+        assert_eq!((s.open_windows(), s.dedup_len(), s.dedup_slots(), s.admission_log().admitted()), (0, 0, 1 << 10, 0));
+        s.apply(&ev("a", 1_000, Paid, 1, "r"), &mut closed);
+        s.apply(&ev("b", 61_000, Paid, 1, "r"), &mut closed);
+        assert_eq!(s.apply(&ev("a", 1_000, Paid, 1, "r"), &mut closed), Outcome::Duplicate);
+        assert_eq!((s.open_windows(), s.dedup_len()), (2, 2));
+        assert_eq!(s.admission_log().offsets().collect::<Vec<_>>(), [0, 1]);
+        // 70 s closes window 0; an id of 4 s is then expired on arrival (horizon 65 s).
+        s.apply(&ev("c", 70_000, Paid, 1, "r"), &mut closed);
+        assert!(matches!(s.apply(&ev("d", 4_000, Paid, 1, "r"), &mut closed), Outcome::Late { .. }));
+        assert_eq!(s.open_windows(), 1);
+        // (Offset 0, the id of 1 s, has left the horizon too.)
+        assert_eq!(s.admission_log().offsets().collect::<Vec<_>>(), [1, 3]);
+        // The memory grows past 5/8 full: 700 ids take 2,048 slots.
+        let mut big = state();
+        for i in 0..700 {
+            big.apply(&ev(&format!("e{i}"), 1_000, Paid, 1, "r"), &mut closed);
+        }
+        assert_eq!((big.dedup_len(), big.dedup_slots()), (700, 2 << 10));
+    }
+
+    /// The reread as the aggregator drives it: it asks which records are wanted (the
+    /// admitted ones not reread yet), rereads only those, skipping the others, and
+    /// is done when its span is empty; the memory it rebuilt holds just the ids.
+    #[test]
+    fn a_reread_wants_only_the_admitted_records_not_reread_yet() {
+        use OrderEventType::*;
+        let log = [
+            ev("a", 1_000, Paid, 1, "r"),
+            ev("a", 1_000, Paid, 1, "r"),
+            ev("b", 2_000, Paid, 1, "r"),
+            ev("b", 2_000, Paid, 1, "r"),
+            ev("c", 3_000, Paid, 1, "r"),
+        ];
+        let mut s = state();
+        let mut closed = Vec::new();
+        log.iter().for_each(|e| {
+            s.apply(e, &mut closed);
+        });
+        assert_eq!(s.admission_log().offsets().collect::<Vec<_>>(), [0, 2, 4]);
+        let cp = s.checkpoint("t", 0, 5);
+        let mut r = PartitionState::restore(&cp, WindowSpec::new(MIN, 5_000).unwrap(), StateBounds::new(MIN + 5_000)).unwrap();
+        assert_eq!(r.reread_span(), Some((0, 5)));
+        let view = |o: usize| EnrichedEventView::from_event(&log[o]);
+        assert!(r.wants(0));
+        r.reread(0, &view(0));
+        assert!(!r.wants(1), "a duplicate was not admitted");
+        assert!(r.wants(2));
+        r.reread(2, &view(2));
+        assert!(!r.wants(2) && !r.wants(0), "already reread");
+        r.reread(2, &view(2));
+        assert_eq!(r.reread_span(), Some((3, 5)));
+        // Offset 3 is passed over without asking; offset 4 is still reread.
+        r.reread(4, &view(4));
+        assert_eq!(r.counts(), RereadCounts { admitted: 3, found: 3 });
+        assert_eq!(r.reread_span(), None);
+        let mut restored = r.finish();
+        assert_eq!(restored.dedup_len(), 3);
+        assert_eq!(restored.apply(&log[3], &mut closed), Outcome::Duplicate);
+    }
+
     #[test]
     fn counts_dedups_closes_and_marks_late() {
         let mut s = state();

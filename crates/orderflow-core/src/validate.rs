@@ -346,6 +346,43 @@ mod tests {
         assert_eq!(err.code(), "amount_too_large");
     }
 
+    /// The default skew is five minutes, to the millisecond.
+    #[test]
+    fn the_default_skew_allows_five_minutes_ahead_and_no_more() {
+        let limits = Limits::default();
+        let at = |ahead_ms: i64| OrderEvent { event_time: Some(millis_timestamp(1_000_000 + ahead_ms)), ..good() }.encode_to_vec();
+        let check = |payload: &[u8]| check_limits(&OrderEventView::parse(payload).unwrap(), &limits, 1_000_000);
+        assert_eq!(check(&at(300_000)), Ok(()));
+        assert_eq!(check(&at(300_001)), Err(InvalidReason::EventTimeInFuture { ahead_ms: 300_001, max_ms: 300_000 }));
+    }
+
+    #[test]
+    fn limits_from_settings_are_those_settings() {
+        let limits = Limits::from_settings(std::time::Duration::from_secs(90), 5_000, 2_048, &["QQQ".to_owned()]).unwrap();
+        assert_eq!(
+            (limits.max_future_skew_ms, limits.max_amount_minor, limits.max_event_bytes, limits.currencies.len()),
+            (90_000, 5_000, 2_048, Currencies::iso_4217().len() + 1)
+        );
+        assert!(limits.currencies.contains("QQQ") && limits.currencies.contains("CNY"));
+        let forever = Limits::from_settings(std::time::Duration::MAX, 1, 1, &[]).unwrap();
+        assert_eq!(forever.max_future_skew_ms, i64::MAX);
+        assert!(Limits::from_settings(std::time::Duration::ZERO, 1, 1, &["qq".to_owned()]).unwrap_err().contains("`qq`"));
+    }
+
+    /// A record of exactly `max_event_bytes` is checked; one byte more is refused
+    /// before parsing.
+    #[test]
+    fn a_payload_of_the_largest_size_is_accepted_and_one_byte_more_is_not() {
+        let payload = good().encode_to_vec();
+        let fits = Limits { max_event_bytes: payload.len(), ..Limits::default() };
+        assert_eq!(check_payload(&payload, &fits, 0).map(|v| v.to_event()), Ok(good()));
+        let smaller = Limits { max_event_bytes: payload.len() - 1, ..Limits::default() };
+        assert_eq!(
+            check_payload(&payload, &smaller, 0).map(|v| v.to_event()),
+            Err(InvalidReason::EventTooLarge { bytes: payload.len(), max: payload.len() - 1 })
+        );
+    }
+
     #[test]
     fn currencies_are_a_closed_set_iso_4217_by_default() {
         use crate::wire::OrderEventView;
@@ -363,5 +400,6 @@ mod tests {
         assert_eq!(extra.len(), iso.currencies.len() + 1);
         assert_eq!(check(&with("QQQ"), &Limits { currencies: extra, ..iso }), Ok(()));
         assert!(Currencies::iso_4217_and(&["qqq".to_owned()]).unwrap_err().contains("`qqq`"));
+        assert!(!iso.currencies.is_empty());
     }
 }

@@ -232,6 +232,36 @@ mod tests {
     }
 
     #[test]
+    fn a_spec_gives_back_its_size_and_lateness() {
+        let w = WindowSpec::new(60_000, 5_000).unwrap();
+        assert_eq!((w.size_ms(), w.lateness_ms()), (60_000, 5_000));
+    }
+
+    #[test]
+    fn a_key_is_shown_as_region_tier_currency() {
+        let key = TotalKey { region: "east".into(), tier: "gold".into(), currency: "CNY".into() };
+        assert_eq!(key.to_string(), "east/gold/CNY");
+    }
+
+    #[test]
+    fn a_closed_window_gives_one_protobuf_total_per_key_in_order() {
+        let mut east = Tallies::default();
+        east.add(1, 500);
+        let mut west = Tallies::default();
+        west.add(0, 7);
+        west.add(3, 2);
+        let key = |region: &str| TotalKey { region: region.into(), tier: "gold".into(), currency: "CNY".into() };
+        let w = ClosedWindow { start_ms: 60_000, end_ms: 120_000, totals: vec![(key("east"), east), (key("west"), west)] };
+        let totals: Vec<WindowTotal> = w.to_window_totals().collect();
+        assert_eq!(totals, vec![east.to_window_total(60_000, 120_000, &key("east")), west.to_window_total(60_000, 120_000, &key("west"))]);
+        assert_eq!(
+            (totals[1].region.as_str(), totals[1].refunded, totals[1].window_start),
+            ("west", Some(TypeTotal { count: 1, amount_minor: 2 }), Some(millis_timestamp(60_000)))
+        );
+        assert_eq!(ClosedWindow { start_ms: 0, end_ms: 60_000, totals: Vec::new() }.to_window_totals().count(), 0);
+    }
+
+    #[test]
     fn rejects_bad_specs() {
         assert!(WindowSpec::new(0, 0).is_err());
         assert!(WindowSpec::new(1, -1).is_err());
