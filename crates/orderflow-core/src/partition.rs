@@ -82,8 +82,9 @@ impl StateBounds {
     }
 
     /// The largest checkpoint a partition under these bounds can write with windows of
-    /// `spec` (at most `1 + ceil((size + lateness) / size)` windows are open at once),
-    /// plus 64 KiB for the fixed fields.
+    /// `spec`, counting `2 + floor(lateness / size)` open windows (at least the
+    /// `1 + ceil(lateness / size)` that can be open at once), plus 64 KiB for the fixed
+    /// fields.
     pub fn checkpoint_bytes(&self, spec: WindowSpec) -> u64 {
         let open_windows = 2 + (spec.lateness_ms() / spec.size_ms()) as u64;
         let ids = self.dedup_max_ids as u64 * crate::dedup::CHECKPOINT_BYTES_PER_ID as u64;
