@@ -134,6 +134,22 @@ const DEAD_LETTER_MAX: u64 = 4_000;
 const LATE_MAX: u64 = 600;
 const PARTIALS_MAX: u64 = 320;
 
+/// Makes topics `P.<suffix>` of one partition whose records may be at most `bytes`.
+fn make_limited_topics(of: &Orderflow, limits: &[(&str, u64)]) {
+    let kafka = KafkaConfig::new(of.brokers.clone());
+    let specs: Vec<TopicSpec> = limits
+        .iter()
+        .map(|(suffix, bytes)| TopicSpec {
+            name: format!("{}.{suffix}", of.prefix),
+            partitions: 1,
+            replication: 1,
+            compact: false,
+            max_message_bytes: Some(*bytes),
+        })
+        .collect();
+    tokio::runtime::Runtime::new().unwrap().block_on(topics::ensure(&kafka, &specs)).unwrap();
+}
+
 #[test]
 fn outputs_the_broker_refuses_are_dead_lettered_or_counted_and_a_refused_partial_stops_the_aggregator() {
     let broker = Broker::start();
@@ -141,21 +157,16 @@ fn outputs_the_broker_refuses_are_dead_lettered_or_counted_and_a_refused_partial
     let dir = tempfile::tempdir().unwrap();
     let kafka = KafkaConfig::new(broker.bootstrap.clone());
     let name = |suffix: &str| format!("{}.{suffix}", of.prefix);
-    let limited = |suffix: &str, bytes: u64| TopicSpec {
-        name: name(suffix),
-        partitions: 1,
-        replication: 1,
-        compact: false,
-        max_message_bytes: Some(bytes),
-    };
     // Made before orderflow makes the others (it leaves existing topics as they are).
-    let specs = [
-        limited("orders.enriched", ENRICHED_MAX),
-        limited("orders.dead-letter", DEAD_LETTER_MAX),
-        limited("orders.late", LATE_MAX),
-        limited("totals.partial", PARTIALS_MAX),
-    ];
-    tokio::runtime::Runtime::new().unwrap().block_on(topics::ensure(&kafka, &specs)).unwrap();
+    make_limited_topics(
+        &of,
+        &[
+            ("orders.enriched", ENRICHED_MAX),
+            ("orders.dead-letter", DEAD_LETTER_MAX),
+            ("orders.late", LATE_MAX),
+            ("totals.partial", PARTIALS_MAX),
+        ],
+    );
     let long = "r".repeat(64);
     let merchants = write(dir.path(), "merchants.csv", &format!("{REFUSAL_MERCHANTS}mlong,{long},{long}\n"));
     of.run(&["merchants", "load", merchants.to_str().unwrap()]);
@@ -520,14 +531,7 @@ fn valid_events_batched_with_a_refused_output_are_sent_again_alone_and_land() {
     let dir = tempfile::tempdir().unwrap();
     let kafka = KafkaConfig::new(broker.bootstrap.clone());
     let name = |suffix: &str| format!("{}.{suffix}", of.prefix);
-    let enriched = TopicSpec {
-        name: name("orders.enriched"),
-        partitions: 1,
-        replication: 1,
-        compact: false,
-        max_message_bytes: Some(SMALL_ENRICHED_MAX),
-    };
-    tokio::runtime::Runtime::new().unwrap().block_on(topics::ensure(&kafka, &[enriched])).unwrap();
+    make_limited_topics(&of, &[("orders.enriched", SMALL_ENRICHED_MAX)]);
     let merchants = write(dir.path(), "merchants.csv", REFUSAL_MERCHANTS);
     of.run(&["merchants", "load", merchants.to_str().unwrap()]);
     let enricher_metrics = metrics_addr();
