@@ -613,6 +613,45 @@ mod tests {
 
     const KEY: DedupKey = DedupKey::from_words(7, 11);
 
+    /// The table grows exactly when an insertion would fill it past 5/8, and a sweep
+    /// that leaves it exactly 3/8 full does not double it. Small fingerprints have
+    /// their own home slots, so the counts are exact.
+    #[test]
+    fn the_table_grows_exactly_at_its_load_bounds() {
+        let mut d = Dedup::new(1_000, usize::MAX, KEY);
+        assert_eq!(d.slots(), MIN_SLOTS);
+        // 256 ids that will expire, then 384 live ones: 640 = 5/8 of 1,024.
+        for fp in 1..=256u128 {
+            assert_eq!(d.sight(fp, 0, 0), Sighting::First);
+        }
+        for fp in 257..=640u128 {
+            assert_eq!(d.sight(fp, 5_000, 5_000), Sighting::First);
+        }
+        assert_eq!(d.slots(), 1_024, "5/8 full: no growth yet");
+        // The 641st would pass 5/8: the sweep drops the 256 expired ids, which leaves
+        // 384 = 3/8 of the slots, not more, so the table keeps its size.
+        assert_eq!(d.sight(641, 5_000, 5_000), Sighting::First);
+        assert_eq!(d.slots(), 1_024);
+        assert_eq!(d.live_len(5_000), 385);
+        // Nothing left to sweep: up to 640 live ids fit, the 641st doubles the table.
+        for fp in 642..=896u128 {
+            assert_eq!(d.sight(fp, 5_000, 5_000), Sighting::First);
+        }
+        assert_eq!((d.slots(), d.live_len(5_000)), (1_024, 640));
+        assert_eq!(d.sight(897, 5_000, 5_000), Sighting::First);
+        assert_eq!((d.slots(), d.live_len(5_000)), (2_048, 641));
+    }
+
+    /// `reserve(n)` makes room for `n` ids under 5/8 of the slots, in powers of two.
+    #[test]
+    fn reserving_rounds_up_to_the_load_bound() {
+        for (n, slots) in [(10, 1_024), (10_239, 16_384), (10_240, 32_768)] {
+            let mut d = Dedup::new(1_000, usize::MAX, KEY);
+            d.reserve(n);
+            assert_eq!(d.slots(), slots, "reserve({n})");
+        }
+    }
+
     #[test]
     fn reserving_room_keeps_the_entries_and_needs_no_growth_after() {
         let mut d = Dedup::new(1_000, usize::MAX, KEY);
