@@ -642,6 +642,16 @@ mod tests {
         assert_eq!((d.slots(), d.live_len(5_000)), (2_048, 641));
     }
 
+    /// Admission counts are equal when their buckets are (what restores compare).
+    #[test]
+    fn admissions_are_equal_by_their_buckets() {
+        let a = Admissions::from_buckets([(0, 3), (1, 2)]);
+        assert_eq!(a, Admissions::from_buckets([(1, 2), (0, 3)]));
+        assert_ne!(a, Admissions::from_buckets([(0, 3), (1, 1)]));
+        assert_ne!(a, Admissions::from_buckets([(0, 3), (2, 2)]));
+        assert_ne!(a, Admissions::default());
+    }
+
     /// `reserve(n)` makes room for `n` ids under 5/8 of the slots, in powers of two.
     #[test]
     fn reserving_rounds_up_to_the_load_bound() {
