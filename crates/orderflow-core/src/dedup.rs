@@ -652,6 +652,25 @@ mod tests {
         assert_ne!(a, Admissions::default());
     }
 
+    /// Each admission counts in its own bucket, one at the floor included, one below it
+    /// not; an id exactly a horizon behind the watermark is still live.
+    #[test]
+    fn admissions_and_expiry_at_their_boundaries() {
+        let mut a = Admissions::default();
+        for (bucket, floor) in [(0, 0), (1, 0), (0, 0), (1, 0), (1, 0), (2, 3), (3, 3)] {
+            a.admit(bucket, floor);
+        }
+        assert_eq!(a.buckets().collect::<Vec<_>>(), [(0, 2), (1, 3), (3, 1)]);
+        assert_eq!(a.total(), 6);
+
+        let mut d = Dedup::new(1_000, usize::MAX, KEY);
+        assert!(d.is_empty());
+        assert!(!d.expired(4_000, 5_000) && d.expired(3_999, 5_000));
+        assert!(d.first_sighting(1, 4_000, 5_000));
+        assert!(!d.is_empty());
+        assert!(!d.first_sighting(1, 4_000, 5_000), "a horizon behind the watermark: still remembered");
+    }
+
     /// `reserve(n)` makes room for `n` ids under 5/8 of the slots, in powers of two.
     #[test]
     fn reserving_rounds_up_to_the_load_bound() {
