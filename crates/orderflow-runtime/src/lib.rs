@@ -91,9 +91,11 @@ pub enum Error {
     DescribeTopic { topic: String, reason: String },
     #[error("topic `{0}` does not exist (yet)")]
     MissingTopic(String),
-    /// The option as shown by [`kafka::redact_option`]: a secret in it is not repeated.
+    /// An `--kafka-option` that would weaken security or idempotence; the option as
+    /// shown by [`kafka::redact_option`].
     #[error("librdkafka option `{option}` refused: {why}")]
     Downgrade { option: String, why: &'static str },
+    /// The option as shown by [`kafka::redact_option`]: a secret in it is not repeated.
     #[error("librdkafka option `{0}` must be KEY=VALUE")]
     BadOption(String),
     #[error("metrics exporter on {addr}: {reason}")]

@@ -241,17 +241,22 @@ impl<T> Outbox<T> {
             Ok(Ok(_)) => settled.delivered += 1,
             Ok(Err((error, message))) => {
                 count_error(service, &error);
-                match classify(&error) {
+                // Refused: the verdict is the answer to the record sent alone.
+                let error = match classify(&error) {
+                    Fate::Fatal => error,
                     Fate::Rejected | Fate::Retry => match self.send_alone(&message).await? {
-                        None => settled.delivered += 1,
-                        Some(error) => {
-                            count_error(service, &error);
-                            match classify(&error) {
-                                Fate::Rejected | Fate::Retry => settled.rejected.push(rejected(tag, error, &message)),
-                                Fate::Fatal => return Err(Error::Delivery { topic: message.topic().to_owned(), error }),
-                            }
+                        None => {
+                            settled.delivered += 1;
+                            return Ok(());
+                        }
+                        Some(again) => {
+                            count_error(service, &again);
+                            again
                         }
                     },
+                };
+                match classify(&error) {
+                    Fate::Rejected | Fate::Retry => settled.rejected.push(rejected(tag, error, &message)),
                     Fate::Fatal => return Err(Error::Delivery { topic: message.topic().to_owned(), error }),
                 }
             }
